@@ -1,0 +1,118 @@
+"""The ``ipex`` dynamo backend: resolve the config, dispatch to a compile path, wrap the runtime."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .config import BackendConfig
+from .errors import KnobError
+from .graph import cast_float_outputs_to_float32, graph_tensors, needs_output_cast
+from .inductor import compile_inductor
+from .knobs import INDUCTOR, TORCHSCRIPT, get_knob
+from .torchscript import TorchScriptUnavailable, compile_torchscript
+
+log = logging.getLogger("backend")
+
+# Options that steer the backend itself rather than name a knob.
+CONTROL_OPTIONS = ("autotune",)
+# Set by optimize() on every parameter of the model it returns.
+OPTIMIZE_MARK = "_ipex_optimize_knobs"
+
+_state = threading.local()
+_default_path = TORCHSCRIPT
+_said_once: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _said_once:
+        _said_once.add(key)
+        log.warning(message)
+
+
+def set_compiler_backend(path: str) -> None:
+    """Choose the path ``torch.compile(backend="ipex")`` uses when options don't name one."""
+    global _default_path
+    _default_path = get_knob("path").validate(path)
+
+
+def get_compiler_backend() -> str:
+    return _default_path
+
+
+def _optimize_knobs(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:
+    for tensor in graph_tensors(gm, example_inputs):
+        knobs = getattr(tensor, OPTIMIZE_MARK, None)
+        if knobs:
+            return dict(knobs)
+    return {}
+
+
+def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[str, Any] | None = None
+                   ) -> tuple[BackendConfig, str]:
+    """The config a compile uses and where it came from. Explicit options always win."""
+    explicit = {k: v for k, v in (options or {}).items() if k not in CONTROL_OPTIONS}
+    path = explicit.get("path", _default_path)
+    explicit_config = BackendConfig({"path": path, **explicit})  # strict: bad options fail here
+    values = {"path": explicit_config.path, **(optimize_knobs or {}), **explicit}
+    source = "options" if explicit else ("optimize()" if optimize_knobs else "default")
+    return BackendConfig(values, lenient_paths=True), source
+
+
+def _check_runtime(config: BackendConfig) -> None:
+    factors = config.gemm_thread_factors
+    if config.path == INDUCTOR and factors != "auto":
+        threads = config.threads or torch.get_num_threads()
+        product = math.prod(int(f) for f in factors.split(","))
+        if product != threads:
+            raise KnobError(f"knob 'gemm_thread_factors'={factors!r} uses {product} threads, but the "
+                            f"graph runs on {threads}; choose factors whose product is {threads} or 'auto'")
+
+
+def _trains(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+    return torch.is_grad_enabled() and any(
+        t.requires_grad for t in graph_tensors(gm, example_inputs))
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                  config: BackendConfig) -> tuple[Callable, BackendConfig]:
+    """Compile with ``config``; fall back (one warning per reason) rather than fail the model."""
+    _check_runtime(config)
+    if needs_output_cast(config.dtype):
+        gm = cast_float_outputs_to_float32(gm)
+    if config.path == TORCHSCRIPT:
+        if _trains(gm, example_inputs):
+            warn_once("ts-training", "ipex backend: the TorchScript path is inference-only and this "
+                      "graph needs gradients; compiling it with the Inductor path instead")
+            config = config.replace(path=INDUCTOR)
+        else:
+            try:
+                return compile_torchscript(gm, example_inputs, config), config
+            except TorchScriptUnavailable as exc:
+                warn_once(f"ts-fail:{exc}", f"ipex backend: TorchScript path unavailable for this "
+                          f"graph ({exc}); compiling it with the Inductor path instead")
+                config = config.replace(path=INDUCTOR)
+    return compile_inductor(gm, example_inputs, config), config
+
+
+def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
+                 options: Mapping[str, Any] | None = None, mode: str | None = None) -> Callable:
+    """Entry point registered as ``torch.compile(backend="ipex")``."""
+    if mode is not None:
+        raise KnobError(f"the ipex backend takes no mode (got {mode!r}); pass knobs in options=")
+    config, source = resolve_config(options, _optimize_knobs(gm, example_inputs))
+    compiled, used = compile_graph(gm, example_inputs, config)
+    log.info("ipex backend: compiled graph with %s (%s, from %s)", used.config_id,
+             used.non_default(), source)
+    _state.last = {"config": used, "source": source}
+    compiled.ipex_config = used  # inspectable by tests and tools
+    return compiled
+
+
+def last_compile() -> dict[str, Any] | None:
+    """What the most recent compile on this thread applied: ``{"config", "source"}``."""
+    return getattr(_state, "last", None)

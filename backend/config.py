@@ -1,0 +1,101 @@
+"""BackendConfig: a frozen, validated set of knob values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterator, Mapping
+
+from .errors import KnobError
+from .fingerprint import cpu_features
+from .knobs import KNOBS, get_knob
+
+
+class BackendConfig(Mapping[str, Any]):
+    """Knob values for one compile. Validated at construction; immutable; hashable.
+
+    Only knobs that apply to the chosen path are kept, so two configs that compile the same
+    way compare equal and share one ``config_id``.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None, *, check_cpu: bool = True,
+                 lenient_paths: bool = False):
+        given = dict(values or {})
+        for name in given:
+            get_knob(name)  # unknown names fail before anything else
+        path = get_knob("path").validate(given.get("path", KNOBS["path"].default))
+        resolved: dict[str, Any] = {}
+        for name, knob in KNOBS.items():
+            if name in given:
+                if path not in knob.paths:
+                    if lenient_paths:
+                        continue
+                    raise KnobError(
+                        f"knob {name!r} applies only to path "
+                        f"{' or '.join(sorted(knob.paths))}, but path is {path!r}")
+                value = knob.validate(given[name])
+                if check_cpu:
+                    knob.check_cpu(value, cpu_features())
+                resolved[name] = value
+            elif path in knob.paths:
+                resolved[name] = knob.default
+        resolved["path"] = path
+        object.__setattr__(self, "_values", resolved)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("BackendConfig is immutable; use .replace(...)")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            if name in KNOBS:  # a knob of the other path
+                return KNOBS[name].default
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackendConfig) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self.config_id)
+
+    def __repr__(self) -> str:
+        return f"BackendConfig({self.non_default()!r})"
+
+    def replace(self, **changes: Any) -> "BackendConfig":
+        values = dict(self._values)
+        if "path" in changes and changes["path"] != values["path"]:
+            values = {k: v for k, v in values.items() if k in changes or self._is_shared(k)}
+        values.update(changes)
+        return BackendConfig(values, lenient_paths=True)
+
+    @staticmethod
+    def _is_shared(name: str) -> bool:
+        return len(KNOBS[name].paths) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def non_default(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items()
+                if k == "path" or v != KNOBS[k].default}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], **kwargs: Any) -> "BackendConfig":
+        return cls(values, **kwargs)
+
+    @property
+    def config_id(self) -> str:
+        blob = json.dumps(self._values, sort_keys=True).encode()
+        return "cfg-" + hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,17 @@
+"""The project's exception hierarchy: one root, one subclass per area."""
+
+
+class AutotuneError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class KnobError(AutotuneError, ValueError):
+    """An unknown knob, a bad value, or a knob used on a path it does not apply to."""
+
+
+class UnsupportedOnThisCPU(KnobError):
+    """A knob value needs a CPU feature this machine lacks."""
+
+
+class StoreError(AutotuneError):
+    """The config store cannot be opened, read or written."""

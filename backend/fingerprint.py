@@ -1,0 +1,102 @@
+"""Keys that decide whether a stored config applies: what the hardware is, what the workload is."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+from typing import Any, Sequence
+
+import torch
+
+# ISA features that change the code Inductor and oneDNN generate.
+CODEGEN_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> tuple[str, frozenset[str], int]:
+    model, flags, sockets = platform.processor() or "unknown", set(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                elif key == "physical id":
+                    sockets.add(value.strip())
+    except OSError:
+        pass
+    return model, frozenset(flags), max(1, len(sockets))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """Codegen-relevant ISA flags of this CPU, plus ``mkldnn_bf16`` when oneDNN runs bfloat16."""
+    _, flags, _ = _cpuinfo()
+    features = {f for f in CODEGEN_FEATURES if f in flags}
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        features.add("mkldnn_bf16")
+    return frozenset(features)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def hardware_info() -> dict[str, Any]:
+    model, _, sockets = _cpuinfo()
+    return {"cpu": model, "features": sorted(cpu_features()), "cores": usable_cores(),
+            "sockets": sockets, "machine": platform.machine()}
+
+
+def hardware_key(info: dict[str, Any] | None = None) -> str:
+    """Stable short hash of the hardware facts that decide which config is fastest."""
+    info = info or hardware_info()
+    blob = json.dumps(info, sort_keys=True).encode()
+    return "hw-" + hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _describe_target(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    return f"{module}.{name}"
+
+
+def _describe_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return ["T", list(value.shape), str(value.dtype)]
+    if isinstance(value, (list, tuple)):
+        return [_describe_value(v) for v in value]
+    if isinstance(value, torch.fx.Node):
+        return "%"
+    if isinstance(value, (int, float, bool, str)) or value is None:
+        return value
+    return type(value).__name__
+
+
+def workload_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> str:
+    """Hash of the graph's structure and input signature.
+
+    Node names, weight values and addresses are left out, so the same model in another process
+    or with other weights gets the same key; other shapes, dtypes or ops get another.
+    """
+    index = {}
+    rows = []
+    for i, node in enumerate(gm.graph.nodes):
+        index[node] = i
+        args = torch.fx.node.map_arg(node.args, lambda n: f"%{index[n]}")
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: f"%{index[n]}")
+        target = "" if node.op in ("placeholder", "output") else _describe_target(node.target)
+        value = node.meta.get("example_value", node.meta.get("val"))
+        rows.append([node.op, target, _describe_value(args), _describe_value(kwargs),
+                     _describe_value(value)])
+    signature = [_describe_value(x) for x in example_inputs]
+    blob = json.dumps([rows, signature], sort_keys=True, default=str).encode()
+    return "wl-" + hashlib.sha256(blob).hexdigest()[:16]

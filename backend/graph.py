@@ -1,0 +1,98 @@
+"""Helpers over the FX graph dynamo hands the backend."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import torch
+
+
+def constant_mask(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[bool]:
+    """Which graph inputs are module parameters or buffers (lifted by dynamo), not user data."""
+    mask = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, example_inputs):
+        is_constant = isinstance(value, torch.nn.Parameter) or hasattr(value, "_dynamo_static_input_type")
+        if not is_constant:
+            grapharg = node.meta.get("grapharg")
+            source = getattr(grapharg, "source", None)
+            is_constant = source is not None and "ParamBuffer" in repr(source)
+        mask.append(is_constant)
+    return mask
+
+
+def graph_tensors(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.Tensor]:
+    """Every tensor the graph reads that could carry state: inputs plus its own attributes."""
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    tensors += list(gm.parameters()) + list(gm.buffers())
+    return tensors
+
+
+def ambient_autocast_dtype() -> torch.dtype | None:
+    """The CPU autocast dtype the caller compiled under, if any."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
+def compute_autocast(dtype: str):
+    """Autocast context that realises the ``dtype`` knob, unless the caller already set one."""
+    if dtype == "bfloat16" and ambient_autocast_dtype() is None:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def needs_output_cast(dtype: str) -> bool:
+    """Outputs keep the caller's dtype: cast back only when autocast is ours, not the caller's."""
+    return dtype == "bfloat16" and ambient_autocast_dtype() is None
+
+
+def cast_float_outputs_to_float32(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Append ``.float()`` to graph outputs that are float32 in eager mode (autocast may lower them)."""
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+
+    def cast(node):
+        value = node.meta.get("example_value", node.meta.get("val"))
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            with gm.graph.inserting_before(output):
+                new = gm.graph.call_method("float", (node,))
+                new.meta = dict(node.meta)
+            return new
+        return node
+
+    output.args = (torch.fx.node.map_arg(output.args[0], cast),)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """Run with ``threads`` intra-op threads (0: leave as is), restoring the caller's setting."""
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        yield
+
+
+def outputs_close(expected: Any, actual: Any, rtol: float, atol: float) -> str | None:
+    """None when the two output structures match within tolerance, else what differs."""
+    flat_e = expected if isinstance(expected, (list, tuple)) else [expected]
+    flat_a = actual if isinstance(actual, (list, tuple)) else [actual]
+    if len(flat_e) != len(flat_a):
+        return f"{len(flat_a)} outputs instead of {len(flat_e)}"
+    for i, (e, a) in enumerate(zip(flat_e, flat_a)):
+        if isinstance(e, torch.Tensor):
+            if not isinstance(a, torch.Tensor) or e.shape != a.shape:
+                return f"output {i}: shape {getattr(a, 'shape', type(a))} instead of {tuple(e.shape)}"
+            scale = e.detach().float().abs().max().item() if e.numel() else 0.0
+            err = (e.detach().float() - a.detach().float()).abs().max().item() if e.numel() else 0.0
+            if err > atol + rtol * scale:
+                return f"output {i}: max abs error {err:.3g} against scale {scale:.3g}"
+    return None
