@@ -73,6 +73,17 @@ def _check_runtime(config: BackendConfig) -> None:
                             f"graph runs on {threads}; choose factors whose product is {threads} or 'auto'")
 
 
+def _apply_process_knobs(config: BackendConfig) -> None:
+    wanted = config.interop_threads
+    if wanted and torch.get_num_interop_threads() != wanted:
+        try:
+            torch.set_num_interop_threads(wanted)
+        except RuntimeError:
+            warn_once("interop", f"ipex backend: interop_threads={wanted} cannot take effect, inter-op "
+                      "threads are fixed once the process has started parallel work; launch with "
+                      "the environment `autotune env` prints")
+
+
 def _trains(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
     return torch.is_grad_enabled() and any(
         t.requires_grad for t in graph_tensors(gm, example_inputs))
@@ -82,6 +93,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                   config: BackendConfig) -> tuple[Callable, BackendConfig]:
     """Compile with ``config``; fall back (one warning per reason) rather than fail the model."""
     _check_runtime(config)
+    _apply_process_knobs(config)
     if needs_output_cast(config.dtype):
         gm = cast_float_outputs_to_float32(gm)
     if config.path == TORCHSCRIPT:

@@ -48,8 +48,16 @@ def needs_output_cast(dtype: str) -> bool:
     return dtype == "bfloat16" and ambient_autocast_dtype() is None
 
 
+def copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A GraphModule with its own Graph (dynamo keeps using the original), sharing the tensors."""
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    return torch.fx.GraphModule(gm, graph)
+
+
 def cast_float_outputs_to_float32(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Append ``.float()`` to graph outputs that are float32 in eager mode (autocast may lower them)."""
+    gm = copy_graph_module(gm)
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
 
     def cast(node):
@@ -96,3 +104,29 @@ def outputs_close(expected: Any, actual: Any, rtol: float, atol: float) -> str |
             if err > atol + rtol * scale:
                 return f"output {i}: max abs error {err:.3g} against scale {scale:.3g}"
     return None
+
+
+def lift_constants(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
+                   ) -> tuple[torch.fx.GraphModule, list[int]]:
+    """Turn lifted parameter/buffer inputs back into graph attributes.
+
+    Freezing only folds what the graph owns, and dynamo passes parameters as inputs, so the
+    frozen paths take them back. Returns the new graph and the positions of the real user inputs.
+    """
+    mask = constant_mask(gm, example_inputs)
+    gm = copy_graph_module(gm)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    first_real = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
+    for i, (node, is_constant, value) in enumerate(zip(placeholders, mask, example_inputs)):
+        if not is_constant:
+            continue
+        name = f"_lifted_constant_{i}"
+        gm.register_buffer(name, value.detach())
+        with gm.graph.inserting_before(first_real):
+            attr = gm.graph.get_attr(name)
+        attr.meta = dict(node.meta)
+        node.replace_all_uses_with(attr)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, [i for i, c in enumerate(mask) if not c]

@@ -95,7 +95,8 @@ _KNOB_LIST = [
          doc="Compute dtype; bfloat16 runs the graph under CPU autocast, outputs stay float32."),
     Knob("weights_prepack", bool, True,
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
-             "(TorchScript: MKLDNN conversion pass; Inductor: cpp.weight_prepack, needs freezing)."),
+             "(TorchScript: MKLDNN conversion pass; Inductor: cpp.weight_prepack with freezing, "
+             "fixed per process at its first frozen compile)."),
     Knob("channels_last", bool, True,
          doc="NHWC activations for convolutions (TorchScript: weights and 4-D inputs converted; "
              "Inductor: layout_optimization)."),
@@ -114,6 +115,8 @@ _KNOB_LIST = [
          doc="Treat parameters as constants (inference only): constant folding and weight prepacking."),
     Knob("max_autotune", bool, False, paths=frozenset({INDUCTOR}),
          doc="Benchmark GEMM/conv choices at compile time, with the C++ GEMM template (backends CPP,ATEN)."),
+    Knob("gemm_backends", str, "CPP,ATEN", paths=frozenset({INDUCTOR}), choices=("CPP,ATEN", "CPP"),
+         doc="GEMM implementations max_autotune chooses from; CPP alone forces the C++ GEMM template."),
     Knob("epilogue_fusion", bool, True, paths=frozenset({INDUCTOR}),
          doc="Fuse pointwise epilogues into GEMM templates (effective with max_autotune)."),
     Knob("pattern_matcher", bool, True, paths=frozenset({INDUCTOR}),

@@ -1,0 +1,129 @@
+"""The backend through plain torch.compile: entry point, documented usage, training, fallbacks."""
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import backend as ipex
+from backend.knobs import INDUCTOR, TORCHSCRIPT
+
+from models import build
+
+
+def test_entry_point_in_a_fresh_interpreter_that_imports_nothing_of_ours():
+    code = textwrap.dedent("""
+        import sys, torch
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+        x = torch.randn(1, 3, 8, 8)
+        assert "backend" not in sys.modules
+        with torch.no_grad():
+            out = torch.compile(m, backend="ipex")(x)
+            torch.testing.assert_close(out, m(x), atol=1e-5, rtol=1e-5)
+        print("ok", type(sys.modules["backend"].last_compile()["config"]).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["ok", "BackendConfig"]
+
+
+@pytest.fixture
+def default_path():
+    yield
+    ipex.set_compiler_backend(TORCHSCRIPT)
+
+
+@pytest.mark.parametrize("path", [TORCHSCRIPT, INDUCTOR])
+def test_documented_float32_usage(path, default_path):
+    model, x = build("cnn")
+    with torch.no_grad():
+        expected = model(x)
+        optimized = ipex.optimize(model, weights_prepack=False)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules()), "BN folded"
+        ipex._set_compiler_backend(path)
+        torch._dynamo.reset()
+        out = torch.compile(optimized, backend="ipex")(x)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    applied = ipex.last_compile()
+    assert applied["source"] == "optimize()"
+    assert applied["config"].path == path and applied["config"].weights_prepack is False
+
+
+@pytest.mark.parametrize("path", [TORCHSCRIPT, INDUCTOR])
+def test_documented_bfloat16_usage_under_autocast(path, default_path):
+    model, x = build("cnn")
+    with torch.no_grad():
+        expected = model(x)
+        optimized = ipex.optimize(model, dtype=torch.bfloat16, weights_prepack=False)
+        ipex._set_compiler_backend(path)
+        torch._dynamo.reset()
+        compiled = torch.compile(optimized, backend="ipex")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = compiled(x)
+    assert out.dtype == torch.bfloat16, "under the caller's autocast, outputs follow autocast"
+    assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_optimize_refuses_unknown_dtype():
+    with pytest.raises(ValueError, match=r"float16.*valid: torch.float32, torch.bfloat16"):
+        ipex.optimize(nn.Linear(2, 2).eval(), dtype=torch.float16)
+
+
+def test_bad_option_fails_before_compiling_and_names_valid_values():
+    model, x = build("cnn")
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed,
+                       match=r"knob 'simdlen': got '1024'; valid values: 'auto', '256', '512'"):
+        torch.compile(model, backend="ipex", options={"path": "inductor", "simdlen": "1024"})(x)
+
+
+def _grads(model, x):
+    model.zero_grad()
+    model(x).square().mean().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("path", [INDUCTOR, TORCHSCRIPT])
+def test_training_gradients_match_eager(path, caplog):
+    model, x = build("cnn")
+    model.train()
+    expected = _grads(model, x)
+    torch._dynamo.reset()
+    caplog.set_level(logging.WARNING, logger="backend")
+    ipex.compiler._said_once.clear()
+    compiled = torch.compile(model, backend="ipex", options={"path": path})
+    actual = _grads(compiled, x)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+    inference_only = [r for r in caplog.records if "TorchScript path is inference-only" in r.message]
+    assert len(inference_only) == (1 if path == TORCHSCRIPT else 0)
+    assert ipex.last_compile()["config"].path == INDUCTOR
+
+
+def test_data_dependent_control_flow_runs_correctly_on_both_branches():
+    model, x = build("data_dependent")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex")
+    with torch.no_grad():
+        for sign in (1, -1):
+            inp = sign * x.abs()
+            torch.testing.assert_close(compiled(inp), model(inp), atol=1e-5, rtol=1e-5)
+
+
+def test_untraceable_graph_falls_back_with_one_warning(caplog):
+    # dynamic=True hands the backend symbolic sizes, which a trace would bake in as constants
+    model, _ = build("linear_bn")
+    caplog.set_level(logging.WARNING, logger="backend")
+    ipex.compiler._said_once.clear()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex", dynamic=True)
+    with torch.no_grad():
+        for batch in (3, 5, 7):
+            x = torch.randn(batch, 32)
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+    warnings = [r.message for r in caplog.records if "TorchScript path unavailable" in r.message]
+    assert len(warnings) == 1 and "non-tensor inputs" in warnings[0]

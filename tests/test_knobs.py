@@ -1,0 +1,78 @@
+"""Knob declarations and config validation: errors name the bad value and what would be valid."""
+
+import pytest
+
+from backend import BackendConfig
+from backend import fingerprint
+from backend.errors import KnobError, UnsupportedOnThisCPU
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+
+
+def test_every_knob_is_fully_declared():
+    for knob in KNOBS.values():
+        assert knob.doc and knob.paths
+        assert knob.validate(knob.default) == knob.default
+        assert (knob.choices is None) != (knob.low is None), knob.name
+
+
+def test_defaults_follow_upstream_torchscript_path():
+    config = BackendConfig()
+    assert config.path == TORCHSCRIPT
+    assert config.dtype == "float32"
+    assert "freezing" not in config  # Inductor-only knobs are not part of a TorchScript config
+
+
+def test_unknown_knob_suggests_close_names():
+    with pytest.raises(KnobError, match=r"unknown knob 'simdlenn'.*did you mean simdlen"):
+        BackendConfig({"simdlenn": "512"})
+
+
+@pytest.mark.parametrize("name,value,valid", [
+    ("dtype", "float16", "'float32', 'bfloat16'"),
+    ("path", "tvm", "'torchscript', 'inductor'"),
+    ("threads", -1, "an integer from 0 to 1024"),
+    ("weights_prepack", "maybe", "True, False"),
+])
+def test_bad_value_names_knob_and_valid_values(name, value, valid):
+    with pytest.raises(KnobError) as err:
+        BackendConfig({"path": INDUCTOR, name: value} if name != "path" else {name: value})
+    assert repr(name) in str(err.value) and repr(value) in str(err.value) and valid in str(err.value)
+
+
+def test_knob_of_other_path_is_refused():
+    with pytest.raises(KnobError, match="'freezing' applies only to path inductor"):
+        BackendConfig({"path": TORCHSCRIPT, "freezing": True})
+
+
+def test_strings_from_yaml_or_cli_are_coerced():
+    config = BackendConfig({"path": "inductor", "simdlen": 512, "threads": "2", "freezing": "false"})
+    assert (config.simdlen, config.threads, config.freezing) == ("512", 2, False)
+
+
+def test_config_identity_is_stable_and_ignores_spelling():
+    a = BackendConfig({"path": "inductor", "threads": 2})
+    b = BackendConfig({"threads": "2", "path": "inductor", "freezing": True})
+    assert a == b and a.config_id == b.config_id and hash(a) == hash(b)
+    assert a.config_id != BackendConfig({"path": "inductor"}).config_id
+    assert BackendConfig.from_dict(a.to_dict()) == a
+
+
+def test_replace_switches_path_and_drops_knobs_of_the_old_path():
+    config = BackendConfig({"conv_bn_folding": False, "dtype": "bfloat16"})
+    moved = config.replace(path=INDUCTOR)
+    assert moved.path == INDUCTOR and moved.dtype == "bfloat16" and "conv_bn_folding" not in moved
+
+
+def test_cpu_feature_missing_is_refused(monkeypatch):
+    # This machine has AVX-512; a host without it must refuse 512-bit vectors explicitly asked for.
+    monkeypatch.setattr("backend.config.cpu_features", lambda: frozenset({"avx2", "fma"}))
+    with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'='512' needs CPU feature\(s\) avx512f.*'auto', '256'"):
+        BackendConfig({"path": INDUCTOR, "simdlen": "512"})
+    assert BackendConfig({"path": INDUCTOR, "simdlen": "256"}).simdlen == "256"
+
+
+def test_this_cpu_reports_its_features():
+    features = fingerprint.cpu_features()
+    flags = open("/proc/cpuinfo").read()
+    assert ("avx512f" in features) == (" avx512f " in flags)
+    assert fingerprint.hardware_key() == fingerprint.hardware_key()
