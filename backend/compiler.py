@@ -11,7 +11,8 @@ import torch
 
 from .config import BackendConfig
 from .errors import KnobError
-from .graph import cast_float_outputs_to_float32, graph_tensors, needs_output_cast
+from .fingerprint import workload_key
+from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
 from .inductor import compile_inductor
 from .knobs import INDUCTOR, TORCHSCRIPT, get_knob
 from .torchscript import TorchScriptUnavailable, compile_torchscript
@@ -24,6 +25,8 @@ CONTROL_OPTIONS = ("autotune",)
 OPTIMIZE_MARK = "_ipex_optimize_knobs"
 
 _state = threading.local()
+# Every graph this process compiled: its keys and what was applied (the tuner records these).
+compiled_graphs: list[dict[str, Any]] = []
 _default_path = TORCHSCRIPT
 _said_once: set[str] = set()
 
@@ -117,12 +120,24 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     if mode is not None:
         raise KnobError(f"the ipex backend takes no mode (got {mode!r}); pass knobs in options=")
     config, source = resolve_config(options, _optimize_knobs(gm, example_inputs))
+    mask = constant_mask(gm, example_inputs)
+    keys = {"workload_key": workload_key(gm, example_inputs, mask),
+            "family_key": workload_key(gm, example_inputs, mask, batch_free=True),
+            "batch_size": _batch_size(example_inputs, mask)}
     compiled, used = compile_graph(gm, example_inputs, config)
+    compiled_graphs.append({**keys, "config_id": used.config_id, "source": source})
     log.info("ipex backend: compiled graph with %s (%s, from %s)", used.config_id,
              used.non_default(), source)
     _state.last = {"config": used, "source": source}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
+
+
+def _batch_size(example_inputs: Sequence[Any], mask: Sequence[bool]) -> int | None:
+    for x, is_constant in zip(example_inputs, mask):
+        if not is_constant and isinstance(x, torch.Tensor) and x.dim():
+            return int(x.shape[0])
+    return None
 
 
 def last_compile() -> dict[str, Any] | None:

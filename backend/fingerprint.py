@@ -69,11 +69,14 @@ def _describe_target(target: Any) -> str:
     return f"{module}.{name}"
 
 
-def _describe_value(value: Any) -> Any:
+def _describe_value(value: Any, batch: int | None = None) -> Any:
     if isinstance(value, torch.Tensor):
-        return ["T", list(value.shape), str(value.dtype)]
+        shape = [str(d) for d in value.shape]
+        if batch is not None and shape and shape[0] == str(batch):
+            shape[0] = "B"
+        return ["T", shape, str(value.dtype)]
     if isinstance(value, (list, tuple)):
-        return [_describe_value(v) for v in value]
+        return [_describe_value(v, batch) for v in value]
     if isinstance(value, torch.fx.Node):
         return "%"
     if isinstance(value, (int, float, bool, str)) or value is None:
@@ -81,12 +84,21 @@ def _describe_value(value: Any) -> Any:
     return type(value).__name__
 
 
-def workload_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> str:
+def workload_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                 constant: Sequence[bool] | None = None, *, batch_free: bool = False) -> str:
     """Hash of the graph's structure and input signature.
 
     Node names, weight values and addresses are left out, so the same model in another process
-    or with other weights gets the same key; other shapes, dtypes or ops get another.
+    or with other weights gets the same key; other shapes, dtypes or ops get another. With
+    ``batch_free`` the leading dimension of activations is written as "B" when it equals the
+    batch size of the first data input: the family key, shared by all batch sizes of a graph.
     """
+    constant = list(constant) if constant is not None else [False] * len(example_inputs)
+    batch = None
+    if batch_free:
+        data = [x for x, c in zip(example_inputs, constant) if not c and isinstance(x, torch.Tensor)]
+        batch = data[0].shape[0] if data and data[0].dim() else None
+    placeholders = iter(constant)
     index = {}
     rows = []
     for i, node in enumerate(gm.graph.nodes):
@@ -95,8 +107,9 @@ def workload_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> str
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: f"%{index[n]}")
         target = "" if node.op in ("placeholder", "output") else _describe_target(node.target)
         value = node.meta.get("example_value", node.meta.get("val"))
+        is_constant = node.op == "get_attr" or (node.op == "placeholder" and next(placeholders, False))
         rows.append([node.op, target, _describe_value(args), _describe_value(kwargs),
-                     _describe_value(value)])
-    signature = [_describe_value(x) for x in example_inputs]
+                     _describe_value(value, None if is_constant else batch)])
+    signature = [_describe_value(x, None if c else batch) for x, c in zip(example_inputs, constant)]
     blob = json.dumps([rows, signature], sort_keys=True, default=str).encode()
-    return "wl-" + hashlib.sha256(blob).hexdigest()[:16]
+    return ("fam-" if batch_free else "wl-") + hashlib.sha256(blob).hexdigest()[:16]

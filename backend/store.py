@@ -1,0 +1,328 @@
+"""The best-config store: every measured config is a record; "best" is a query over them.
+
+Written by the tuner, read by the backend at compile time. Any SQLAlchemy URL works; SQLite is
+the default. Tables are prefixed ``autotune_`` because Optuna's tables share the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, event, func,
+                        inspect, select)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+STORAGE_ENV = "IPEX_AUTOTUNE_STORAGE"
+URL_EXAMPLES = "sqlite:////abs/path.db or postgresql://user@host/db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def default_storage_url() -> str:
+    """``$IPEX_AUTOTUNE_STORAGE``, else an SQLite file under ``$XDG_DATA_HOME`` (~/.local/share)."""
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return "sqlite:///" + os.path.join(os.path.abspath(data_home), "ipex-autotune", "autotune.db")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # Naive datetimes are taken as UTC: the databases store them without a zone.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass
+class TunedRecord:
+    """One measured config for one workload on one kind of hardware."""
+
+    workload_key: str
+    hardware_key: str
+    family_key: str  # graph key without the batch size: finds the nearest tuned batch
+    batch_size: int | None
+    model_label: str
+    config: dict[str, Any]  # knob values
+    config_id: str
+    latency: dict[str, Any]  # median_ms, p10_ms, p90_ms, iqr_ms, runs
+    baselines: dict[str, dict[str, Any]]  # e.g. "torch.compile default" -> latency stats
+    speedup: float  # vs the backend default
+    torch_version: str
+    study_name: str
+    hardware: dict[str, Any]
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["created_at"] = _as_utc(self.created_at).isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TunedRecord":
+        values = dict(data)
+        if isinstance(values.get("created_at"), str):
+            values["created_at"] = _as_utc(datetime.fromisoformat(values["created_at"]))
+        return cls(**values)
+
+
+class _JSONText(TypeDecorator):
+    """JSON kept as plain text, so every backend stores and shows it the same way."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else json.loads(value)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Meta(_Base):
+    __tablename__ = "autotune_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class _Record(_Base):
+    __tablename__ = "autotune_records"
+    __table_args__ = (
+        Index("ix_autotune_records_workload_hardware", "workload_key", "hardware_key"),
+        Index("ix_autotune_records_family_hardware", "family_key", "hardware_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workload_key: Mapped[str] = mapped_column(String(64))
+    hardware_key: Mapped[str] = mapped_column(String(64))
+    family_key: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_label: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict] = mapped_column(_JSONText)
+    config_id: Mapped[str] = mapped_column(String(64))
+    latency: Mapped[dict] = mapped_column(_JSONText)
+    median_ms: Mapped[float] = mapped_column(Float)  # copy of latency["median_ms"], to sort in SQL
+    baselines: Mapped[dict] = mapped_column(_JSONText)
+    speedup: Mapped[float] = mapped_column(Float)
+    torch_version: Mapped[str] = mapped_column(String(64))
+    study_name: Mapped[str] = mapped_column(String(255))
+    hardware: Mapped[dict] = mapped_column(_JSONText)
+    created_at: Mapped[datetime] = mapped_column(DateTime)  # naive UTC
+
+    def to_record(self) -> TunedRecord:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TunedRecord)}
+        values["created_at"] = _as_utc(self.created_at)
+        return TunedRecord(**values)
+
+
+# Fastest first; among equal medians the newer measurement wins.
+_BEST_FIRST = (_Record.median_ms.asc(), _Record.id.desc())
+
+
+def _masked(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # unparsable, but it may still carry a password
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _one_line(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error  # the driver's message, without SQL and links
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+class ConfigStore:
+    """Tuned configs, keyed by workload and hardware.
+
+    Contract (every implementation, every database):
+
+    * ``put(record)`` appends; nothing is ever overwritten. It returns the new record's id and
+      ignores ``record.id``, so records exported from one store import into another.
+    * ``best(workload_key, hardware_key)`` is the record with the lowest median latency among all
+      records for that exact pair (ties: the newest), or None. A config tuned on other hardware is
+      never returned.
+    * ``nearest(family_key, hardware_key, batch_size)`` looks at records of the same family and
+      hardware but another batch size, picks the batch size closest to ``batch_size`` (ties: the
+      smaller one) and returns that batch size's best record, or None.
+    * ``list(model_label=None, hardware_key=None)`` is the best record of every
+      (workload_key, hardware_key) pair, newest first.
+    * ``read_only=True`` never creates or writes anything: a missing database or one without
+      autotune tables reads as empty, and ``put`` raises. A file that is not a database, a schema
+      from a newer ipex-autotune, a bad URL and every database error raise ``StoreError`` naming
+      the URL (password hidden).
+
+    Each call opens its own short transaction on a fresh connection (no pool; ``sqlite://`` in
+    memory is the one exception), so one store may be used from several processes and threads
+    at once. SQLite runs in WAL mode with a busy timeout, so a
+    reader never makes a writing tuner fail.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False):
+        self.url = url
+        self.read_only = read_only
+        self._shown_url = _masked(url)
+        self._sqlite_path: str | None = None  # a file path, when the store is an SQLite file
+        self._schema_checked = False
+        try:
+            parsed = make_url(url)
+            self._engine = create_engine(parsed, **self._engine_options(parsed))
+        except (ArgumentError, NoSuchModuleError) as e:
+            raise StoreError(f"invalid store URL {self._shown_url!r} ({_one_line(e)}); "
+                             f"use for example {URL_EXAMPLES}") from e
+        except ImportError as e:
+            raise StoreError(f"config store {self._shown_url}: the database driver is not "
+                             f"installed ({_one_line(e)})") from e
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine, "connect", self._on_sqlite_connect)
+        if not read_only:
+            self._create_schema()
+
+    def _engine_options(self, url: URL) -> dict[str, Any]:
+        if url.get_backend_name() != "sqlite":
+            return {"poolclass": NullPool}  # no connection outlives a call, or a fork
+        if url.database in (None, "", ":memory:"):
+            # Every new connection would be a new, empty database: keep exactly one.
+            return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        self._sqlite_path = os.path.abspath(url.database)
+        if not self.read_only:
+            os.makedirs(os.path.dirname(self._sqlite_path), exist_ok=True)
+            return {"poolclass": NullPool}
+        # mode=ro: a reader must never create the file the tuner has not written yet.
+        uri = f"file:{quote(self._sqlite_path)}?mode=ro"
+        return {"poolclass": NullPool,
+                "creator": lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)}
+
+    def _on_sqlite_connect(self, dbapi_connection, connection_record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if not self.read_only:
+            # WAL lets readers keep reading while a tuner writes (and vice versa).
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error, errors become StoreError."""
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except (SQLAlchemyError, sqlite3.Error) as e:
+            raise StoreError(f"config store {self._shown_url}: {_one_line(e)}") from e
+
+    def _create_schema(self) -> None:
+        self._readable()  # a newer schema must stop us before we touch its tables
+        # Several tuners may open a fresh database at once; the loser of that race retries once
+        # and then finds the tables and the version row in place.
+        for attempt in (1, 2):
+            try:
+                with self._session() as session:
+                    _Base.metadata.create_all(session.connection())
+                    if session.get(_Meta, "schema_version") is None:
+                        session.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                break
+            except StoreError:
+                if attempt == 2:
+                    raise
+        self._schema_checked = True
+
+    def _readable(self) -> bool:
+        """True once the autotune tables exist; checks their schema version the first time."""
+        if self._schema_checked:
+            return True
+        if self._sqlite_path and self.read_only and not os.path.exists(self._sqlite_path):
+            return False
+        with self._session() as session:
+            inspector = inspect(session.connection())
+            if not all(inspector.has_table(name) for name in _Base.metadata.tables):
+                return False
+            version = session.scalar(select(_Meta.value).where(_Meta.key == "schema_version"))
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise StoreError(
+                f"config store {self._shown_url} was written by a newer ipex-autotune (schema "
+                f"{version}, this version reads up to {SCHEMA_VERSION}); upgrade ipex-autotune")
+        self._schema_checked = True
+        return True
+
+    def put(self, record: TunedRecord) -> int:
+        if self.read_only:
+            raise StoreError(f"config store {self._shown_url} is open read-only; cannot put")
+        median = record.latency.get("median_ms")
+        if not isinstance(median, (int, float)):
+            raise StoreError(f"record latency needs a number 'median_ms', got {record.latency!r}")
+        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(TunedRecord)}
+        values.update(id=None, median_ms=float(median),
+                      created_at=_as_utc(record.created_at).replace(tzinfo=None))
+        with self._session() as session:
+            row = _Record(**values)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def _first(self, *conditions, order=_BEST_FIRST) -> TunedRecord | None:
+        if not self._readable():
+            return None
+        with self._session() as session:
+            row = session.scalars(select(_Record).where(*conditions).order_by(*order).limit(1)).first()
+            return row.to_record() if row else None
+
+    def best(self, workload_key: str, hardware_key: str) -> TunedRecord | None:
+        return self._first(_Record.workload_key == workload_key,
+                           _Record.hardware_key == hardware_key)
+
+    def nearest(self, family_key: str, hardware_key: str, batch_size: int) -> TunedRecord | None:
+        return self._first(
+            _Record.family_key == family_key, _Record.hardware_key == hardware_key,
+            _Record.batch_size != batch_size,  # also skips records without a batch size
+            order=(func.abs(_Record.batch_size - batch_size), _Record.batch_size, *_BEST_FIRST))
+
+    def list(self, model_label: str | None = None,
+             hardware_key: str | None = None) -> list[TunedRecord]:
+        if not self._readable():
+            return []
+        filters = []
+        if model_label is not None:
+            filters.append(_Record.model_label == model_label)
+        if hardware_key is not None:
+            filters.append(_Record.hardware_key == hardware_key)
+        rank = func.row_number().over(partition_by=(_Record.workload_key, _Record.hardware_key),
+                                      order_by=_BEST_FIRST)
+        ranked = select(_Record.id, rank.label("rank")).where(*filters).subquery()
+        query = (select(_Record).join(ranked, _Record.id == ranked.c.id)
+                 .where(ranked.c.rank == 1)
+                 .order_by(_Record.created_at.desc(), _Record.id.desc()))
+        with self._session() as session:
+            return [row.to_record() for row in session.scalars(query)]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> "ConfigStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"ConfigStore({self._shown_url!r}{mode})"
