@@ -11,6 +11,7 @@ import torch
 
 from .config import BackendConfig
 from .errors import KnobError
+from . import lookup
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
 from .inductor import compile_inductor
@@ -55,15 +56,32 @@ def _optimize_knobs(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> 
     return {}
 
 
-def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[str, Any] | None = None
-                   ) -> tuple[BackendConfig, str]:
-    """The config a compile uses and where it came from. Explicit options always win."""
+def fallback_config(options: Mapping[str, Any] | None,
+                    optimize_knobs: Mapping[str, Any] | None = None) -> tuple[BackendConfig, str]:
+    """The config without the store: explicit options over optimize() knobs over defaults."""
     explicit = {k: v for k, v in (options or {}).items() if k not in CONTROL_OPTIONS}
     path = explicit.get("path", _default_path)
     explicit_config = BackendConfig({"path": path, **explicit})  # strict: bad options fail here
     values = {"path": explicit_config.path, **(optimize_knobs or {}), **explicit}
     source = "options" if explicit else ("optimize()" if optimize_knobs else "default")
     return BackendConfig(values, lenient_paths=True), source
+
+
+def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[str, Any] | None,
+                   keys: Mapping[str, Any]) -> tuple[BackendConfig, str, BackendConfig | None]:
+    """(config, where it came from, what to use if it fails to compile).
+
+    Order: explicit options; the store (exact graph, then nearest batch size) unless
+    ``options={"autotune": False}``; optimize() knobs; defaults.
+    """
+    fallback, source = fallback_config(options, optimize_knobs)
+    explicit = any(k not in CONTROL_OPTIONS for k in (options or {}))
+    if explicit or not (options or {}).get("autotune", True):
+        return fallback, source, None
+    found = lookup.find(dict(keys), warn_once)
+    if found is None:
+        return fallback, source, None
+    return found.config, found.describe(), fallback
 
 
 def _check_runtime(config: BackendConfig) -> None:
@@ -119,15 +137,24 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     """Entry point registered as ``torch.compile(backend="ipex")``."""
     if mode is not None:
         raise KnobError(f"the ipex backend takes no mode (got {mode!r}); pass knobs in options=")
-    config, source = resolve_config(options, _optimize_knobs(gm, example_inputs))
     mask = constant_mask(gm, example_inputs)
     keys = {"workload_key": workload_key(gm, example_inputs, mask),
             "family_key": workload_key(gm, example_inputs, mask, batch_free=True),
             "batch_size": _batch_size(example_inputs, mask)}
-    compiled, used = compile_graph(gm, example_inputs, config)
+    config, source, fallback = resolve_config(options, _optimize_knobs(gm, example_inputs), keys)
+    try:
+        compiled, used = compile_graph(gm, example_inputs, config)
+    except Exception as exc:
+        if fallback is None:
+            raise
+        warn_once(f"stored-failed:{config.config_id}", f"ipex backend: stored config "
+                  f"{config.config_id} failed to compile ({type(exc).__name__}: {exc}); "
+                  "using the default config")
+        compiled, used = compile_graph(gm, example_inputs, fallback)
+        source = "default (stored config failed)"
     compiled_graphs.append({**keys, "config_id": used.config_id, "source": source})
-    log.info("ipex backend: compiled graph with %s (%s, from %s)", used.config_id,
-             used.non_default(), source)
+    log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
+             used.config_id, used.non_default(), source)
     _state.last = {"config": used, "source": source}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled

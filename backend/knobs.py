@@ -37,6 +37,8 @@ class Knob:
     applies_at: str = "compile"
 
     def valid_values_text(self) -> str:
+        if self.type is bool:
+            return "True, False"
         if self.choices is not None:
             return ", ".join(repr(c) for c in self.choices)
         return f"an integer from {self.low} to {self.high}"
@@ -48,7 +50,7 @@ class Knob:
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
-            raise KnobError(f"knob {self.name!r}: got {value!r}; valid values: True, False")
+            raise KnobError(f"knob {self.name!r}: got {value!r}; valid values: {self.valid_values_text()}")
         if self.type is int and self.choices is None:
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise KnobError(
@@ -80,6 +82,8 @@ class Knob:
                 f"which this CPU lacks; valid here: {', '.join(repr(v) for v in self.supported_values(features))}")
 
     def supported_values(self, features: frozenset[str]) -> list:
+        if self.type is bool:
+            return [True, False]
         if self.choices is None:
             return [self.low, self.high]
         return [c for c in self.choices

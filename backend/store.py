@@ -178,9 +178,11 @@ class ConfigStore:
     reader never makes a writing tuner fail.
     """
 
-    def __init__(self, url: str, *, read_only: bool = False):
+    def __init__(self, url: str, *, read_only: bool = False,
+                 busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS):
         self.url = url
         self.read_only = read_only
+        self.busy_timeout_ms = busy_timeout_ms
         self._shown_url = _masked(url)
         self._sqlite_path: str | None = None  # a file path, when the store is an SQLite file
         self._schema_checked = False
@@ -215,7 +217,7 @@ class ConfigStore:
 
     def _on_sqlite_connect(self, dbapi_connection, connection_record) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         if not self.read_only:
             # WAL lets readers keep reading while a tuner writes (and vice versa).
             cursor.execute("PRAGMA journal_mode = WAL")

@@ -1,0 +1,304 @@
+"""`autotune` command line: each subcommand is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+import yaml
+
+from backend.errors import AutotuneError
+from backend.knobs import KNOBS
+
+log = logging.getLogger("autotune")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected comma-separated integers "
+                                         "like 1,3,224,224") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: every dimension must be positive")
+    return shape
+
+
+def _parse_dtypes(text: str) -> tuple[str, ...]:
+    dtypes = tuple(d.strip() for d in text.split(",") if d.strip())
+    valid = KNOBS["dtype"].choices
+    bad = [d for d in dtypes if d not in valid]
+    if bad or not dtypes:
+        raise argparse.ArgumentTypeError(f"bad dtype {', '.join(bad) or text!r}: valid are "
+                                         f"{', '.join(valid)} (comma-separated)")
+    return dtypes
+
+
+def _model_spec(args):
+    from .models import ModelSpec
+
+    input_shape = None
+    batch = args.batch_size
+    if args.input_shape:
+        # --input-shape includes the batch dimension, as users write it
+        batch, input_shape = args.input_shape[0], args.input_shape[1:]
+        if args.batch_size_given:
+            batch = args.batch_size
+    return ModelSpec(name=args.model, batch_size=batch, input_shape=input_shape,
+                     checkpoint=args.checkpoint)
+
+
+def _request_from_args(args):
+    from .study_file import load_study_file, parse_duration
+    from .tuner import TuneRequest
+
+    if args.study:
+        study = load_study_file(args.study)
+        if args.model:
+            raise AutotuneError("give either --model or --study, not both")
+        args.model = study["model"]
+        if not args.batch_size_given:
+            args.batch_size = study.get("batch_size", 1)
+        if study.get("input_shape") and not args.input_shape:
+            args.input_shape = (args.batch_size, *study["input_shape"])
+        args.dtype = args.dtype or tuple(study.get("dtypes", ["float32"]))
+        budget = study.get("budget", {})
+        args.trials = args.trials or budget.get("trials")
+        args.timeout = args.timeout or budget.get("timeout")
+        args.space = args.space or study.get("space")
+    if not args.model:
+        raise AutotuneError("no model: give --model NAME (see `autotune models`) or --study FILE")
+    timeout = args.timeout
+    if isinstance(timeout, str):
+        timeout = parse_duration(timeout)
+    request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
+                          space=args.space or "default", storage=args.storage,
+                          study_name=args.study_name, seed=args.seed)
+    if args.trials:
+        request.trials = int(args.trials)
+    if timeout:
+        request.timeout_s = float(timeout)
+    if args.tolerance:
+        request.tolerance = args.tolerance
+    if args.trial_timeout:
+        request.trial_timeout_s = parse_duration(args.trial_timeout)
+    if args.memory_limit:
+        request.memory_limit_mb = args.memory_limit
+    return request
+
+
+class _ProgressLine:
+    """One line per trial (a redrawn bar on a terminal): done, best, speedup, time left."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, p) -> None:
+        width = 20
+        filled = int(width * p.done / max(1, p.total))
+        bar = "#" * filled + "-" * (width - filled)
+        best = f"best {p.best_ms:.2f} ms" if p.best_ms else "best -"
+        speedup = f" ({p.default_ms / p.best_ms:.2f}x vs default)" if p.best_ms and p.default_ms else ""
+        left = f", ~{p.left_s / 60:.1f} min left" if p.left_s else ""
+        line = f"[{bar}] {p.done}/{p.total} trials | {best}{speedup}{left} | last: {p.last}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _print_result(result, out=sys.stdout) -> None:
+    from .tuner import BACKEND_DEFAULT
+    from .worker import EAGER, TORCH_COMPILE_DEFAULT
+
+    print(file=out)
+    print(f"study {result.study_name}: {result.trials_total} trials ({result.trials_complete} complete, "
+          f"{result.trials_pruned} pruned, {result.trials_failed} failed) in {result.wall_s / 60:.1f} min",
+          file=out)
+    if result.message:
+        print(result.message, file=out)
+    if not result.winner:
+        return
+    print("\nconfirmation (fresh processes, interleaved rounds):", file=out)
+    print(f"  {'candidate':24s} {'median ms':>10s} {'IQR %':>7s}", file=out)
+    for name, cand in result.candidates.items():
+        if cand.stats:
+            mark = "  <- winner" if cand is result.winner else ""
+            print(f"  {name:24s} {cand.stats.median_ms:10.2f} {100 * cand.stats.spread:6.1f}%{mark}", file=out)
+        else:
+            print(f"  {name:24s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
+    w = result.winner
+    print(f"\nbest config ({w.config.config_id}): {json.dumps(w.config.non_default())}", file=out)
+    print(f"median latency {w.stats.median_ms:.2f} ms", file=out)
+    for name in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER):
+        ratio = result.speedup_over(name)
+        if ratio:
+            print(f"  {ratio:.2f}x faster than {name}", file=out)
+    if result.stored_ids:
+        print(f"stored in {result.storage_url} (records {', '.join(map(str, result.stored_ids))})", file=out)
+
+
+def cmd_run(args) -> int:
+    from .tuner import Tuner
+
+    request = _request_from_args(args)
+    tuner = Tuner(request, progress=_ProgressLine())
+    print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
+          f"in study {request.resolved_study_name()} at {request.storage_url}", file=sys.stderr)
+    result = tuner.run()
+    _print_result(result)
+    if result.interrupted:
+        print("interrupted: rerun the same command to resume the study", file=sys.stderr)
+        return 130
+    return 0 if result.winner else 1
+
+
+def cmd_models(args) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    print("\nor any module:callable returning an nn.Module (with --input-shape)", file=sys.stderr)
+    return 0
+
+
+def cmd_knobs(args) -> int:
+    for knob in KNOBS.values():
+        print(f"{knob.name:28s} {knob.valid_values_text():40s} default {knob.default!r:12s} "
+              f"[{'/'.join(sorted(knob.paths))}] {knob.doc}")
+    return 0
+
+
+def _store(args, read_only=True):
+    from backend.store import ConfigStore, default_storage_url
+    return ConfigStore(args.storage or default_storage_url(), read_only=read_only)
+
+
+def cmd_ls(args) -> int:
+    store = _store(args)
+    records = store.list()
+    if not records:
+        print("no tuned configs in the store")
+        return 0
+    print(f"{'model':22s} {'batch':>5s} {'median ms':>10s} {'speedup':>8s} {'config':18s} {'hardware':20s} study")
+    for r in records:
+        print(f"{r.model_label:22s} {str(r.batch_size):>5s} {r.latency['median_ms']:10.2f} "
+              f"{r.speedup:7.2f}x {r.config_id:18s} {r.hardware_key:20s} {r.study_name}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    store = _store(args)
+    records = [r for r in store.list(model_label=args.model)]
+    if not records:
+        raise AutotuneError(f"no tuned config for model {args.model!r} in the store; "
+                            f"`autotune ls` lists what is there")
+    for r in records:
+        print(yaml.safe_dump(r.to_dict(), sort_keys=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = _store(args)
+    records = [r.to_dict() for r in store.list(model_label=args.model)]
+    text = yaml.safe_dump({"ipex_autotune_export": 1, "records": records}, sort_keys=False)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"exported {len(records)} record(s) to {args.output}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from backend.store import TunedRecord
+
+    try:
+        with open(args.file) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise AutotuneError(f"cannot read {args.file}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise AutotuneError(f"{args.file} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "records" not in data:
+        raise AutotuneError(f"{args.file} is not an `autotune export` file (no 'records' list)")
+    records = []
+    for i, item in enumerate(data["records"]):
+        try:
+            records.append(TunedRecord.from_dict(item))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AutotuneError(f"{args.file}: record {i} is malformed ({exc}); nothing imported") from None
+    store = _store(args, read_only=False)
+    for record in records:
+        record.id = None
+        store.put(record)
+    print(f"imported {len(records)} record(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotune", description="Tune the ipex torch.compile backend "
+                                     "for a model on this machine.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="tune a model and store the winner")
+    run.add_argument("--model", help="torchvision name (see `autotune models`) or module:callable")
+    run.add_argument("--study", help="study file (YAML): model, inputs, dtypes, budget, space")
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
+    run.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
+    run.add_argument("--dtype", type=_parse_dtypes, help="allowed dtypes, e.g. float32,bfloat16")
+    run.add_argument("--trials", type=int)
+    run.add_argument("--timeout", help="search time budget, e.g. 20m (confirmation comes after)")
+    run.add_argument("--trial-timeout", help="hard limit per trial, e.g. 10m")
+    run.add_argument("--memory-limit", type=float, help="MB per trial process")
+    run.add_argument("--tolerance", type=float, help="relative error allowed against eager float32")
+    run.add_argument("--space", help="search space name or YAML file")
+    run.add_argument("--study-name")
+    run.add_argument("--seed", type=int)
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)
+    sub.add_parser("knobs", help="list the knobs").set_defaults(func=cmd_knobs)
+    ls = sub.add_parser("ls", help="list tuned configs in the store")
+    ls.set_defaults(func=cmd_ls)
+    show = sub.add_parser("show", help="show the stored configs of a model")
+    show.add_argument("model")
+    show.set_defaults(func=cmd_show)
+    export = sub.add_parser("export", help="write stored configs to YAML")
+    export.add_argument("-o", "--output", default="-")
+    export.add_argument("--model")
+    export.set_defaults(func=cmd_export)
+    imp = sub.add_parser("import", help="add configs from an export file to the store")
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_import)
+    for p in (run, ls, show, export, imp):
+        p.add_argument("--storage", help="SQLAlchemy URL (default: $IPEX_AUTOTUNE_STORAGE or a "
+                                         "per-user SQLite file)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.batch_size_given = "--batch-size" in (argv if argv is not None else sys.argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except AutotuneError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nautotune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

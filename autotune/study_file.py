@@ -1,0 +1,161 @@
+"""Study files: which model to tune, with which dtypes, objective, budget and search space.
+
+    model: resnet50            # torchvision name or module:callable (required)
+    batch_size: 1
+    input_shape: [3, 224, 224] # per sample, optional
+    checkpoint: weights.pt     # optional state_dict; relative to the study file
+    dtypes: [float32, bfloat16]
+    objective: latency
+    budget: {trials: 60, timeout: 30m}
+    space: default             # shipped name, or a path relative to the study file
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from yaml.nodes import Node, SequenceNode
+
+from backend.errors import KnobError
+from backend.knobs import KNOBS
+
+from .errors import StudyError
+from .space import YamlFile, looks_like_path
+
+STUDY_KEYS = ("model", "batch_size", "input_shape", "checkpoint", "dtypes", "objective",
+              "budget", "space", "description")
+BUDGET_KEYS = ("trials", "timeout")
+OBJECTIVES = ("latency",)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION_EXAMPLES = "e.g. '90s', '20m', '1h' or '1h30m' (a bare number is seconds)"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "20m", "1h", "1h30m", "1.5h" or "600"."""
+    compact = text.replace(" ", "").lower() if isinstance(text, str) else ""
+    if re.fullmatch(r"\d+(\.\d+)?", compact):
+        seconds = float(compact)
+    elif re.fullmatch(r"(\d+(\.\d+)?[hms])+", compact):
+        seconds = sum(float(n) * _UNIT_SECONDS[u]
+                      for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", compact))
+    else:
+        seconds = 0.0
+    if seconds <= 0:
+        raise StudyError(f"duration {text!r}: expected a positive time, {_DURATION_EXAMPLES}")
+    return seconds
+
+
+def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated study, with defaults filled in and relative paths resolved.
+
+    Keys: model, batch_size, input_shape (tuple or None), checkpoint (str or None), dtypes
+    (list), objective, budget ({"trials": int|None, "timeout": seconds|None}), space (a shipped
+    name or a path), description, source (this file).
+    """
+    doc = YamlFile.load(Path(path), StudyError, "study file")
+    top = doc.mapping(doc.root, f"a study mapping with keys {', '.join(STUDY_KEYS)}")
+    doc.check_keys(top, STUDY_KEYS, "a study file")
+    if "model" not in top:
+        doc.fail(doc.root, "missing `model:` (a torchvision name such as resnet50, "
+                           "or module:callable)")
+    here = Path(path).parent
+
+    def get(key: str, default: Any = None) -> tuple[Any, Node | None]:
+        return (doc.value(top[key][1]), top[key][1]) if key in top else (default, None)
+
+    model, node = get("model")
+    if not isinstance(model, str) or not model.strip():
+        doc.fail(node, f"model {model!r}: expected a torchvision name (`autotune models` lists "
+                       "them) or module:callable")
+    batch_size, node = get("batch_size", 1)
+    if not _positive_int(batch_size):
+        doc.fail(node, f"batch_size {batch_size!r}: expected a positive integer")
+    input_shape, node = get("input_shape")
+    if input_shape is not None:
+        if not isinstance(input_shape, list) or not input_shape \
+                or not all(_positive_int(d) for d in input_shape):
+            doc.fail(node, f"input_shape {input_shape!r}: expected a list of positive integers "
+                           "per sample, without the batch dimension, e.g. [3, 224, 224]")
+        input_shape = tuple(input_shape)
+    checkpoint, node = get("checkpoint")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            doc.fail(node, f"checkpoint {checkpoint!r}: expected the path of a state_dict file")
+        checkpoint = str(here / checkpoint)
+    return {
+        "model": model,
+        "batch_size": batch_size,
+        "input_shape": input_shape,
+        "checkpoint": checkpoint,
+        "dtypes": _dtypes(doc, *get("dtypes", ["float32"])),
+        "objective": _objective(doc, *get("objective", "latency")),
+        "budget": _budget(doc, top["budget"][1]) if "budget" in top
+        else {"trials": None, "timeout": None},
+        "space": _space(doc, *get("space", "default"), here),
+        "description": _text(doc, *get("description", "")),
+        "source": doc.name,
+    }
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _dtypes(doc: YamlFile, dtypes: Any, node: Node | None) -> list[str]:
+    if node is None:
+        return list(dtypes)
+    valid = KNOBS["dtype"].valid_values_text()
+    if not isinstance(node, SequenceNode) or not node.value:
+        doc.fail(node, f"dtypes {dtypes!r}: expected a non-empty list of {valid}")
+    result = []
+    for item_node, dtype in zip(node.value, dtypes):
+        try:
+            result.append(KNOBS["dtype"].validate(dtype))
+        except KnobError:
+            doc.fail(item_node, f"dtype {dtype!r}: valid values: {valid}")
+    return list(dict.fromkeys(result))
+
+
+def _objective(doc: YamlFile, objective: Any, node: Node | None) -> str:
+    if objective not in OBJECTIVES:
+        doc.fail(node, f"objective {objective!r}: valid objectives: {', '.join(OBJECTIVES)}")
+    return objective
+
+
+def _budget(doc: YamlFile, node: Node) -> dict[str, Any]:
+    entries = doc.mapping(node, "budget: a mapping with trials and/or timeout")
+    doc.check_keys(entries, BUDGET_KEYS, "budget")
+    if not entries:
+        doc.fail(node, "budget is empty: give trials, timeout or both")
+    budget: dict[str, Any] = {"trials": None, "timeout": None}
+    if "trials" in entries:
+        trials = doc.value(entries["trials"][1])
+        if not _positive_int(trials):
+            doc.fail(entries["trials"][1], f"budget trials {trials!r}: expected a positive integer")
+        budget["trials"] = trials
+    if "timeout" in entries:
+        timeout_node = entries["timeout"][1]
+        timeout = doc.value(timeout_node)
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            timeout = str(timeout)  # YAML numbers are seconds
+        try:
+            budget["timeout"] = parse_duration(timeout)
+        except StudyError as exc:
+            doc.fail(timeout_node, f"budget timeout: {exc}")
+    return budget
+
+
+def _space(doc: YamlFile, space: Any, node: Node | None, here: Path) -> str:
+    if not isinstance(space, str) or not space:
+        doc.fail(node, f"space {space!r}: expected a shipped space name (e.g. default, quick) "
+                       "or the path of a YAML file")
+    return str(here / space) if looks_like_path(space) else space
+
+
+def _text(doc: YamlFile, text: Any, node: Node | None) -> str:
+    if not isinstance(text, str):
+        doc.fail(node, f"description {text!r}: expected text")
+    return text

@@ -1,0 +1,440 @@
+"""The Optuna study: warm start, isolated trials, pruning, interleaved confirmation, store write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+import torch
+
+from backend import BackendConfig
+from backend.fingerprint import hardware_info, hardware_key, usable_cores
+from backend.store import ConfigStore, TunedRecord, default_storage_url
+
+from .bench import Stats
+from .errors import StudyError
+from .models import ModelSpec
+from .space import SearchSpace, load_space
+from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
+
+log = logging.getLogger("autotune")
+
+BACKEND_DEFAULT = "backend default"
+TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
+
+
+@dataclass
+class TuneRequest:
+    model: ModelSpec
+    dtypes: tuple[str, ...] = ("float32",)
+    trials: int = 25
+    timeout_s: float | None = 15 * 60       # search phase; confirmation comes after
+    space: str = "default"
+    storage: str | None = None
+    study_name: str | None = None
+    tolerance: float | None = None          # relative; default per dtype (TOLERANCES)
+    seed: int | None = None
+    trial_timeout_s: float = 600
+    memory_limit_mb: float = 8192
+    prune_ratio: float = 1.3                # a trial this much slower than the best after 5 runs stops
+    confirm_top: int = 3
+    confirm_rounds: int = 4
+    measure: dict = field(default_factory=lambda: {
+        "warmup_count": 3, "warmup_seconds": 1.0, "min_runs": 20, "min_seconds": 2.0})
+    confirm_measure: dict = field(default_factory=lambda: {
+        "warmup_count": 3, "warmup_seconds": 1.0, "min_runs": 10, "min_seconds": 1.0})
+    cpus: list[int] | None = None           # pin workers here; threads default to their count
+    store_winner: bool = True
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_storage_url()
+
+    @property
+    def threads(self) -> int:
+        return len(self.cpus) if self.cpus else usable_cores()
+
+    def resolved_study_name(self) -> str:
+        return self.study_name or f"{self.model.study_label}-{'+'.join(self.dtypes)}"
+
+
+@dataclass
+class Candidate:
+    name: str
+    config: BackendConfig | None
+    stats: Stats | None = None
+    graphs: list = field(default_factory=list)
+    failure: str | None = None
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage_url: str
+    trials_total: int
+    trials_complete: int
+    trials_failed: int
+    trials_pruned: int
+    wall_s: float
+    winner: Candidate | None
+    candidates: dict[str, Candidate]
+    kept_default: bool
+    stored_ids: list[int]
+    interrupted: bool
+    message: str = ""
+
+    def speedup_over(self, name: str) -> float | None:
+        base = self.candidates.get(name)
+        if not (self.winner and self.winner.stats and base and base.stats):
+            return None
+        return base.stats.median_ms / self.winner.stats.median_ms
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    best_ms: float | None
+    default_ms: float | None
+    elapsed_s: float
+    left_s: float | None
+    last: str
+
+
+def _engine_kwargs(url: str) -> dict:
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # We drive heartbeats ourselves from the ask/tell loop, which optuna flags as unusual.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = request.storage_url
+    if url.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+    ConfigStore(url).close()  # validates the URL, creates our tables, sets WAL for SQLite
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                                             heartbeat_interval=10, grace_period=60)
+    except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
+        raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=request.seed,
+                                         n_startup_trials=8, constant_liar=True)
+    study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
+                                sampler=sampler, direction="minimize", load_if_exists=create)
+    hw_key = hardware_key()
+    existing = study.user_attrs.get("hardware_key")
+    if existing and existing != hw_key:
+        raise StudyError(f"study {study.study_name!r} belongs to hardware {existing}, this host is "
+                         f"{hw_key}; tune other hardware in its own study (--study-name)")
+    if not existing:
+        study.set_user_attr("hardware_key", hw_key)
+        study.set_user_attr("hardware", hardware_info())
+        study.set_user_attr("model", request.model.to_dict())
+        study.set_user_attr("dtypes", list(request.dtypes))
+        study.set_user_attr("torch_version", torch.__version__)
+    optuna.storages.fail_stale_trials(study)
+    fail_orphaned_trials(study)
+    return study
+
+
+def _tuner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """RUNNING trials whose tuner (on this host) is gone: fail them now rather than after the grace period."""
+    host = socket.gethostname()
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host, _, pid = trial.user_attrs.get("tuner", "").partition(":")
+        if owner_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "failure_kind", "orphaned")
+        study._storage.set_trial_user_attr(trial._trial_id, "failure_reason",
+                                           f"the tuner (pid {pid}) died during this trial")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed += 1
+    return failed
+
+
+def _reference_path(request: TuneRequest) -> str:
+    blob = json.dumps([request.model.to_dict(), request.resolved_study_name()], sort_keys=True)
+    folder = os.path.join(os.path.dirname(_data_dir(request)), "references")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
+
+
+def _data_dir(request: TuneRequest) -> str:
+    url = request.storage_url
+    if url.startswith("sqlite:///"):
+        return os.path.abspath(url[len("sqlite:///"):])
+    return os.path.join(os.path.expanduser("~"), ".cache", "ipex-autotune", "x")
+
+
+class Tuner:
+    def __init__(self, request: TuneRequest, progress: Callable[[Progress], None] | None = None):
+        self.request = request
+        self.progress = progress or (lambda p: None)
+        self.space: SearchSpace = load_space(request.space).restrict(
+            cores=request.threads, dtypes=request.dtypes)
+        self.reference = _reference_path(request)
+
+    # ------------------------------------------------------------------------------ candidates
+    def _spec(self, candidate: dict | str, dtype: str = "float32") -> WorkerSpec:
+        tol = self.request.tolerance or TOLERANCES[dtype]
+        return WorkerSpec(model=self.request.model.to_dict(), candidate=candidate,
+                          reference_path=self.reference, tolerance=tol,
+                          threads=self.request.threads)
+
+    def _worker(self, spec: WorkerSpec, study: optuna.Study | None = None,
+                trial_id: int | None = None) -> WorkerProcess:
+        beat = None
+        if study is not None and trial_id is not None:
+            storage = study._storage
+            beat = lambda: storage.record_heartbeat(trial_id)  # noqa: E731
+        return WorkerProcess(spec, memory_limit_mb=self.request.memory_limit_mb, heartbeat=beat,
+                             cpus=self.request.cpus)
+
+    def ensure_reference(self) -> None:
+        if os.path.exists(self.reference):
+            return
+        with self._worker(self._spec(EAGER)) as worker:
+            worker.wait_ready(self.request.trial_timeout_s)
+
+    def default_config(self, dtype: str = "float32") -> BackendConfig:
+        return BackendConfig({"threads": self.request.threads, "dtype": dtype})
+
+    # ------------------------------------------------------------------------------ search
+    def _enqueue_warm_start(self, study: optuna.Study) -> None:
+        if study.trials:
+            return
+        for recipe in self.space.static_recipes(self.request.dtypes):
+            study.enqueue_trial(self.space.params_for(recipe), skip_if_exists=True)
+
+    def _run_trial(self, study: optuna.Study, best_ms: float | None) -> str:
+        trial = study.ask()
+        trial.set_user_attr("tuner", _tuner_id())
+        values = self.space.suggest(trial)
+        config = BackendConfig(values)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("config_id", config.config_id)
+        for previous in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if previous.user_attrs.get("config_id") == config.config_id:
+                trial.set_user_attr("duplicate_of", previous.number)
+                study.tell(trial, previous.value)
+                return f"#{trial.number} same config as #{previous.number}"
+        spec = self._spec(config.to_dict(), config.dtype)
+        spec.env["AUTOTUNE_TRIAL_NUMBER"] = str(trial.number)
+        worker = self._worker(spec, study, trial._trial_id)
+        try:
+            ready = worker.wait_ready(self.request.trial_timeout_s)
+            prune_above = best_ms * self.request.prune_ratio if best_ms else None
+            measured = worker.measure(self.request.trial_timeout_s, prune_above_ms=prune_above,
+                                      **self.request.measure)
+        except TrialFailure as failure:
+            trial.set_user_attr("failure_kind", failure.kind)
+            trial.set_user_attr("failure_reason", failure.reason[:2000])
+            trial.set_user_attr("peak_rss_mb", round(worker.peak_rss_mb, 1))
+            study.tell(trial, state=TrialState.FAIL)
+            return f"#{trial.number} failed ({failure.kind})"
+        except BaseException:
+            worker.kill()
+            trial.set_user_attr("failure_kind", "interrupted")
+            trial.set_user_attr("failure_reason", "the tuner was interrupted during this trial")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        finally:
+            worker.close()
+        stats = measured["stats"]
+        for key in ("compile_s", "error", "graphs", "threads"):
+            trial.set_user_attr(key, ready[key])
+        for key, value in stats.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("peak_rss_mb", round(max(worker.peak_rss_mb, measured["peak_rss_mb"]), 1))
+        if measured["pruned"]:
+            study.tell(trial, state=TrialState.PRUNED)
+            return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after 5 runs)"
+        study.tell(trial, stats["median_ms"])
+        return f"#{trial.number} {stats['median_ms']:.2f} ms"
+
+    def search(self, study: optuna.Study) -> bool:
+        """Run trials until the budget is spent. Returns True when interrupted (Ctrl-C)."""
+        request = self.request
+        finished = lambda: [t for t in study.get_trials(deepcopy=False)  # noqa: E731
+                            if t.state.is_finished()]
+        start = time.monotonic()
+        last = "warm start"
+        while len(finished()) < request.trials:
+            elapsed = time.monotonic() - start
+            if request.timeout_s is not None and elapsed > request.timeout_s:
+                break
+            best_ms = self._best_value(study)
+            done = len(finished())
+            ran_here = done - self._done_at_start
+            left = elapsed / ran_here * (request.trials - done) if ran_here else None
+            if left is not None and request.timeout_s is not None:
+                left = min(left, request.timeout_s - elapsed)
+            self.progress(Progress(done, request.trials, best_ms, self._default_ms(study),
+                                   elapsed, left, last))
+            try:
+                last = self._run_trial(study, best_ms)
+            except KeyboardInterrupt:
+                return True
+        self.progress(Progress(len(finished()), request.trials, self._best_value(study),
+                               self._default_ms(study), time.monotonic() - start, 0, last))
+        return False
+
+    @staticmethod
+    def _best_value(study: optuna.Study) -> float | None:
+        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        return min(values) if values else None
+
+    def _default_ms(self, study: optuna.Study) -> float | None:
+        default_id = self.default_config().config_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("config_id") == default_id:
+                return t.value
+        return None
+
+    # ------------------------------------------------------------------------------ confirmation
+    def confirm(self, study: optuna.Study) -> dict[str, Candidate]:
+        """Top configs and baselines, each in its own fresh process, measured in interleaved rounds."""
+        request = self.request
+        candidates: dict[str, Candidate] = {}
+        seen = set()
+        complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                          key=lambda t: t.value)
+        for t in complete:
+            cid = t.user_attrs.get("config_id")
+            if cid in seen:
+                continue
+            seen.add(cid)
+            candidates[f"trial #{t.number}"] = Candidate(f"trial #{t.number}",
+                                                         BackendConfig(t.user_attrs["config"]))
+            if len(candidates) == request.confirm_top:
+                break
+        candidates[BACKEND_DEFAULT] = Candidate(BACKEND_DEFAULT, self.default_config())
+        candidates[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None)
+        candidates[EAGER] = Candidate(EAGER, None)
+
+        workers: dict[str, WorkerProcess] = {}
+        try:
+            for name, cand in candidates.items():
+                kind = cand.config.to_dict() if cand.config is not None else name
+                dtype = cand.config.dtype if cand.config is not None else "float32"
+                worker = self._worker(self._spec(kind, dtype))
+                try:
+                    cand.graphs = worker.wait_ready(request.trial_timeout_s).get("graphs", [])
+                    workers[name] = worker
+                except TrialFailure as failure:
+                    cand.failure = failure.reason
+                    worker.close()
+            samples: dict[str, list[float]] = {name: [] for name in workers}
+            order = list(workers)
+            for round_ in range(request.confirm_rounds):
+                for name in order[round_ % len(order):] + order[:round_ % len(order)]:
+                    try:
+                        measured = workers[name].measure(request.trial_timeout_s,
+                                                         **request.confirm_measure)
+                        samples[name] += measured["samples"]
+                    except TrialFailure as failure:
+                        candidates[name].failure = failure.reason
+                        order.remove(name)
+            for name in order:
+                candidates[name].stats = Stats.of(samples[name])
+        finally:
+            for worker in workers.values():
+                worker.close()
+        return candidates
+
+    # ------------------------------------------------------------------------------ the whole job
+    def run(self) -> TuneResult:
+        start = time.monotonic()
+        request = self.request
+        study = open_study(request)
+        self._done_at_start = len([t for t in study.trials if t.state.is_finished()])
+        self.ensure_reference()
+        self._enqueue_warm_start(study)
+        interrupted = self.search(study)
+        counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
+                  for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+        result = TuneResult(study.study_name, request.storage_url, len(study.trials),
+                            counts[TrialState.COMPLETE], counts[TrialState.FAIL],
+                            counts[TrialState.PRUNED], 0.0, None, {}, False, [], interrupted)
+        if not counts[TrialState.COMPLETE]:
+            result.message = "no trial completed: nothing to confirm or store"
+            result.wall_s = time.monotonic() - start
+            return result
+        try:
+            result.candidates = self.confirm(study)
+        except KeyboardInterrupt:
+            result.message = "interrupted during confirmation: nothing stored; rerun to resume"
+            result.interrupted = True
+            result.wall_s = time.monotonic() - start
+            return result
+        self._choose_winner(result)
+        if result.winner and request.store_winner:
+            result.stored_ids = self._store(study, result)
+        result.wall_s = time.monotonic() - start
+        return result
+
+    def _choose_winner(self, result: TuneResult) -> None:
+        tuned = [c for n, c in result.candidates.items()
+                 if c.stats and c.config is not None]
+        if not tuned:
+            result.message = "every candidate failed in confirmation: nothing stored"
+            return
+        best = min(tuned, key=lambda c: c.stats.median_ms)
+        default = result.candidates[BACKEND_DEFAULT]
+        if best is not default and default.stats:
+            noise = max(0.01, (best.stats.spread + default.stats.spread) / 2)
+            if best.stats.median_ms > default.stats.median_ms * (1 - noise):
+                result.kept_default = True
+                result.message = (f"no config beat the backend default by more than the noise "
+                                  f"({100 * noise:.1f}%): storing the default")
+                best = default
+        result.winner = best
+
+    def _store(self, study: optuna.Study, result: TuneResult) -> list[int]:
+        winner = result.winner
+        baselines = {n: c.stats.to_dict() for n, c in result.candidates.items() if c.stats}
+        default = result.candidates[BACKEND_DEFAULT]
+        speedup = (default.stats.median_ms / winner.stats.median_ms) if default.stats else 1.0
+        study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
+                                       "stats": winner.stats.to_dict(), "baselines": baselines,
+                                       "kept_default": result.kept_default})
+        store = ConfigStore(result.storage_url)
+        ids = []
+        try:
+            for graph in winner.graphs or [{"workload_key": None}]:
+                if not graph.get("workload_key"):
+                    continue
+                ids.append(store.put(TunedRecord(
+                    workload_key=graph["workload_key"], hardware_key=hardware_key(),
+                    family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),
+                    model_label=self.request.model.name, config=winner.config.to_dict(),
+                    config_id=winner.config.config_id, latency=winner.stats.to_dict(),
+                    baselines=baselines, speedup=speedup, torch_version=torch.__version__,
+                    study_name=study.study_name, hardware=hardware_info())))
+        finally:
+            store.close()
+        return ids

@@ -1,0 +1,322 @@
+"""One candidate in a fresh process: build, compile, check against the reference, then measure on request.
+
+The parent (``WorkerProcess``) starts ``python -m autotune.worker``, sends JSON commands on the
+worker's stdin and reads JSON replies from a dedicated pipe (torch and compilers print to
+stdout/stderr, which go to a log file). While it waits it enforces the time and memory limits and
+turns a crash, a hang or an exception into a ``TrialFailure`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .bench import Stats
+
+# Candidate kinds besides a backend config.
+EAGER = "eager"
+TORCH_COMPILE_DEFAULT = "torch.compile default"
+
+
+class TrialFailure(Exception):
+    """A candidate that could not be measured; ``kind`` is crash, timeout, memory, exception or accuracy."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass
+class WorkerSpec:
+    model: dict                       # autotune.models.ModelSpec.to_dict()
+    candidate: dict | str             # knob values, or EAGER / TORCH_COMPILE_DEFAULT
+    reference_path: str               # eager float32 output; written by the first worker if absent
+    tolerance: float = 1e-3           # max |out - ref| / max |ref|
+    threads: int = 0                  # intra-op threads for baselines (configs carry their own)
+    env: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+# --------------------------------------------------------------------------------------- child side
+
+def _rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child_main() -> int:
+    reply_fd = int(os.environ["AUTOTUNE_REPLY_FD"])
+    reply = os.fdopen(reply_fd, "w", buffering=1)
+
+    def send(**message):
+        reply.write(json.dumps(message) + "\n")
+
+    try:
+        spec = WorkerSpec(**json.loads(sys.stdin.readline()))
+        state = _prepare(spec)
+    except Exception as exc:  # anything the model or compiler raises is the trial's failure
+        send(status="error", kind=getattr(exc, "kind", "exception"),
+             reason=f"{type(exc).__name__}: {exc}"[:2000])
+        return 1
+    send(status="ready", **state["report"])
+    warmed = False
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            break
+        if command["cmd"] == "measure":
+            send(status="measured", **_measure(state["call"], command, warmed))
+            warmed = True
+    return 0
+
+
+def _prepare(spec: WorkerSpec) -> dict:
+    import torch
+
+    from backend import compiler
+    from backend.config import BackendConfig
+
+    from .models import ModelSpec, build
+
+    config = None
+    if isinstance(spec.candidate, dict):
+        config = BackendConfig(spec.candidate)
+        threads = config.threads
+        if config.interop_threads:
+            torch.set_num_interop_threads(config.interop_threads)
+    else:
+        threads = spec.threads
+    if threads:
+        torch.set_num_threads(threads)
+
+    model, inputs = build(ModelSpec.from_dict(spec.model))
+    if spec.candidate == EAGER:
+        fn = model
+    elif spec.candidate == TORCH_COMPILE_DEFAULT:
+        fn = torch.compile(model)
+    else:
+        fn = torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        output = fn(*inputs)
+        compile_s = time.perf_counter() - start
+        output = output if isinstance(output, torch.Tensor) else output[0]
+        if not os.path.exists(spec.reference_path):
+            if spec.candidate != EAGER:
+                raise RuntimeError("the reference must come from the eager candidate")
+            tmp = spec.reference_path + f".{os.getpid()}.tmp"
+            torch.save(output.float(), tmp)
+            os.replace(tmp, spec.reference_path)
+        reference = torch.load(spec.reference_path, weights_only=True)
+        if output.shape != reference.shape:
+            raise TrialFailure("accuracy", f"output shape {tuple(output.shape)} differs from the "
+                               f"eager reference {tuple(reference.shape)}")
+        scale = reference.abs().max().item() or 1.0
+        error = (output.float() - reference).abs().max().item() / scale
+    if not error <= spec.tolerance:  # also catches NaN
+        raise TrialFailure("accuracy", f"relative error {error:.3g} exceeds the tolerance "
+                           f"{spec.tolerance:g}")
+
+    def call():
+        with torch.no_grad():
+            fn(*inputs)
+
+    graphs = [dict(g) for g in compiler.compiled_graphs]
+    report = {"compile_s": compile_s, "error": error, "graphs": graphs,
+              "threads": torch.get_num_threads(), "torch_version": torch.__version__}
+    if config is not None:
+        report["config_id"] = config.config_id
+    return {"call": call, "report": report}
+
+
+def _measure(call: Callable[[], Any], command: dict, warmed: bool) -> dict:
+    from .bench import sample, warm_up
+
+    if not warmed:
+        warm_up(call, count=command.get("warmup_count", 3), seconds=command.get("warmup_seconds", 0.5))
+    prune_above = command.get("prune_above_ms")
+    samples: list[float] = []
+    if prune_above:
+        samples = sample(call, min_runs=5, min_seconds=0.0, max_runs=5)
+        short = Stats.of(samples)
+        if short.median_ms > prune_above:
+            return {"pruned": True, "stats": short.to_dict(), "peak_rss_mb": _rss_mb()}
+    samples += sample(call, min_runs=command.get("min_runs", 10),
+                      min_seconds=command.get("min_seconds", 1.0))
+    return {"pruned": False, "stats": Stats.of(samples).to_dict(), "samples": samples,
+            "peak_rss_mb": _rss_mb()}
+
+
+# -------------------------------------------------------------------------------------- parent side
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def _rss_of(pid: int) -> float:
+    """Resident memory of a process and its children, in MB (0 when it is gone)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+def _child_setup(cpus: list[int] | None) -> None:
+    """Runs in the child before exec: die with the tuner, and stay on the assigned cores."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+class WorkerProcess:
+    """A candidate's fresh process, with a hard time limit per request and a memory limit."""
+
+    POLL_S = 0.05
+
+    def __init__(self, spec: WorkerSpec, *, memory_limit_mb: float = 8192,
+                 heartbeat: Callable[[], None] | None = None, cpus: list[int] | None = None):
+        self.memory_limit_mb = memory_limit_mb
+        self.heartbeat = heartbeat
+        self.peak_rss_mb = 0.0
+        self.log = tempfile.NamedTemporaryFile(prefix="autotune-worker-", suffix=".log", delete=False)
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, **{k: str(v) for k, v in spec.env.items()},
+               "AUTOTUNE_REPLY_FD": str(write_fd)}
+        threads = spec.candidate.get("threads", 0) if isinstance(spec.candidate, dict) else spec.threads
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE, stdout=self.log,
+            stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,), text=True,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the tuner, which ends us
+            preexec_fn=lambda: _child_setup(cpus))
+        os.close(write_fd)
+        self._reply_fd = read_fd
+        self._buffer = ""
+        self.process.stdin.write(spec.to_json() + "\n")
+        self.process.stdin.flush()
+
+    def wait_ready(self, timeout_s: float) -> dict:
+        return self._receive(timeout_s)
+
+    def measure(self, timeout_s: float, **command) -> dict:
+        self._send({"cmd": "measure", **command})
+        return self._receive(timeout_s)
+
+    def _send(self, message: dict) -> None:
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # the receive that follows reports how it died
+
+    def _receive(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        last_beat = 0.0
+        while True:
+            if "\n" in self._buffer:
+                line, self._buffer = self._buffer.split("\n", 1)
+                message = json.loads(line)
+                if message.get("status") == "error":
+                    self.kill()
+                    raise TrialFailure(message.get("kind", "exception"), message["reason"])
+                return message
+            rss = _rss_of(self.process.pid)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            if rss > self.memory_limit_mb:
+                self.kill()
+                raise TrialFailure("memory", f"out of memory: {rss:.0f} MB resident, over the "
+                                   f"{self.memory_limit_mb:.0f} MB limit")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TrialFailure("timeout", f"timeout: no answer within {timeout_s:.0f} s")
+            if self.heartbeat and time.monotonic() - last_beat > 5:
+                self.heartbeat()
+                last_beat = time.monotonic()
+            ready, _, _ = select.select([self._reply_fd], [], [], self.POLL_S)
+            if ready:
+                chunk = os.read(self._reply_fd, 1 << 16).decode()
+                if chunk:
+                    self._buffer += chunk
+                    continue
+                self.process.wait()
+                raise self._death()
+
+    def _death(self) -> TrialFailure:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return TrialFailure("crash", f"crashed: {_signal_name(code)}; log tail: {self.log_tail(300)}")
+        return TrialFailure("crash", f"exited with code {code} without an answer; log tail: "
+                            f"{self.log_tail(300)}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return f.read()[-chars:].strip()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self._send({"cmd": "quit"})
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        os.close(self._reply_fd)
+        self.log.close()
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "WorkerProcess":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:
+            self.kill()
+        self.close()
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

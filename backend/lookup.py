@@ -1,0 +1,77 @@
+"""Compile-time lookup of tuned configs. Never breaks a compile: any problem means 'no config'."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .config import BackendConfig
+from .errors import AutotuneError
+from .fingerprint import hardware_key
+from .store import ConfigStore, TunedRecord, default_storage_url
+
+log = logging.getLogger("backend")
+
+LOOKUP_BUSY_TIMEOUT_MS = 200
+
+
+@dataclass(frozen=True)
+class Found:
+    config: BackendConfig
+    record: TunedRecord
+    how: str  # "exact" or "nearest batch N"
+
+    def describe(self) -> str:
+        return (f"store ({self.how}, study {self.record.study_name}, "
+                f"{self.record.speedup:.2f}x over the backend default when tuned)")
+
+
+_lock = threading.Lock()
+_stores: dict[str, ConfigStore] = {}
+_cache: dict[tuple, Found | None] = {}
+
+
+def _store(url: str) -> ConfigStore:
+    with _lock:
+        if url not in _stores:
+            # a locked store must cost a compile milliseconds, not the tuner's 30 s patience
+            _stores[url] = ConfigStore(url, read_only=True, busy_timeout_ms=LOOKUP_BUSY_TIMEOUT_MS)
+        return _stores[url]
+
+
+def clear_cache() -> None:
+    """Forget cached lookups and open stores (tests, and tools that just wrote the store)."""
+    with _lock:
+        _cache.clear()
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+
+
+def find(keys: dict[str, Any], warn_once) -> Found | None:
+    """The stored config for this graph on this hardware: exact key, else the nearest batch size."""
+    url = default_storage_url()
+    cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"])
+    if cache_key in _cache:
+        return _cache[cache_key]
+    found = None
+    try:
+        store = _store(url)
+        hw = hardware_key()
+        record = store.best(keys["workload_key"], hw)
+        how = "exact"
+        if record is None and keys["batch_size"] is not None:
+            record = store.nearest(keys["family_key"], hw, keys["batch_size"])
+            how = f"nearest tuned batch size {record.batch_size}" if record else how
+            if record:
+                log.info("ipex backend: no config tuned for batch size %s; using the one tuned for "
+                         "batch size %s", keys["batch_size"], record.batch_size)
+        if record is not None:
+            found = Found(BackendConfig(record.config), record, how)
+    except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
+        warn_once(f"lookup:{type(exc).__name__}",
+                  f"ipex backend: tuned-config lookup failed, using defaults ({exc})")
+    _cache[cache_key] = found
+    return found

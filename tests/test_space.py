@@ -1,0 +1,292 @@
+"""Search spaces: YAML validation with file:line errors, host restriction, conditional sampling."""
+
+import importlib.resources
+import json
+import logging
+import textwrap
+
+import optuna
+import pytest
+
+from backend import BackendConfig
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+from autotune.errors import AutotuneError, SpaceError
+from autotune.space import IntRange, load_space, shipped_spaces
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ALL_FEATURES = frozenset({"avx2", "avx512f", "mkldnn_bf16"})
+INDUCTOR_ONLY = {name for name, knob in KNOBS.items() if knob.paths == {INDUCTOR}}
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def space_from(tmp_path, knobs_yaml):
+    return load_space(write(tmp_path, "knobs:\n" + textwrap.indent(textwrap.dedent(knobs_yaml), "  ")))
+
+
+def sample(space, n, sampler=None):
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
+                                sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+    results = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space.suggest(trial)
+        results.append((config, dict(trial.params)))
+        study.tell(trial, float(len(results)))
+    return results
+
+
+# --- shipped files ------------------------------------------------------------------------------
+
+def test_shipped_spaces_load_from_the_installed_package():
+    assert {"default", "quick"} <= set(shipped_spaces())
+    space = load_space("default")
+    shipped = importlib.resources.files("search_spaces") / "default.yaml"
+    assert space.source == str(shipped)
+    assert set(space.knobs) == {
+        "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
+        "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
+        "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
+        "threads"}
+    assert space.knobs["freezing"] == (True, False)
+    assert "gemm_backends" not in space.knobs  # CPP alone fails on models with bmm
+    assert load_space("quick").knobs["path"] == (TORCHSCRIPT, INDUCTOR)
+
+
+def test_default_yaml_has_one_comment_per_knob():
+    text = (importlib.resources.files("search_spaces") / "default.yaml").read_text()
+    lines = text.splitlines()
+    knob_lines = [i for i, line in enumerate(lines) if line.startswith("  ") and not
+                  line.strip().startswith("#") and ":" in line]
+    assert len(knob_lines) == len(load_space("default").knobs)
+    assert all(lines[i - 1].strip().startswith("#") for i in knob_lines)
+
+
+def test_to_dict_is_json_friendly():
+    data = load_space("default").restrict(features=ALL_FEATURES, cores=4).to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["knobs"]["threads"] == {"low": 1, "high": 4, "log": False}
+
+
+# --- errors name the file and line --------------------------------------------------------------
+
+@pytest.mark.parametrize("text,line,pieces", [
+    ("knobs:\n  path: [torchscript\n  simdlen: [auto]\n", 3, ["malformed YAML"]),
+    ("knobs:\n  path: [torchscript]\n  simdlenn: [auto]\n", 3,
+     ["unknown knob 'simdlenn'", "did you mean simdlen", "Valid knobs: path"]),
+    ("knobs:\n  path: [torchscript, inductor]\n  simdlen:\n    - auto\n    - 1024\n", 5,
+     ["knob 'simdlen': got 1024", "valid values: 'auto', '256', '512'"]),
+    ("knobs:\n  path: [inductor]\n  freezing: {low: 0, high: 1}\n", 3,
+     ["knob 'freezing' takes a list of values (True, False), not a range", "threads"]),
+    ("knobs:\n  path: [inductor]\n  max_autotune: []\n", 3,
+     ["knob 'max_autotune': empty list", "True, False"]),
+    ("knobs:\n  path: [inductor]\n  threads: 4\n", 3,
+     ["knob 'threads': got 4", "expected a list of values", "{low, high, log}"]),
+    ("knobs:\n  path: [inductor]\n  threads: {low: 1, high: 2000}\n", 3,
+     ["knob 'threads': got 2000", "an integer from 0 to 1024"]),
+    ("knobs:\n  path: [inductor]\n  threads: {low: 8, high: 2}\n", 3, ["low 8 > high 2"]),
+    ("knobs:\n  path: [inductor]\n  threads: {low: 0, high: 8, log: true}\n", 3,
+     ["log range needs low >= 1"]),
+    ("knobs:\n  path: [inductor]\n  threads: {low: 1, hi: 8}\n", 3,
+     ["unknown key 'hi'", "valid keys: low, high, log"]),
+    ("knobs:\n  path: [inductor]\n  dtype: [float32]\n", 3, ["dtype is not part of a search space"]),
+    ("knobs:\n  simdlen: [auto]\n", 1, ["`path` must be listed"]),
+    ("knobs:\n  path: [torchscript]\n  freezing: [true]\n", 3,
+     ["'freezing' applies only to path inductor", "`path` does not list"]),
+    ("knobs:\n  path: [inductor]\n  path: [torchscript]\n", 3, ["'path' appears twice"]),
+    ("description: x\nknob:\n  path: [inductor]\n", 2,
+     ["unknown key 'knob'", "valid keys: knobs, description"]),
+    ("- path\n", 1, ["expected a mapping with `knobs:`"]),
+])
+def test_space_errors_name_file_line_and_valid_values(tmp_path, text, line, pieces):
+    path = write(tmp_path, text, "bad.yaml")
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    for piece in pieces:
+        assert piece in message, message
+
+
+def test_empty_file_and_unknown_names(tmp_path):
+    with pytest.raises(SpaceError, match=r"empty\.yaml: expected a mapping"):
+        load_space(write(tmp_path, "", "empty.yaml"))
+    with pytest.raises(SpaceError, match=r"unknown search space 'defualt'; shipped spaces: default"):
+        load_space("defualt")
+    with pytest.raises(SpaceError, match=r"search space file '.*missing\.yaml' not found"):
+        load_space(tmp_path / "missing.yaml")
+    assert issubclass(SpaceError, AutotuneError)
+
+
+def test_values_are_coerced_and_deduplicated(tmp_path):
+    space = space_from(tmp_path, """
+        path: [inductor]
+        simdlen: [auto, 512, "512"]
+        min_chunk_size: ["64", 64]
+        threads: {low: 2, high: 2}
+    """)
+    assert space.knobs["simdlen"] == ("auto", "512")
+    assert space.knobs["min_chunk_size"] == (64,)
+    assert space.knobs["threads"] == (2,)
+
+
+# --- restricting to this host -------------------------------------------------------------------
+
+def test_restrict_drops_unsupported_values_with_one_line_per_knob(tmp_path, caplog):
+    space = space_from(tmp_path, """
+        path: [torchscript, inductor]
+        simdlen: [auto, "256", "512"]
+    """)
+    with caplog.at_level(logging.INFO, logger="autotune.space"):
+        restricted = space.restrict(features=frozenset(), cores=4,
+                                    dtypes=["float32", "bfloat16"])
+    assert restricted.knobs["simdlen"] == ("auto",)
+    assert restricted.dtypes == ("float32",)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["search space: dropped dtype=bfloat16 (needs mkldnn_bf16)",
+                        "search space: dropped simdlen=256/512 (needs avx2, avx512f)"]
+    assert space.knobs["simdlen"] == ("auto", "256", "512")  # the original is untouched
+
+
+def test_restrict_keeps_supported_values_silently(tmp_path, caplog):
+    space = space_from(tmp_path, "path: [inductor]\nsimdlen: [auto, '256', '512']\n")
+    with caplog.at_level(logging.INFO, logger="autotune.space"):
+        restricted = space.restrict(features=ALL_FEATURES, cores=2,
+                                    dtypes=["float32", "bfloat16"])
+    assert restricted.knobs["simdlen"] == ("auto", "256", "512")
+    assert restricted.dtypes == ("float32", "bfloat16")
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+def test_knob_with_no_supported_value_stays_at_default(tmp_path, caplog):
+    space = space_from(tmp_path, "path: [inductor]\nsimdlen: ['512']\n")
+    with caplog.at_level(logging.INFO, logger="autotune.space"):
+        restricted = space.restrict(features={"avx2"}, cores=2)
+    assert "simdlen" not in restricted.knobs
+    assert "simdlen stays at its default 'auto'" in caplog.text
+
+
+def test_restrict_rejects_bad_or_impossible_dtypes(tmp_path):
+    space = space_from(tmp_path, "path: [inductor]\n")
+    with pytest.raises(SpaceError, match=r"'float16'.*valid values: 'float32', 'bfloat16'"):
+        space.restrict(features=ALL_FEATURES, cores=2, dtypes=["float16"])
+    with pytest.raises(SpaceError, match=r"bfloat16: none runs on this CPU.*valid here: float32"):
+        space.restrict(features=frozenset(), cores=2, dtypes=["bfloat16"])
+
+
+@pytest.mark.parametrize("threads_yaml,cores,expected", [
+    ("{low: 1, high: 1024}", 4, IntRange(1, 4)),
+    ("{low: 0, high: 64}", 8, IntRange(1, 8)),  # 0 means "leave alone": no candidate
+    ("{low: 2, high: 64, log: true}", 8, IntRange(2, 8, True)),
+    ("{low: 8, high: 16}", 2, (2,)),
+    ("[0, 1, 4, 8]", 4, (1, 4)),
+    ("[16, 32]", 4, (4,)),
+    (None, 6, (6,)),  # not searched: fixed to all usable cores
+])
+def test_threads_are_clipped_to_usable_cores(tmp_path, threads_yaml, cores, expected):
+    knobs = "path: [torchscript]\n" + (f"threads: {threads_yaml}\n" if threads_yaml else "")
+    restricted = space_from(tmp_path, knobs).restrict(features=ALL_FEATURES, cores=cores)
+    assert restricted.knobs["threads"] == expected
+
+
+def test_gemm_thread_factors_that_match_no_thread_count_are_dropped(tmp_path, caplog):
+    space = space_from(tmp_path, """
+        path: [inductor]
+        gemm_thread_factors: [auto, "1,1,2", "2,1,1", "1,1,4", "2,2,1"]
+        threads: {low: 1, high: 64}
+    """)
+    with caplog.at_level(logging.INFO, logger="autotune.space"):
+        restricted = space.restrict(features=ALL_FEATURES, cores=2)
+    assert restricted.knobs["gemm_thread_factors"] == ("auto", "1,1,2", "2,1,1")
+    assert "dropped gemm_thread_factors=1,1,4/2,2,1 (product matches no threads" in caplog.text
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # group=True
+def test_suggest_samples_only_the_knobs_of_the_chosen_path():
+    space = load_space("default").restrict(cores=4, dtypes=["float32"])
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=0,
+                                         n_startup_trials=5)
+    results = sample(space, 30, sampler)
+    assert {config["path"] for config, _ in results} == {TORCHSCRIPT, INDUCTOR}
+    for config, params in results:
+        BackendConfig(config)  # accepted as is, on this CPU
+        assert "dtype" not in params and config["dtype"] == "float32"  # one dtype: not sampled
+        assert 1 <= config["threads"] <= 4
+        if config["path"] == TORCHSCRIPT:
+            assert not INDUCTOR_ONLY & set(config) and not INDUCTOR_ONLY & set(params)
+        else:
+            assert "onednn_fusion" not in config and "onednn_fusion" not in params
+
+
+def test_dtype_is_sampled_when_several_are_allowed(tmp_path):
+    space = space_from(tmp_path, "path: [torchscript]\n").restrict(
+        features=ALL_FEATURES, cores=2, dtypes=["float32", "bfloat16"])
+    dtypes = {params["dtype"] for _, params in sample(space, 12)}
+    assert dtypes == {"float32", "bfloat16"}
+
+
+def test_mismatched_gemm_thread_factors_fall_back_to_auto(tmp_path):
+    space = space_from(tmp_path, """
+        path: [inductor]
+        gemm_thread_factors: ["1,1,2", "1,2,1"]
+        threads: [1, 2]
+    """).restrict(features=ALL_FEATURES, cores=2)
+    results = sample(space, 20)
+    for config, params in results:
+        if config["threads"] == 1:
+            assert config["gemm_thread_factors"] == "auto"
+        else:
+            assert config["gemm_thread_factors"] == params["gemm_thread_factors"]
+    assert {config["threads"] for config, _ in results} == {1, 2}
+
+
+# --- warm start ----------------------------------------------------------------------------------
+
+def test_static_recipes_are_valid_configs_inside_the_space():
+    space = load_space("default").restrict(cores=3, dtypes=["float32", "bfloat16"])
+    recipes = space.static_recipes()
+    assert len(recipes) == 5 * len(space.dtypes)
+    for recipe in recipes:
+        config = BackendConfig(recipe)  # checks CPU support too
+        assert config.threads == 3 and recipe["dtype"] in space.dtypes
+    non_default = [BackendConfig(r).non_default() for r in recipes if r["dtype"] == "float32"]
+    assert {"path": TORCHSCRIPT, "threads": 3} in non_default
+    assert {"path": INDUCTOR, "threads": 3} in non_default
+    assert {"path": INDUCTOR, "max_autotune": True, "threads": 3} in non_default
+    assert {"path": TORCHSCRIPT, "onednn_fusion": True, "threads": 3} in non_default
+
+
+def test_static_recipes_outside_the_space_are_left_out(tmp_path):
+    space = space_from(tmp_path, """
+        path: [torchscript, inductor]
+        optimize_for_inference: [false, true]
+        channels_last: [false]
+    """).restrict(features=ALL_FEATURES, cores=2)
+    # channels_last=True (the default) is outside this space: no recipe fits
+    assert space.static_recipes() == []
+    space = space_from(tmp_path, "path: [inductor]\n").restrict(features=ALL_FEATURES, cores=2)
+    # max_autotune is not searched, so only the Inductor default remains
+    assert space.static_recipes() == [{"path": INDUCTOR, "dtype": "float32", "threads": 2}]
+    assert space.static_recipes(dtypes=["bfloat16"]) == []  # not an allowed dtype
+
+
+@pytest.mark.parametrize("dtypes", [["float32"], ["float32", "bfloat16"]])
+def test_enqueued_recipes_come_back_from_suggest(dtypes):
+    space = load_space("default").restrict(features=ALL_FEATURES, cores=2, dtypes=dtypes)
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    recipes = space.static_recipes()
+    for recipe in recipes:
+        params = space.params_for(recipe)
+        assert "threads" in params and ("dtype" in params) == (len(dtypes) > 1)
+        study.enqueue_trial(params, skip_if_exists=True)
+    for recipe in recipes:
+        trial = study.ask()
+        assert space.suggest(trial) == recipe
+        study.tell(trial, 1.0)

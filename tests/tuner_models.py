@@ -1,0 +1,41 @@
+"""module:callable models for tuner tests. Faults are chosen per trial by $FAULT_PLAN,
+e.g. "1:segfault,2:hang", so a real worker process crashes, hangs, raises or bloats."""
+
+import ctypes
+import os
+import time
+
+import torch
+from torch import nn
+
+from models import SmallCNN, _init
+
+
+def _fault():
+    plan = dict(item.split(":") for item in os.environ.get("FAULT_PLAN", "").split(",") if item)
+    fault = plan.get(os.environ.get("AUTOTUNE_TRIAL_NUMBER", ""))
+    if fault == "segfault":
+        ctypes.string_at(0)
+    elif fault == "hang":
+        time.sleep(3600)
+    elif fault == "raise":
+        raise RuntimeError("this model refuses trial " + os.environ["AUTOTUNE_TRIAL_NUMBER"])
+    elif fault == "memory":
+        hog = [torch.ones(64 * 1024 * 1024) for _ in range(64)]  # 16 GB, 256 MB at a time
+        del hog
+
+
+class FaultyCNN(SmallCNN):
+    def forward(self, x):
+        _fault()
+        return super().forward(x)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return _init(SmallCNN()), (torch.randn(1, 3, 16, 16),)
+
+
+def faulty_cnn():
+    torch.manual_seed(0)
+    return _init(FaultyCNN()), (torch.randn(1, 3, 16, 16),)
