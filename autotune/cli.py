@@ -87,6 +87,11 @@ def _request_from_args(args):
         request.trial_timeout_s = parse_duration(args.trial_timeout)
     if args.memory_limit:
         request.memory_limit_mb = args.memory_limit
+    if args.measure_seconds:
+        request.measure["min_seconds"] = args.measure_seconds
+        request.confirm_measure["min_seconds"] = args.measure_seconds / 2
+    if args.confirm_rounds:
+        request.confirm_rounds = args.confirm_rounds
     return request
 
 
@@ -148,6 +153,7 @@ def cmd_run(args) -> int:
 
     request = _request_from_args(args)
     tuner = Tuner(request, progress=_ProgressLine())
+    tuner.preflight()
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
           f"in study {request.resolved_study_name()} at {request.storage_url}", file=sys.stderr)
     result = tuner.run()
@@ -241,6 +247,20 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain_lines
+
+    print("\n".join(explain_lines(_model_spec(args), args.storage)))
+    return 0
+
+
+def cmd_env(args) -> int:
+    from .explain import env_lines
+
+    print("\n".join(env_lines(_model_spec(args), args.storage)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autotune", description="Tune the ipex torch.compile backend "
                                      "for a model on this machine.")
@@ -262,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--space", help="search space name or YAML file")
     run.add_argument("--study-name")
     run.add_argument("--seed", type=int)
+    run.add_argument("--measure-seconds", type=float,
+                     help="timed seconds per trial (default 2; confirmation rounds use half)")
+    run.add_argument("--confirm-rounds", type=int, help="interleaved confirmation rounds (default 4)")
     run.set_defaults(func=cmd_run)
 
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)
@@ -278,7 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="add configs from an export file to the store")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_import)
-    for p in (run, ls, show, export, imp):
+    explain = sub.add_parser("explain", help="per graph: the config torch.compile(backend=\"ipex\") "
+                             "would apply to a model here, from where, and why")
+    explain.set_defaults(func=cmd_explain)
+    env = sub.add_parser("env", help="print the environment to launch the serving process with")
+    env.set_defaults(func=cmd_env)
+    for p in (explain, env):
+        p.add_argument("--model", required=True,
+                       help="torchvision name (see `autotune models`) or module:callable")
+        p.add_argument("--batch-size", type=int, default=1)
+        p.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
+        p.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
+    for p in (run, ls, show, export, imp, explain, env):
         p.add_argument("--storage", help="SQLAlchemy URL (default: $IPEX_AUTOTUNE_STORAGE or a "
                                          "per-user SQLite file)")
     return parser

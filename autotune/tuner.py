@@ -23,7 +23,7 @@ from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from .bench import Stats
 from .errors import StudyError
-from .models import ModelSpec
+from .models import ModelSpec, build
 from .space import SearchSpace, load_space
 from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
 
@@ -121,8 +121,6 @@ def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = request.storage_url
-    if url.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
     ConfigStore(url).close()  # validates the URL, creates our tables, sets WAL for SQLite
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
@@ -177,17 +175,11 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
 
 
 def _reference_path(request: TuneRequest) -> str:
-    blob = json.dumps([request.model.to_dict(), request.resolved_study_name()], sort_keys=True)
-    folder = os.path.join(os.path.dirname(_data_dir(request)), "references")
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
-
-
-def _data_dir(request: TuneRequest) -> str:
-    url = request.storage_url
-    if url.startswith("sqlite:///"):
-        return os.path.abspath(url[len("sqlite:///"):])
-    return os.path.join(os.path.expanduser("~"), ".cache", "ipex-autotune", "x")
+    """Where the eager float32 output of this model and input lives (a per-user cache)."""
+    blob = json.dumps([request.model.to_dict(), torch.__version__], sort_keys=True)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "ipex-autotune", "references",
+                        hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
 
 class Tuner:
@@ -197,6 +189,13 @@ class Tuner:
         self.space: SearchSpace = load_space(request.space).restrict(
             cores=request.threads, dtypes=request.dtypes)
         self.reference = _reference_path(request)
+        self._preflight_done = False
+
+    def preflight(self) -> None:
+        """Fail on a bad model, input shape or storage URL before any study or trial exists."""
+        build(self.request.model, check=True)
+        ConfigStore(self.request.storage_url).close()
+        self._preflight_done = True
 
     # ------------------------------------------------------------------------------ candidates
     def _spec(self, candidate: dict | str, dtype: str = "float32") -> WorkerSpec:
@@ -217,6 +216,7 @@ class Tuner:
     def ensure_reference(self) -> None:
         if os.path.exists(self.reference):
             return
+        os.makedirs(os.path.dirname(self.reference), exist_ok=True)
         with self._worker(self._spec(EAGER)) as worker:
             worker.wait_ready(self.request.trial_timeout_s)
 
@@ -370,6 +370,8 @@ class Tuner:
     def run(self) -> TuneResult:
         start = time.monotonic()
         request = self.request
+        if not self._preflight_done:
+            self.preflight()
         study = open_study(request)
         self._done_at_start = len([t for t in study.trials if t.state.is_finished()])
         self.ensure_reference()

@@ -195,6 +195,9 @@ class ConfigStore:
         except ImportError as e:
             raise StoreError(f"config store {self._shown_url}: the database driver is not "
                              f"installed ({_one_line(e)})") from e
+        except OSError as e:
+            raise StoreError(f"config store {self._shown_url}: cannot create its folder "
+                             f"({e.strerror}: {e.filename})") from e
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine, "connect", self._on_sqlite_connect)
         if not read_only:
@@ -252,7 +255,7 @@ class ConfigStore:
         """True once the autotune tables exist; checks their schema version the first time."""
         if self._schema_checked:
             return True
-        if self._sqlite_path and self.read_only and not os.path.exists(self._sqlite_path):
+        if self.is_missing():
             return False
         with self._session() as session:
             inspector = inspect(session.connection())
@@ -265,6 +268,19 @@ class ConfigStore:
                 f"{version}, this version reads up to {SCHEMA_VERSION}); upgrade ipex-autotune")
         self._schema_checked = True
         return True
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with its password hidden, for messages."""
+        return self._shown_url
+
+    def is_missing(self) -> bool:
+        """A read-only store on an SQLite file that does not exist: nothing was tuned there yet."""
+        return bool(self._sqlite_path and self.read_only and not os.path.exists(self._sqlite_path))
+
+    def has_tables(self) -> bool:
+        """Whether the autotune tables exist (and their schema is readable, else StoreError)."""
+        return self._readable()
 
     def put(self, record: TunedRecord) -> int:
         if self.read_only:

@@ -1,0 +1,179 @@
+"""The tuner with real worker processes: faults, SIGKILL and resume, bad input, stored winner."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from autotune import cli
+from autotune.models import ModelSpec
+from autotune.tuner import BACKEND_DEFAULT, Tuner, TuneRequest, open_study
+from backend.store import ConfigStore, TunedRecord
+
+TESTS = os.path.dirname(__file__)
+QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def workers_import_test_models(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+
+
+def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
+    request = TuneRequest(model=ModelSpec(model), space="quick", trials=4, timeout_s=None,
+                          storage=f"sqlite:///{tmp_path / 'study.db'}", seed=0,
+                          measure=dict(QUICK_MEASURE), confirm_measure=dict(QUICK_MEASURE),
+                          confirm_rounds=2, confirm_top=2)
+    for key, value in overrides.items():
+        setattr(request, key, value)
+    return request
+
+
+def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winner(tmp_path, monkeypatch):
+    # six distinct configs enqueued, so no trial is skipped as a duplicate; 1-4 each die a
+    # different way, 0 and 5 are fine
+    monkeypatch.setenv("FAULT_PLAN", "1:segfault,2:hang,3:raise,4:memory")
+    request = quick_request(tmp_path, model="tuner_models:faulty_cnn", trials=6,
+                            trial_timeout_s=25, memory_limit_mb=1500)
+    study = open_study(request)
+    for prepack, channels_last, threads in [(True, True, 2), (False, True, 2), (True, False, 2),
+                                            (False, False, 2), (True, True, 1), (False, True, 1)]:
+        study.enqueue_trial({"path": "torchscript", "weights_prepack": prepack,
+                             "channels_last": channels_last, "optimize_for_inference": False,
+                             "threads": threads})
+    result = Tuner(request).run()
+
+    study = optuna.load_study(study_name=result.study_name, storage=request.storage_url)
+    by_number = {t.number: t for t in study.trials}
+    expected = {1: ("crash", "SIGSEGV"), 2: ("timeout", "timeout"), 3: ("exception", "refuses trial 3"),
+                4: ("memory", "out of memory")}
+    for number, (kind, text) in expected.items():
+        trial = by_number[number]
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["failure_kind"] == kind
+        assert text in trial.user_attrs["failure_reason"]
+    assert by_number[0].state == optuna.trial.TrialState.COMPLETE
+    assert result.trials_total == 6 and result.trials_failed == 4
+    assert result.winner is not None and result.stored_ids
+
+
+def _finished(db, study_name):
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(
+                "select count(*) from trials t join studies s on s.study_id = t.study_id "
+                "where s.study_name = ? and t.state in ('COMPLETE', 'PRUNED', 'FAIL')",
+                (study_name,)).fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winner(tmp_path):
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
+            "--space", "quick", "--trials", "5", "--study-name", "resume", "--storage", url,
+            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+    env = {**os.environ, "FAULT_PLAN": "2:hang"}
+    tuner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _finished(db, "resume") < 2:
+        assert tuner.poll() is None and time.monotonic() < deadline, "tuner never reached trial 2"
+        time.sleep(0.5)
+    time.sleep(2)  # trial 2 is now hanging inside its worker
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait()
+    before = {t.number: (t.state, t.value) for t in
+              optuna.load_study(study_name="resume", storage=url).trials if t.state.is_finished()}
+    assert len(before) == 2
+
+    rerun = subprocess.run(argv, env={**os.environ, "FAULT_PLAN": ""}, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = optuna.load_study(study_name="resume", storage=url)
+    after = {t.number: t for t in study.trials}
+    for number, (state, value) in before.items():
+        assert (after[number].state, after[number].value) == (state, value), "finished trial lost"
+    assert after[2].state == optuna.trial.TrialState.FAIL
+    assert after[2].user_attrs["failure_kind"] == "orphaned"
+    assert len([t for t in study.trials if t.state.is_finished()]) == 5
+    assert "faster than backend default" in rerun.stdout or "storing the default" in rerun.stdout
+
+    # the stored winner carries its config, statistics and speedup, consistent with the study
+    records = ConfigStore(url, read_only=True).list(model_label="tuner_models:faulty_cnn")
+    assert len(records) == 1
+    record = records[0]
+    winner = study.user_attrs["winner"]
+    assert record.config == winner["config"] and record.config_id.startswith("cfg-")
+    assert set(record.latency) >= {"median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs"}
+    assert {BACKEND_DEFAULT, "torch.compile default", "eager"} <= set(record.baselines)
+    default_ms = record.baselines[BACKEND_DEFAULT]["median_ms"]
+    assert record.speedup == pytest.approx(default_ms / record.latency["median_ms"])
+    assert record.latency["p10_ms"] <= record.latency["median_ms"] <= record.latency["p90_ms"]
+    assert record.workload_key.startswith("wl-") and record.batch_size == 1
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for trial in complete:
+        for attr in ("median_ms", "iqr_ms", "compile_s", "peak_rss_mb", "config", "error"):
+            assert attr in trial.user_attrs, attr
+
+
+def _stored(url):
+    return [r.id for r in ConfigStore(url, read_only=True).list()]
+
+
+@pytest.fixture
+def populated_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    with ConfigStore(url) as store:
+        store.put(TunedRecord(workload_key="wl-x", hardware_key="hw-x", family_key="fam-x",
+                              batch_size=1, model_label="kept", config={"path": "inductor"},
+                              config_id="cfg-x", latency={"median_ms": 1.0}, baselines={},
+                              speedup=1.0, torch_version="x", study_name="s", hardware={}))
+    return url
+
+
+BAD_SPACE = "knobs:\n  path: [torchscript\n"
+UNKNOWN_KNOB_SPACE = "knobs:\n  path: [torchscript]\n  simdlenn: ['512']\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet5"], "did you mean resnet50"),
+    (["--model", "nosuchmod:build"], "cannot import module 'nosuchmod'"),
+    (["--model", "tuner_models:nothere"], "has no attribute 'nothere'"),
+    (["--model", "squeezenet1_1", "--input-shape", "1,3,2,2"], "cannot run inputs of shape (1, 3, 2, 2)"),
+    (["--model", "resnet18", "--space", "{bad}"], "bad.yaml:3: malformed YAML"),
+    (["--model", "resnet18", "--space", "{unknown}"], "unknown.yaml:3: unknown knob 'simdlenn'"),
+    (["--model", "resnet18", "--storage", "notadb://x"], "invalid store URL 'notadb://x'"),
+    (["--model", "resnet18", "--storage", "sqlite:////proc/nope/x.db"], "cannot create its folder"),
+])
+def test_bad_input_is_one_paragraph_error_and_loses_nothing(args, message, populated_store, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text(BAD_SPACE)
+    (tmp_path / "unknown.yaml").write_text(UNKNOWN_KNOB_SPACE)
+    args = [a.format(bad=tmp_path / "bad.yaml", unknown=tmp_path / "unknown.yaml") for a in args]
+    if "--storage" not in args:
+        args += ["--storage", populated_store]
+    before = _stored(populated_store)
+    code = cli.main(["run", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.startswith("autotune: error:") and err.count("\n") == 1
+    assert _stored(populated_store) == before
+
+
+def test_export_import_round_trip(populated_store, tmp_path, capsys):
+    out = tmp_path / "tuned.yaml"
+    assert cli.main(["export", "-o", str(out), "--storage", populated_store]) == 0
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert cli.main(["import", str(out), "--storage", other]) == 0
+    assert [r.config for r in ConfigStore(other, read_only=True).list()] == [{"path": "inductor"}]
+    (tmp_path / "broken.yaml").write_text("records: [{workload_key: 1}]\n")
+    before = _stored(other)
+    assert cli.main(["import", str(tmp_path / "broken.yaml"), "--storage", other]) == 2
+    assert "record 0 is malformed" in capsys.readouterr().err
+    assert _stored(other) == before
