@@ -92,6 +92,7 @@ def _request_from_args(args):
         request.confirm_measure["min_seconds"] = args.measure_seconds / 2
     if args.confirm_rounds:
         request.confirm_rounds = args.confirm_rounds
+    request.jobs = args.jobs
     return request
 
 
@@ -261,6 +262,33 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from .dashboard import serve
+
+    try:
+        serve(args.storage, host=args.host, port=args.port,
+              announce=lambda line: print(line, flush=True))
+    except OSError as exc:
+        raise AutotuneError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a dashboard is meant to stop
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report_for
+
+    page = report_for(args.storage, study_name=args.study, model=args.model,
+                      batch_size=args.batch_size)
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as exc:
+        raise AutotuneError(f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"report written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autotune", description="Tune the ipex torch.compile backend "
                                      "for a model on this machine.")
@@ -285,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--measure-seconds", type=float,
                      help="timed seconds per trial (default 2; confirmation rounds use half)")
     run.add_argument("--confirm-rounds", type=int, help="interleaved confirmation rounds (default 4)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="parallel workers sharing the study, each pinned to its own cores")
     run.set_defaults(func=cmd_run)
 
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)
@@ -312,7 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=1)
         p.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
         p.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
-    for p in (run, ls, show, export, imp, explain, env):
+    dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard over the study database "
+                               "(read-only; safe while a tuner runs)")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(func=cmd_dashboard)
+    report = sub.add_parser("report", help="write one self-contained HTML report of a study")
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="the model's study (see `autotune ls`)")
+    which.add_argument("--study", help="study name")
+    report.add_argument("--batch-size", type=int, help="with --model: pick the study of this batch")
+    report.add_argument("-o", "--output", default="report.html")
+    report.set_defaults(func=cmd_report)
+    for p in (run, ls, show, export, imp, explain, env, dashboard, report):
         p.add_argument("--storage", help="SQLAlchemy URL (default: $IPEX_AUTOTUNE_STORAGE or a "
                                          "per-user SQLite file)")
     return parser

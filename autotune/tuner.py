@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, W
 log = logging.getLogger("autotune")
 
 BACKEND_DEFAULT = "backend default"
+BEST_STATIC = "best static recipe"
 TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
 
 
@@ -54,6 +57,7 @@ class TuneRequest:
     confirm_measure: dict = field(default_factory=lambda: {
         "warmup_count": 3, "warmup_seconds": 1.0, "min_runs": 10, "min_seconds": 1.0})
     cpus: list[int] | None = None           # pin workers here; threads default to their count
+    jobs: int = 1                           # parallel workers on disjoint core slices
     store_winner: bool = True
 
     @property
@@ -64,6 +68,20 @@ class TuneRequest:
     def threads(self) -> int:
         return len(self.cpus) if self.cpus else usable_cores()
 
+    @property
+    def hardware(self) -> dict:
+        """The hardware a config is tuned for: this CPU with the cores one worker gets."""
+        return hardware_info(cores=self.threads)
+
+    def core_slices(self) -> list[list[int]]:
+        """Disjoint, equal core sets, one per job."""
+        cores = sorted(self.cpus or os.sched_getaffinity(0))
+        if self.jobs < 1 or self.jobs > len(cores):
+            raise StudyError(f"--jobs {self.jobs}: this process may use {len(cores)} core(s) "
+                             f"({', '.join(map(str, cores))}); choose 1 to {len(cores)}")
+        size = len(cores) // self.jobs
+        return [cores[i * size:(i + 1) * size] for i in range(self.jobs)]
+
     def resolved_study_name(self) -> str:
         return self.study_name or f"{self.model.study_label}-{'+'.join(self.dtypes)}"
 
@@ -71,10 +89,12 @@ class TuneRequest:
 @dataclass
 class Candidate:
     name: str
-    config: BackendConfig | None
+    config: BackendConfig | None      # None: a baseline that is not a backend config
     stats: Stats | None = None
     graphs: list = field(default_factory=list)
     failure: str | None = None
+    kind: str = ""                    # for baselines: EAGER or TORCH_COMPILE_DEFAULT
+    dtype: str = "float32"
 
 
 @dataclass
@@ -131,20 +151,42 @@ def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
                                          n_startup_trials=8, constant_liar=True)
     study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
                                 sampler=sampler, direction="minimize", load_if_exists=create)
-    hw_key = hardware_key()
+    hw_key = hardware_key(request.hardware)
     existing = study.user_attrs.get("hardware_key")
     if existing and existing != hw_key:
-        raise StudyError(f"study {study.study_name!r} belongs to hardware {existing}, this host is "
-                         f"{hw_key}; tune other hardware in its own study (--study-name)")
+        raise StudyError(f"study {study.study_name!r} belongs to hardware {existing} "
+                         f"({study.user_attrs.get('hardware')}), this worker is {hw_key} "
+                         f"({request.hardware}); tune other hardware in its own study (--study-name)")
     if not existing:
         study.set_user_attr("hardware_key", hw_key)
-        study.set_user_attr("hardware", hardware_info())
+        study.set_user_attr("hardware", request.hardware)
         study.set_user_attr("model", request.model.to_dict())
         study.set_user_attr("dtypes", list(request.dtypes))
         study.set_user_attr("torch_version", torch.__version__)
-    optuna.storages.fail_stale_trials(study)
-    fail_orphaned_trials(study)
+    fail_dead_trials(study)
     return study
+
+
+def _storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    # Study keeps its storage private; heartbeats and atomic claims need the storage API itself.
+    return study._storage
+
+
+def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take the oldest WAITING trial (RUNNING is set by one process only), or None."""
+    storage = _storage_of(study)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+                return optuna.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    optuna.storages.fail_stale_trials(study)  # other hosts: heartbeat older than the grace period
+    fail_orphaned_trials(study)               # this host: the tuner's pid is gone
 
 
 def _tuner_id() -> str:
@@ -166,10 +208,11 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
             pass
         except PermissionError:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "failure_kind", "orphaned")
-        study._storage.set_trial_user_attr(trial._trial_id, "failure_reason",
-                                           f"the tuner (pid {pid}) died during this trial")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage = _storage_of(study)
+        storage.set_trial_user_attr(trial._trial_id, "failure_kind", "orphaned")
+        storage.set_trial_user_attr(trial._trial_id, "failure_reason",
+                                    f"the tuner (pid {pid}) died during this trial")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         failed += 1
     return failed
 
@@ -182,8 +225,25 @@ def _reference_path(request: TuneRequest) -> str:
                         hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
 
+def _search_slice(request: TuneRequest, cpus: list[int]) -> bool:
+    """A joblib worker: search on its own cores until the shared queue is empty."""
+    request = dataclasses.replace(request, cpus=cpus, jobs=1)
+
+    def progress(p: Progress) -> None:
+        best = f"best {p.best_ms:.2f} ms" if p.best_ms else "best -"
+        print(f"[cores {','.join(map(str, cpus))}] {p.done}/{p.total} trials | {best} | last: {p.last}",
+              file=sys.stderr, flush=True)
+
+    tuner = Tuner(request, progress)
+    return tuner.search(open_study(request))
+
+
 class Tuner:
     def __init__(self, request: TuneRequest, progress: Callable[[Progress], None] | None = None):
+        self.slices = request.core_slices() if request.jobs > 1 else None
+        if self.slices:
+            # this process confirms on the first slice, as every trial ran on a slice that size
+            request = dataclasses.replace(request, cpus=self.slices[0], jobs=1)
         self.request = request
         self.progress = progress or (lambda p: None)
         self.space: SearchSpace = load_space(request.space).restrict(
@@ -208,7 +268,7 @@ class Tuner:
                 trial_id: int | None = None) -> WorkerProcess:
         beat = None
         if study is not None and trial_id is not None:
-            storage = study._storage
+            storage = _storage_of(study)
             beat = lambda: storage.record_heartbeat(trial_id)  # noqa: E731
         return WorkerProcess(spec, memory_limit_mb=self.request.memory_limit_mb, heartbeat=beat,
                              cpus=self.request.cpus)
@@ -224,14 +284,27 @@ class Tuner:
         return BackendConfig({"threads": self.request.threads, "dtype": dtype})
 
     # ------------------------------------------------------------------------------ search
-    def _enqueue_warm_start(self, study: optuna.Study) -> None:
-        if study.trials:
-            return
-        for recipe in self.space.static_recipes(self.request.dtypes):
-            study.enqueue_trial(self.space.params_for(recipe), skip_if_exists=True)
+    def fill_budget(self, study: optuna.Study) -> None:
+        """Queue trials up to the budget, once per (study, budget) across all workers and hosts.
 
-    def _run_trial(self, study: optuna.Study, best_ms: float | None) -> str:
-        trial = study.ask()
+        Workers only take queued trials, so the study ends with exactly ``trials`` trials however
+        many workers share it. Warm start first: the known-good recipes lead the queue.
+        """
+        request = self.request
+        missing = request.trials - len(study.trials)
+        if missing <= 0:
+            return
+        with ConfigStore(request.storage_url) as store:
+            if not store.claim(f"budget:{study.study_name}:{request.trials}", _tuner_id()):
+                return
+        queue = []
+        if not study.trials:
+            queue = [self.space.params_for(r) for r in self.space.static_recipes(request.dtypes)]
+        queue = (queue + [{}] * missing)[:missing]  # {}: the sampler picks every knob
+        for params in queue:
+            study.enqueue_trial(params)
+
+    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, best_ms: float | None) -> str:
         trial.set_user_attr("tuner", _tuner_id())
         values = self.space.suggest(trial)
         config = BackendConfig(values)
@@ -265,7 +338,7 @@ class Tuner:
         finally:
             worker.close()
         stats = measured["stats"]
-        for key in ("compile_s", "error", "graphs", "threads"):
+        for key in ("compile_s", "error", "graphs", "threads", "cpus"):
             trial.set_user_attr(key, ready[key])
         for key, value in stats.items():
             trial.set_user_attr(key, value)
@@ -277,31 +350,36 @@ class Tuner:
         return f"#{trial.number} {stats['median_ms']:.2f} ms"
 
     def search(self, study: optuna.Study) -> bool:
-        """Run trials until the budget is spent. Returns True when interrupted (Ctrl-C)."""
+        """Take queued trials until none is left or time is up. True when interrupted (Ctrl-C)."""
         request = self.request
-        finished = lambda: [t for t in study.get_trials(deepcopy=False)  # noqa: E731
-                            if t.state.is_finished()]
         start = time.monotonic()
+        done_at_start = self._finished(study)
         last = "warm start"
-        while len(finished()) < request.trials:
-            elapsed = time.monotonic() - start
-            if request.timeout_s is not None and elapsed > request.timeout_s:
-                break
+        while request.timeout_s is None or time.monotonic() - start < request.timeout_s:
+            fail_dead_trials(study)
             best_ms = self._best_value(study)
-            done = len(finished())
-            ran_here = done - self._done_at_start
-            left = elapsed / ran_here * (request.trials - done) if ran_here else None
+            done = self._finished(study)
+            elapsed = time.monotonic() - start
+            left = elapsed / (done - done_at_start) * (request.trials - done) \
+                if done > done_at_start else None
             if left is not None and request.timeout_s is not None:
                 left = min(left, request.timeout_s - elapsed)
             self.progress(Progress(done, request.trials, best_ms, self._default_ms(study),
                                    elapsed, left, last))
+            trial = claim_waiting_trial(study)
+            if trial is None:
+                break
             try:
-                last = self._run_trial(study, best_ms)
+                last = self._run_trial(study, trial, best_ms)
             except KeyboardInterrupt:
                 return True
-        self.progress(Progress(len(finished()), request.trials, self._best_value(study),
+        self.progress(Progress(self._finished(study), request.trials, self._best_value(study),
                                self._default_ms(study), time.monotonic() - start, 0, last))
         return False
+
+    @staticmethod
+    def _finished(study: optuna.Study) -> int:
+        return len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
 
     @staticmethod
     def _best_value(study: optuna.Study) -> float | None:
@@ -332,15 +410,30 @@ class Tuner:
                                                          BackendConfig(t.user_attrs["config"]))
             if len(candidates) == request.confirm_top:
                 break
+        recipes = [t for t in complete if t.system_attrs.get("fixed_params")]
+        if recipes:  # the best warm-start recipe, so the winner is never slower than it
+            best_recipe = recipes[0]
+            name = f"trial #{best_recipe.number}"
+            cand = candidates.pop(name, None) or Candidate(
+                "", BackendConfig(best_recipe.user_attrs["config"]))
+            cand.name = f"{BEST_STATIC} (trial #{best_recipe.number})"
+            candidates[cand.name] = cand
         candidates[BACKEND_DEFAULT] = Candidate(BACKEND_DEFAULT, self.default_config())
-        candidates[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None)
-        candidates[EAGER] = Candidate(EAGER, None)
+        candidates[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
+        candidates[EAGER] = Candidate(EAGER, None, kind=EAGER)
 
+        self.measure_interleaved(candidates)
+        return candidates
+
+    def measure_interleaved(self, candidates: dict[str, Candidate]) -> None:
+        """Each candidate compiled once in its own fresh process, then timed in rotating rounds
+        so that drift on a shared machine hits all of them alike. Fills stats or failure."""
+        request = self.request
         workers: dict[str, WorkerProcess] = {}
         try:
             for name, cand in candidates.items():
-                kind = cand.config.to_dict() if cand.config is not None else name
-                dtype = cand.config.dtype if cand.config is not None else "float32"
+                kind = cand.config.to_dict() if cand.config is not None else cand.kind
+                dtype = cand.config.dtype if cand.config is not None else cand.dtype
                 worker = self._worker(self._spec(kind, dtype))
                 try:
                     cand.graphs = worker.wait_ready(request.trial_timeout_s).get("graphs", [])
@@ -351,7 +444,8 @@ class Tuner:
             samples: dict[str, list[float]] = {name: [] for name in workers}
             order = list(workers)
             for round_ in range(request.confirm_rounds):
-                for name in order[round_ % len(order):] + order[:round_ % len(order)]:
+                shift = round_ % max(1, len(order))
+                for name in order[shift:] + order[:shift]:
                     try:
                         measured = workers[name].measure(request.trial_timeout_s,
                                                          **request.confirm_measure)
@@ -364,7 +458,6 @@ class Tuner:
         finally:
             for worker in workers.values():
                 worker.close()
-        return candidates
 
     # ------------------------------------------------------------------------------ the whole job
     def run(self) -> TuneResult:
@@ -373,31 +466,71 @@ class Tuner:
         if not self._preflight_done:
             self.preflight()
         study = open_study(request)
-        self._done_at_start = len([t for t in study.trials if t.state.is_finished()])
         self.ensure_reference()
-        self._enqueue_warm_start(study)
-        interrupted = self.search(study)
-        counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
-                  for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
-        result = TuneResult(study.study_name, request.storage_url, len(study.trials),
-                            counts[TrialState.COMPLETE], counts[TrialState.FAIL],
-                            counts[TrialState.PRUNED], 0.0, None, {}, False, [], interrupted)
-        if not counts[TrialState.COMPLETE]:
+        self.fill_budget(study)
+        interrupted = self._search_slices() if self.slices else self.search(study)
+        result = TuneResult(study.study_name, request.storage_url, 0, 0, 0, 0, 0.0, None, {},
+                            False, [], interrupted)
+        self._wait_for_other_workers(study)
+        self._count(study, result)
+        if not result.trials_complete:
             result.message = "no trial completed: nothing to confirm or store"
-            result.wall_s = time.monotonic() - start
-            return result
-        try:
-            result.candidates = self.confirm(study)
-        except KeyboardInterrupt:
-            result.message = "interrupted during confirmation: nothing stored; rerun to resume"
-            result.interrupted = True
-            result.wall_s = time.monotonic() - start
-            return result
-        self._choose_winner(result)
-        if result.winner and request.store_winner:
-            result.stored_ids = self._store(study, result)
+        elif not self._claim_confirmation(study, result):
+            pass  # another worker confirms; result.message says who
+        else:
+            try:
+                result.candidates = self.confirm(study)
+                self._choose_winner(result)
+                if result.winner and request.store_winner:
+                    result.stored_ids = self._store(study, result)
+            except KeyboardInterrupt:
+                result.message = "interrupted during confirmation: nothing stored; rerun to resume"
+                result.interrupted = True
         result.wall_s = time.monotonic() - start
         return result
+
+    @staticmethod
+    def _count(study: optuna.Study, result: TuneResult) -> None:
+        counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
+                  for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+        result.trials_total = len([t for t in study.trials if t.state.is_finished()])
+        result.trials_complete = counts[TrialState.COMPLETE]
+        result.trials_failed = counts[TrialState.FAIL]
+        result.trials_pruned = counts[TrialState.PRUNED]
+
+    def _search_slices(self) -> bool:
+        """One joblib worker per core slice, all taking trials from the same study."""
+        from joblib import Parallel, delayed
+
+        try:
+            interrupted = Parallel(n_jobs=len(self.slices), backend="loky")(
+                delayed(_search_slice)(self.request, cpus) for cpus in self.slices)
+        except KeyboardInterrupt:
+            return True
+        except Exception as exc:  # a worker died (e.g. killed): the others' trials are stored
+            log.warning("a parallel worker stopped: %s", exc)
+            return False
+        return any(interrupted)
+
+    def _wait_for_other_workers(self, study: optuna.Study) -> None:
+        """Trials still running elsewhere (other jobs or hosts) finish, or are failed when dead."""
+        said = False
+        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not said:
+                log.warning("waiting for trials that other workers are running")
+                said = True
+            fail_dead_trials(study)
+            time.sleep(2)
+
+    def _claim_confirmation(self, study: optuna.Study, result: TuneResult) -> bool:
+        """Confirmation (and the store write) happens once per study state, by one worker."""
+        name = f"confirm:{study.study_name}:{result.trials_total}"
+        with ConfigStore(self.request.storage_url) as store:
+            if store.claim(name, _tuner_id()):
+                return True
+            result.message = (f"confirmation of these {result.trials_total} trials is run by "
+                              f"{store.claim_owner(name)}; this worker stops here")
+        return False
 
     def _choose_winner(self, result: TuneResult) -> None:
         tuned = [c for n, c in result.candidates.items()
@@ -431,12 +564,12 @@ class Tuner:
                 if not graph.get("workload_key"):
                     continue
                 ids.append(store.put(TunedRecord(
-                    workload_key=graph["workload_key"], hardware_key=hardware_key(),
+                    workload_key=graph["workload_key"], hardware_key=hardware_key(self.request.hardware),
                     family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),
                     model_label=self.request.model.name, config=winner.config.to_dict(),
                     config_id=winner.config.config_id, latency=winner.stats.to_dict(),
                     baselines=baselines, speedup=speedup, torch_version=torch.__version__,
-                    study_name=study.study_name, hardware=hardware_info())))
+                    study_name=study.study_name, hardware=self.request.hardware)))
         finally:
             store.close()
         return ids

@@ -135,7 +135,8 @@ def _prepare(spec: WorkerSpec) -> dict:
 
     graphs = [dict(g) for g in compiler.compiled_graphs]
     report = {"compile_s": compile_s, "error": error, "graphs": graphs,
-              "threads": torch.get_num_threads(), "torch_version": torch.__version__}
+              "threads": torch.get_num_threads(), "cpus": sorted(os.sched_getaffinity(0)),
+              "torch_version": torch.__version__}
     if config is not None:
         report["config_id"] = config.config_id
     return {"call": call, "report": report}

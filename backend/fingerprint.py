@@ -48,9 +48,10 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def hardware_info() -> dict[str, Any]:
+def hardware_info(cores: int | None = None) -> dict[str, Any]:
+    """``cores``: the core count a config is tuned for (a worker's slice), else what we may use."""
     model, _, sockets = _cpuinfo()
-    return {"cpu": model, "features": sorted(cpu_features()), "cores": usable_cores(),
+    return {"cpu": model, "features": sorted(cpu_features()), "cores": cores or usable_cores(),
             "sockets": sockets, "machine": platform.machine()}
 
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, event, func,
                         inspect, select)
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -103,6 +103,16 @@ class _Meta(_Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
+
+
+class _Claim(_Base):
+    """One row per one-time job ("confirm study S"): the primary key makes the claim atomic."""
+
+    __tablename__ = "autotune_claims"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class _Record(_Base):
@@ -296,6 +306,26 @@ class ConfigStore:
             session.add(row)
             session.flush()
             return row.id
+
+    def claim(self, name: str, owner: str) -> bool:
+        """True for exactly one caller per ``name``, across processes and hosts."""
+        if self.read_only:
+            raise StoreError(f"config store {self._shown_url} is open read-only; cannot claim")
+        try:
+            with self._session() as session:
+                session.add(_Claim(name=name, owner=owner,
+                                   created_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+            return True
+        except StoreError as e:
+            if isinstance(e.__cause__, IntegrityError):
+                return False
+            raise
+
+    def claim_owner(self, name: str) -> str | None:
+        if not self._readable():
+            return None
+        with self._session() as session:
+            return session.scalar(select(_Claim.owner).where(_Claim.name == name))
 
     def _first(self, *conditions, order=_BEST_FIRST) -> TunedRecord | None:
         if not self._readable():

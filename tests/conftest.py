@@ -8,3 +8,24 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Tests never read or write the user's real store; subprocesses inherit this.
 os.environ["IPEX_AUTOTUNE_STORAGE"] = "sqlite:///" + os.path.join(
     tempfile.mkdtemp(prefix="autotune-tests-"), "store.db")
+
+
+import itertools
+
+import pytest
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    from pg_server import postgres_server
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url):
+    """A fresh, empty PostgreSQL database for one test."""
+    from pg_server import create_database
+    return create_database(postgres_server_url, f"test_{os.getpid()}_{next(_databases)}")

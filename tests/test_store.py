@@ -33,10 +33,12 @@ def make_record(median_ms: float = 2.0, **overrides) -> TunedRecord:
     return TunedRecord(**values)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
-    """One URL per database under contract; a PostgreSQL param can be added here."""
-    return {"sqlite": f"sqlite:///{tmp_path / 'store.db'}"}[request.param]
+    """One URL per database under contract: an SQLite file and a real PostgreSQL server."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 @pytest.fixture
@@ -241,3 +243,15 @@ def test_default_storage_url(monkeypatch, tmp_path):
     assert not (tmp_path / "ipex-autotune").exists()
     monkeypatch.setenv("IPEX_AUTOTUNE_STORAGE", "postgresql://u@h/db")
     assert default_storage_url() == "postgresql://u@h/db"
+
+
+def test_claim_is_granted_once_across_processes(store, store_url):
+    code = ("import sys; from backend.store import ConfigStore; "
+            f"print(ConfigStore({store_url!r}).claim('confirm:s', sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"p{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(4)]
+    answers = [p.communicate(timeout=120)[0].split()[-1] for p in procs]
+    assert sorted(answers) == ["False", "False", "False", "True"]
+    winner = f"p{answers.index('True')}"
+    assert store.claim_owner("confirm:s") == winner
+    assert store.claim("confirm:other", "me") is True

@@ -1,0 +1,117 @@
+"""Scale out: workers on disjoint cores sharing a study; several tuners on one PostgreSQL study."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from autotune import cli
+from autotune.models import ModelSpec
+from autotune.tuner import Tuner, TuneRequest, open_study
+from backend.fingerprint import hardware_key
+from backend.store import ConfigStore
+
+TESTS = os.path.dirname(__file__)
+QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def workers_import_test_models(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+
+
+def _fleet_argv(url, trials):
+    return [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
+            "--space", "quick", "--trials", str(trials), "--study-name", "fleet", "--storage", url,
+            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+
+
+def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgres_url):
+    trials = 6
+    env = {**os.environ, "FAULT_PLAN": "1:hang"}  # whoever takes trial 1 hangs there
+    tuners = [subprocess.Popen(_fleet_argv(postgres_url, trials), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        # find the tuner holding trial 1 and SIGKILL it mid-trial
+        deadline = time.monotonic() + 300
+        victim = None
+        while victim is None:
+            assert time.monotonic() < deadline, "no tuner ever started trial 1"
+            time.sleep(1)
+            try:
+                study = optuna.load_study(study_name="fleet", storage=postgres_url)
+            except KeyError:
+                continue
+            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.number == 1 and "tuner" in trial.user_attrs:
+                    host, _, pid = trial.user_attrs["tuner"].partition(":")
+                    assert host == socket.gethostname()
+                    victim = next(t for t in tuners if t.pid == int(pid))
+        time.sleep(2)
+        victim.send_signal(signal.SIGKILL)
+        outputs = {t.pid: t.communicate(timeout=600) for t in tuners}
+    finally:
+        for t in tuners:
+            t.kill()
+    survivors = [t for t in tuners if t is not victim]
+    for t in survivors:
+        assert t.returncode == 0, outputs[t.pid][1][-3000:]
+
+    study = optuna.load_study(study_name="fleet", storage=postgres_url)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(trials)), "exactly the trials asked for, none lost or doubled"
+    assert all(t.state.is_finished() for t in study.trials)
+    killed = study.trials[1]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert killed.user_attrs["failure_kind"] == "orphaned"  # same host: found by its dead pid
+    # confirmation ran once: one tuner stored, the other says who did
+    stored = [t for t in survivors if "stored in" in outputs[t.pid][0]]
+    deferred = [t for t in survivors if "is run by" in outputs[t.pid][0]]
+    assert len(stored) == 1 and len(deferred) == 1
+    records = [r for r in ConfigStore(postgres_url, read_only=True).list() if r.study_name == "fleet"]
+    assert len(records) == 1
+
+
+def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
+    request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick", trials=4,
+                          timeout_s=None, storage=f"sqlite:///{tmp_path / 'jobs.db'}", seed=0,
+                          measure=dict(QUICK_MEASURE), confirm_measure=dict(QUICK_MEASURE),
+                          confirm_rounds=2, confirm_top=2, jobs=2, cpus=[0, 1])
+    result = Tuner(request).run()
+    assert result.winner is not None and result.trials_total == 4
+    study = optuna.load_study(study_name=result.study_name, storage=request.storage_url)
+    measured = [t for t in study.trials if "cpus" in t.user_attrs]
+    assert measured, "no trial reported where it ran"
+    for trial in measured:
+        assert trial.user_attrs["cpus"] in ([0], [1])
+        assert trial.user_attrs["threads"] == 1 and trial.user_attrs["config"]["threads"] == 1
+    assert {tuple(t.user_attrs["cpus"]) for t in measured} == {(0,), (1,)}, "both workers ran trials"
+    assert study.user_attrs["hardware"]["cores"] == 1
+    record = ConfigStore(request.storage_url, read_only=True).list()[0]
+    assert record.hardware["cores"] == 1 and record.config["threads"] == 1
+
+
+def test_jobs_beyond_the_cores_is_a_clear_error(capsys):
+    code = cli.main(["run", "--model", "resnet18", "--jobs", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--jobs 64" in err and "choose 1 to" in err
+
+
+def test_worker_on_other_hardware_refuses_to_join(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    # a study tuned for one core; this host with two usable cores is another hardware key
+    first_core = sorted(os.sched_getaffinity(0))[:1]
+    one_core = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick", storage=url,
+                           study_name="mixed", cpus=first_core)
+    open_study(one_core)
+    code = cli.main(["run", "--model", "tuner_models:small_cnn", "--space", "quick",
+                     "--storage", url, "--study-name", "mixed"])
+    err = capsys.readouterr().err
+    this_host = TuneRequest(model=ModelSpec("tuner_models:small_cnn"))
+    assert code == 2
+    assert hardware_key(one_core.hardware) in err and hardware_key(this_host.hardware) in err
