@@ -162,7 +162,41 @@ def cmd_run(args) -> int:
     if result.interrupted:
         print("interrupted: rerun the same command to resume the study", file=sys.stderr)
         return 130
-    return 0 if result.winner else 1
+    return 0 if result.winner or result.deferred else 1
+
+
+def cmd_compare(args) -> int:
+    from .compare import BEST_STATIC_RECIPE, compare
+    from .tuner import TuneRequest
+    from .worker import EAGER
+
+    request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
+                          storage=args.storage, confirm_rounds=args.rounds)
+    if args.measure_seconds:
+        request.confirm_measure["min_seconds"] = args.measure_seconds
+    print(f"comparing {request.model.name} (batch {request.model.batch_size}, "
+          f"{request.threads} threads), {args.rounds} interleaved rounds in fresh processes...",
+          file=sys.stderr)
+    result = compare(request)
+    eager = result.candidates[EAGER].stats
+    static = result.candidates[BEST_STATIC_RECIPE].stats
+    fma = result.peaks.get("fma float32")
+    print(f"{'candidate':34s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
+          f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
+    for name, cand in result.candidates.items():
+        s = cand.stats
+        if s is None:
+            print(f"{name:34s} {'failed':>10s}  {(cand.failure or '')[:70]}")
+            continue
+        rate = result.gflops(name)
+        print(f"{name:34s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
+              f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
+              f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "
+              f"{100 * rate / fma if fma else float('nan'):9.1f}%")
+    print(f"\nmodel: {result.gflop:.2f} GFLOP per forward; machine ({request.threads} threads): "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v))
+    print(f"tuned config applied by the lookup: {result.tuned_source or 'none'}")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -317,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel workers sharing the study, each pinned to its own cores")
     run.set_defaults(func=cmd_run)
 
+    comp = sub.add_parser("compare", help="measure static recipes and the tuned config, interleaved")
+    comp.add_argument("--model", required=True)
+    comp.add_argument("--batch-size", type=int, default=1)
+    comp.add_argument("--input-shape", type=_parse_shape)
+    comp.add_argument("--checkpoint")
+    comp.add_argument("--dtype", type=_parse_dtypes, help="dtypes to include, e.g. float32,bfloat16")
+    comp.add_argument("--rounds", type=int, default=5)
+    comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
+    comp.set_defaults(func=cmd_compare)
+
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)
     sub.add_parser("knobs", help="list the knobs").set_defaults(func=cmd_knobs)
     ls = sub.add_parser("ls", help="list tuned configs in the store")
@@ -354,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch-size", type=int, help="with --model: pick the study of this batch")
     report.add_argument("-o", "--output", default="report.html")
     report.set_defaults(func=cmd_report)
-    for p in (run, ls, show, export, imp, explain, env, dashboard, report):
+    for p in (run, comp, ls, show, export, imp, explain, env, dashboard, report):
         p.add_argument("--storage", help="SQLAlchemy URL (default: $IPEX_AUTOTUNE_STORAGE or a "
                                          "per-user SQLite file)")
     return parser

@@ -160,7 +160,7 @@ def load_space(path_or_name: str | os.PathLike) -> "SearchSpace":
 def _knob(doc: YamlFile, name: str, node: Node) -> Knob:
     if name == "dtype":
         doc.fail(node, "dtype is not part of a search space: the caller gives the dtypes to try "
-                       "(e.g. --dtypes float32,bfloat16)")
+                       "(e.g. --dtype float32,bfloat16)")
     try:
         return get_knob(name)
     except KnobError as exc:

@@ -33,6 +33,7 @@ log = logging.getLogger("autotune")
 
 BACKEND_DEFAULT = "backend default"
 BEST_STATIC = "best static recipe"
+LOST = ("interrupted", "orphaned")  # failures of the tuner, not of the trial's config
 TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
 
 
@@ -112,6 +113,7 @@ class TuneResult:
     stored_ids: list[int]
     interrupted: bool
     message: str = ""
+    deferred: bool = False  # another worker of the same study confirms and stores
 
     def speedup_over(self, name: str) -> float | None:
         base = self.candidates.get(name)
@@ -185,8 +187,8 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
-    optuna.storages.fail_stale_trials(study)  # other hosts: heartbeat older than the grace period
-    fail_orphaned_trials(study)               # this host: the tuner's pid is gone
+    fail_orphaned_trials(study)               # this host: the tuner's pid is gone (names the cause)
+    optuna.storages.fail_stale_trials(study)  # any host: no heartbeat within the grace period
 
 
 def _tuner_id() -> str:
@@ -262,7 +264,8 @@ class Tuner:
         tol = self.request.tolerance or TOLERANCES[dtype]
         return WorkerSpec(model=self.request.model.to_dict(), candidate=candidate,
                           reference_path=self.reference, tolerance=tol,
-                          threads=self.request.threads)
+                          threads=self.request.threads,
+                          env={"IPEX_AUTOTUNE_STORAGE": self.request.storage_url})
 
     def _worker(self, spec: WorkerSpec, study: optuna.Study | None = None,
                 trial_id: int | None = None) -> WorkerProcess:
@@ -288,14 +291,18 @@ class Tuner:
         """Queue trials up to the budget, once per (study, budget) across all workers and hosts.
 
         Workers only take queued trials, so the study ends with exactly ``trials`` trials however
-        many workers share it. Warm start first: the known-good recipes lead the queue.
+        many workers share it. Trials lost to an interrupted or killed tuner are not the config's
+        fault: a rerun queues replacements for them. Warm start first: the known-good recipes
+        lead the queue.
         """
         request = self.request
-        missing = request.trials - len(study.trials)
+        lost = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    if t.user_attrs.get("failure_kind") in LOST])
+        missing = request.trials + lost - len(study.trials)
         if missing <= 0:
             return
         with ConfigStore(request.storage_url) as store:
-            if not store.claim(f"budget:{study.study_name}:{request.trials}", _tuner_id()):
+            if not store.claim(f"budget:{study.study_name}:{request.trials}:{lost}", _tuner_id()):
                 return
         queue = []
         if not study.trials:
@@ -530,6 +537,7 @@ class Tuner:
                 return True
             result.message = (f"confirmation of these {result.trials_total} trials is run by "
                               f"{store.claim_owner(name)}; this worker stops here")
+            result.deferred = True
         return False
 
     def _choose_winner(self, result: TuneResult) -> None:

@@ -23,7 +23,9 @@ from .bench import Stats
 
 # Candidate kinds besides a backend config.
 EAGER = "eager"
+EAGER_BF16 = "eager bfloat16 autocast"
 TORCH_COMPILE_DEFAULT = "torch.compile default"
+IPEX_LOOKUP = "ipex backend with store lookup"  # what a user's plain torch.compile gets
 
 
 class TrialFailure(Exception):
@@ -101,14 +103,17 @@ def _prepare(spec: WorkerSpec) -> dict:
         torch.set_num_threads(threads)
 
     model, inputs = build(ModelSpec.from_dict(spec.model))
-    if spec.candidate == EAGER:
+    if spec.candidate in (EAGER, EAGER_BF16):
         fn = model
     elif spec.candidate == TORCH_COMPILE_DEFAULT:
         fn = torch.compile(model)
+    elif spec.candidate == IPEX_LOOKUP:
+        fn = torch.compile(model, backend="ipex")
     else:
         fn = torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
 
-    with torch.no_grad():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.candidate == EAGER_BF16)
+    with torch.no_grad(), autocast:
         start = time.perf_counter()
         output = fn(*inputs)
         compile_s = time.perf_counter() - start
@@ -130,7 +135,7 @@ def _prepare(spec: WorkerSpec) -> dict:
                            f"{spec.tolerance:g}")
 
     def call():
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             fn(*inputs)
 
     graphs = [dict(g) for g in compiler.compiled_graphs]

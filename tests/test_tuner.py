@@ -101,7 +101,8 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
         assert (after[number].state, after[number].value) == (state, value), "finished trial lost"
     assert after[2].state == optuna.trial.TrialState.FAIL
     assert after[2].user_attrs["failure_kind"] == "orphaned"
-    assert len([t for t in study.trials if t.state.is_finished()]) == 5
+    # the trial lost with the tuner is replaced: five real trials, plus the lost one
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert "faster than backend default" in rerun.stdout or "storing the default" in rerun.stdout
 
     # the stored winner carries its config, statistics and speedup, consistent with the study
@@ -177,3 +178,32 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
     assert cli.main(["import", str(tmp_path / "broken.yaml"), "--storage", other]) == 2
     assert "record 0 is malformed" in capsys.readouterr().err
     assert _stored(other) == before
+
+
+def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path):
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
+            "--space", "quick", "--trials", "3", "--study-name", "ctrlc", "--storage", url,
+            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+    tuner = subprocess.Popen(argv, env={**os.environ, "FAULT_PLAN": "2:hang"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _finished(db, "ctrlc") < 2:
+        assert tuner.poll() is None and time.monotonic() < deadline, "tuner never reached trial 2"
+        time.sleep(0.5)
+    time.sleep(2)
+    tuner.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground tuner
+    out, err = tuner.communicate(timeout=300)
+    assert tuner.returncode == 130, err[-3000:]
+    assert "rerun the same command to resume" in err
+    assert "stored in" in out, "confirmation ran on the two finished trials"
+    study = optuna.load_study(study_name="ctrlc", storage=url)
+    assert study.trials[2].user_attrs["failure_kind"] == "interrupted"
+
+    rerun = subprocess.run(argv, env={**os.environ, "FAULT_PLAN": ""}, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = optuna.load_study(study_name="ctrlc", storage=url)
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert study.trials[3].state != optuna.trial.TrialState.FAIL, "the interrupted trial was replaced"

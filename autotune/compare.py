@@ -1,0 +1,67 @@
+"""`autotune compare`: every static recipe and the tuned config, in fresh processes, interleaved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend import BackendConfig
+
+from .peak import fma_peak_gflops, matmul_gflops, model_gflop
+from .models import build
+from .tuner import Candidate, Tuner, TuneRequest
+from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+
+BEST_STATIC_RECIPE = "best static recipe"  # Inductor + freezing + max-autotune C++ GEMM
+
+
+@dataclass
+class Comparison:
+    candidates: dict[str, Candidate]
+    gflop: float
+    peaks: dict[str, float | None]  # "fma float32", "matmul float32", "matmul bfloat16"
+    tuned_source: str | None        # where the lookup candidate's config came from
+
+    def gflops(self, name: str) -> float | None:
+        stats = self.candidates[name].stats
+        return self.gflop / (stats.median_ms / 1e3) if stats else None
+
+
+def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
+    threads = request.threads
+    found: dict[str, Candidate] = {EAGER: Candidate(EAGER, None, kind=EAGER)}
+    if "bfloat16" in request.dtypes:
+        found[EAGER_BF16] = Candidate(EAGER_BF16, None, kind=EAGER_BF16, dtype="bfloat16")
+    found[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
+    for dtype in request.dtypes:
+        suffix = "" if dtype == "float32" else f" {dtype}"
+        static = {
+            BEST_STATIC_RECIPE: {"path": "inductor", "freezing": True, "max_autotune": True},
+            "TorchScript path default": {"path": "torchscript"},
+            "Inductor path default": {"path": "inductor"},
+        }
+        for name, values in static.items():
+            config = BackendConfig({**values, "threads": threads, "dtype": dtype})
+            found[name + suffix] = Candidate(name + suffix, config)
+    # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
+    found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])
+    return found
+
+
+def compare(request: TuneRequest, *, with_peaks: bool = True) -> Comparison:
+    """Measure all candidates interleaved (request.confirm_rounds rounds) and the machine's peaks."""
+    tuner = Tuner(request)
+    tuner.preflight()
+    tuner.ensure_reference()
+    candidates = candidates_for(request)
+    tuner.measure_interleaved(candidates)
+    model, inputs = build(request.model)
+    peaks = {}
+    if with_peaks:
+        peaks = {"fma float32": fma_peak_gflops(request.threads),
+                 "matmul float32": matmul_gflops(torch.float32, request.threads),
+                 "matmul bfloat16": matmul_gflops(torch.bfloat16, request.threads)}
+    lookup = candidates[IPEX_LOOKUP]
+    source = lookup.graphs[0]["source"] if lookup.graphs else None
+    return Comparison(candidates, model_gflop(model, inputs), peaks, source)

@@ -1,0 +1,112 @@
+"""What this machine can do: measured FLOP rates, for 'fraction of peak' figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import torch
+
+from backend.fingerprint import cpu_features
+
+# Independent FMA chains on registers only: no memory traffic, so the rate is the FMA limit.
+_FMA_KERNEL = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    long iters = atol(argv[1]);
+    double start = omp_get_wtime();
+    float sink = 0;
+    #pragma omp parallel reduction(+:sink)
+    {
+        VEC a0 = SET1(1.0f), a1 = SET1(1.0f), a2 = SET1(1.0f), a3 = SET1(1.0f),
+            a4 = SET1(1.0f), a5 = SET1(1.0f), a6 = SET1(1.0f), a7 = SET1(1.0f),
+            a8 = SET1(1.0f), a9 = SET1(1.0f);
+        const VEC m = SET1(0.999999f), c = SET1(1e-7f);
+        for (long i = 0; i < iters; i++) {
+            a0 = FMA(a0, m, c); a1 = FMA(a1, m, c); a2 = FMA(a2, m, c); a3 = FMA(a3, m, c);
+            a4 = FMA(a4, m, c); a5 = FMA(a5, m, c); a6 = FMA(a6, m, c); a7 = FMA(a7, m, c);
+            a8 = FMA(a8, m, c); a9 = FMA(a9, m, c);
+        }
+        VEC s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(ADD(a6, a7), ADD(a8, a9))));
+        float out[LANES]; STORE(out, s);
+        sink += out[0];
+    }
+    double seconds = omp_get_wtime() - start;
+    printf("%f %d %f\n", seconds, omp_get_max_threads(), sink);
+    return 0;
+}
+"""
+_ISAS = {
+    "avx512f": ("-mavx512f", "__m512", "_mm512_set1_ps", "_mm512_fmadd_ps", "_mm512_add_ps",
+                "_mm512_storeu_ps", 16),
+    "avx2": ("-mavx2 -mfma", "__m256", "_mm256_set1_ps", "_mm256_fmadd_ps", "_mm256_add_ps",
+             "_mm256_storeu_ps", 8),
+}
+
+
+def fma_peak_gflops(threads: int) -> float | None:
+    """float32 FMA limit of ``threads`` cores, from a register-only loop; None without a compiler.
+
+    Both vector widths are tried: some cores (Zen 4) run 512-bit FMAs as two 256-bit halves.
+    """
+    rates = [_fma_rate(isa, threads) for isa in _ISAS if isa in cpu_features()]
+    rates = [r for r in rates if r]
+    return max(rates) if rates else None
+
+
+def _fma_rate(isa: str, threads: int) -> float | None:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        return None
+    flag, vec, set1, fma, add, store, lanes = _ISAS[isa]
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
+        with open(source, "w") as f:
+            f.write(_FMA_KERNEL)
+        defines = [f"-DVEC={vec}", f"-DSET1={set1}", f"-DFMA={fma}", f"-DADD={add}",
+                   f"-DSTORE={store}", f"-DLANES={lanes}"]
+        build = subprocess.run([compiler, "-O2", "-fopenmp", *flag.split(), *defines, source, "-o",
+                                binary], capture_output=True)
+        if build.returncode != 0:
+            return None
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        iters = 20_000_000
+        best = 0.0
+        for _ in range(3):  # best of three: the machine is shared
+            out = subprocess.run([binary, str(iters)], capture_output=True, text=True, env=env)
+            seconds, used, _ = out.stdout.split()
+            flops = 2 * lanes * 10 * iters * int(used)
+            best = max(best, flops / float(seconds) / 1e9)
+        return best
+
+
+def matmul_gflops(dtype: torch.dtype, threads: int, n: int = 2048) -> float:
+    """Rate of a large square matrix multiply (oneDNN/MKL), best of a few runs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * n ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def model_gflop(model: torch.nn.Module, inputs: tuple) -> float:
+    """FLOPs of one forward pass (multiply-add counted as 2), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() / 1e9
