@@ -94,17 +94,24 @@ def _why_stored(record: TunedRecord) -> str:
 
 
 def _why_not_stored(spec: ModelSpec, url: str, keys: dict[str, Any]) -> str:
-    """Why no stored config applies: nothing tuned, other hardware, other graphs, unusable record."""
+    """Why no stored config applies: nothing tuned, other hardware, other graphs, bad record."""
     try:
         with ConfigStore(url, read_only=True) as store:
             records = store.list(model_label=spec.name)
     except StoreError as exc:
         return f"the store cannot be read ({exc})"
-    here = hardware_key()
-    mine = [r for r in records if r.hardware_key == here]
     if not records:
         return (f"nothing tuned for model {spec.name!r} in {url}; "
                 f"`autotune run --model {spec.name}` tunes it")
+    here = hardware_info()
+    mine = [r for r in records if r.hardware_key == hardware_key(here)]
+    other_cores = sorted({r.hardware["cores"] for r in records
+                          if r.hardware and {**r.hardware, "cores": here["cores"]} == here})
+    if not mine and other_cores:
+        cores = other_cores[0]
+        return (f"model {spec.name!r} was tuned on this CPU for {', '.join(map(str, other_cores))} "
+                f"core(s), and this process may use {here['cores']}: launch it on that many cores, "
+                f"e.g. taskset -c 0-{cores - 1}")
     if not mine:
         elsewhere = sorted({f"{r.hardware_key} ({r.hardware.get('cpu', '?')}, "
                             f"{r.hardware.get('cores', '?')} cores)" for r in records})
@@ -124,11 +131,12 @@ def explain_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
     plans = plan(spec, storage)
     lines = [f"model {spec.name}; store {url}", _host_line()]
     for number, p in enumerate(plans, 1):
+        why = _why_stored(p.record) if p.record else _why_not_stored(spec, url, p.keys)
         lines += [f"graph {number}/{len(plans)}: {p.keys['workload_key']} "
                   f"(family {p.keys['family_key']}, batch size {p.keys['batch_size']})",
                   f"  applies {p.config.config_id} {p.config.non_default()}",
                   f"  from    {p.source}",
-                  f"  why     {_why_stored(p.record) if p.record else _why_not_stored(spec, url, p.keys)}"]
+                  f"  why     {why}"]
     if not plans:
         lines.append("dynamo captured no graph: torch.compile would run the model eagerly")
     return lines
@@ -169,9 +177,9 @@ def env_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
         lines.append(f"# intra-op threads were not tuned: torch's default "
                      f"({torch.get_num_threads()} here)")
     if config.interop_threads:
-        lines += [f"# inter-op threads: {config.interop_threads}. torch reads no variable for them: "
-                  f"the backend calls torch.set_num_interop_threads({config.interop_threads}) "
-                  "when it compiles,",
+        lines += [f"# inter-op threads: {config.interop_threads}. torch reads no variable for "
+                  "them: the backend calls "
+                  f"torch.set_num_interop_threads({config.interop_threads}) when it compiles,",
                   "# which fails once the process has run parallel work; then call it first "
                   "thing in the server"]
     threads = config.threads or torch.get_num_threads()
@@ -179,8 +187,8 @@ def env_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
               "# One server process per machine: bind OpenMP threads to cores",
               "# export OMP_PROC_BIND=close",
               "# export OMP_PLACES=cores",
-              f"# several processes: give each its own {threads} core(s) instead, e.g. "
-              f"taskset -c 0-{threads - 1} (numactl -C 0-{threads - 1} -m 0 on multi-socket hosts)",
+              f"# several processes: give each its own {threads} core(s) instead, e.g. taskset "
+              f"-c 0-{threads - 1} (numactl -C 0-{threads - 1} -m 0 on multi-socket hosts)",
               "# allocator (not measured by the tuner; often faster for CPU inference):"]
     for name, path in find_allocators().items():
         lines.append(f"# export LD_PRELOAD={path}  # {name}" if path else

@@ -137,18 +137,17 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     """Entry point registered as ``torch.compile(backend="ipex")``."""
     if mode is not None:
         raise KnobError(f"the ipex backend takes no mode (got {mode!r}); pass knobs in options=")
-    mask = constant_mask(gm, example_inputs)
-    keys = {"workload_key": workload_key(gm, example_inputs, mask),
-            "family_key": workload_key(gm, example_inputs, mask, batch_free=True),
-            "batch_size": _batch_size(example_inputs, mask)}
+    keys = graph_keys(gm, example_inputs)
     config, source, fallback = resolve_config(options, _optimize_knobs(gm, example_inputs), keys)
     try:
         compiled, used = compile_graph(gm, example_inputs, config)
     except Exception as exc:
         if fallback is None:
             raise
+        # first line only: Inductor's errors run to pages of IR
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         warn_once(f"stored-failed:{config.config_id}", f"ipex backend: stored config "
-                  f"{config.config_id} failed to compile ({type(exc).__name__}: {exc}); "
+                  f"{config.config_id} failed to compile ({type(exc).__name__}: {reason}); "
                   "using the default config")
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"
@@ -158,6 +157,14 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     _state.last = {"config": used, "source": source}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
+
+
+def graph_keys(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:
+    """What the store is searched by: workload key, family key (batch-free) and batch size."""
+    mask = constant_mask(gm, example_inputs)
+    return {"workload_key": workload_key(gm, example_inputs, mask),
+            "family_key": workload_key(gm, example_inputs, mask, batch_free=True),
+            "batch_size": _batch_size(example_inputs, mask)}
 
 
 def _batch_size(example_inputs: Sequence[Any], mask: Sequence[bool]) -> int | None:

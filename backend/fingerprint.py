@@ -16,6 +16,9 @@ CODEGEN_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vn
                     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
+# Parsed once: every compile's store lookup asks for the hardware key, and /proc/cpuinfo runs to
+# hundreds of kilobytes on large hosts.
+@functools.lru_cache(maxsize=None)
 def _cpuinfo() -> tuple[str, frozenset[str], int]:
     model, flags, sockets = platform.processor() or "unknown", set(), set()
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import BackendConfig
-from .errors import AutotuneError
+from .errors import AutotuneError, StoreError
 from .fingerprint import hardware_key
 from .store import ConfigStore, TunedRecord, default_storage_url
 
@@ -51,27 +51,42 @@ def clear_cache() -> None:
 
 
 def find(keys: dict[str, Any], warn_once) -> Found | None:
-    """The stored config for this graph on this hardware: exact key, else the nearest batch size."""
+    """The stored config for this graph on this hardware: exact key, else the nearest batch size.
+
+    A missing store is silent: that is every process before the first ``autotune run``. Any other
+    problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
+    version cannot build) costs one warning and leaves the defaults in place.
+    """
     url = default_storage_url()
     cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"])
     if cache_key in _cache:
         return _cache[cache_key]
     found = None
     try:
-        store = _store(url)
-        hw = hardware_key()
-        record = store.best(keys["workload_key"], hw)
-        how = "exact"
-        if record is None and keys["batch_size"] is not None:
-            record = store.nearest(keys["family_key"], hw, keys["batch_size"])
-            how = f"nearest tuned batch size {record.batch_size}" if record else how
-            if record:
-                log.info("ipex backend: no config tuned for batch size %s; using the one tuned for "
-                         "batch size %s", keys["batch_size"], record.batch_size)
-        if record is not None:
-            found = Found(BackendConfig(record.config), record, how)
+        found = _find_in(_store(url), keys)
     except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
         warn_once(f"lookup:{type(exc).__name__}",
                   f"ipex backend: tuned-config lookup failed, using defaults ({exc})")
     _cache[cache_key] = found
     return found
+
+
+def _find_in(store: ConfigStore, keys: dict[str, Any]) -> Found | None:
+    if store.is_missing():
+        return None
+    if not store.has_tables():
+        raise StoreError(f"config store {store.shown_url} holds no autotune tables (an empty file "
+                         "or another program's database)")
+    hw = hardware_key()
+    record = store.best(keys["workload_key"], hw)
+    how = "exact"
+    if record is None and keys["batch_size"] is not None:
+        record = store.nearest(keys["family_key"], hw, keys["batch_size"])
+        if record is None:
+            return None
+        how = f"nearest tuned batch size {record.batch_size}"
+        log.info("ipex backend: no config tuned for batch size %s; using the one tuned for "
+                 "batch size %s", keys["batch_size"], record.batch_size)
+    if record is None:
+        return None
+    return Found(BackendConfig(record.config), record, how)
