@@ -143,8 +143,10 @@ def _print_result(result, out=sys.stdout) -> None:
     print(f"median latency {w.stats.median_ms:.2f} ms", file=out)
     for name in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER):
         ratio = result.speedup_over(name)
-        if ratio:
+        if ratio and ratio >= 1:
             print(f"  {ratio:.2f}x faster than {name}", file=out)
+        elif ratio:
+            print(f"  {1 / ratio:.2f}x slower than {name}", file=out)
     if result.stored_ids:
         print(f"stored in {result.storage_url} (records {', '.join(map(str, result.stored_ids))})", file=out)
 
@@ -396,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", help="the model's study (see `autotune ls`)")
     which.add_argument("--study", help="study name")
     report.add_argument("--batch-size", type=int, help="with --model: pick the study of this batch")
-    report.add_argument("-o", "--output", default="report.html")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     report.set_defaults(func=cmd_report)
     for p in (run, comp, ls, show, export, imp, explain, env, dashboard, report):
         p.add_argument("--storage", help="SQLAlchemy URL (default: $IPEX_AUTOTUNE_STORAGE or a "

@@ -33,7 +33,15 @@ log = logging.getLogger("autotune")
 
 BACKEND_DEFAULT = "backend default"
 BEST_STATIC = "best static recipe"
-LOST = ("interrupted", "orphaned")  # failures of the tuner, not of the trial's config
+LOST = ("interrupted", "orphaned")
+MIN_GAIN = 0.01  # a winner must beat the default's median by this much...
+
+
+def _clearly_faster(a: "Candidate", b: "Candidate") -> bool:
+    """...and be faster in every interleaved round: drift hits both alike within a round."""
+    rounds = list(zip(a.round_medians, b.round_medians))
+    return (a.stats.median_ms <= b.stats.median_ms * (1 - MIN_GAIN) and bool(rounds)
+            and all(x < y for x, y in rounds))  # failures of the tuner, not of the trial's config
 TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
 
 
@@ -96,6 +104,7 @@ class Candidate:
     failure: str | None = None
     kind: str = ""                    # for baselines: EAGER or TORCH_COMPILE_DEFAULT
     dtype: str = "float32"
+    round_medians: list = field(default_factory=list)  # one per interleaved round
 
 
 @dataclass
@@ -160,6 +169,7 @@ def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
                          f"({study.user_attrs.get('hardware')}), this worker is {hw_key} "
                          f"({request.hardware}); tune other hardware in its own study (--study-name)")
     if not existing:
+        study.set_metric_names(["median latency (ms)"])
         study.set_user_attr("hardware_key", hw_key)
         study.set_user_attr("hardware", request.hardware)
         study.set_user_attr("model", request.model.to_dict())
@@ -457,6 +467,7 @@ class Tuner:
                         measured = workers[name].measure(request.trial_timeout_s,
                                                          **request.confirm_measure)
                         samples[name] += measured["samples"]
+                        candidates[name].round_medians.append(measured["stats"]["median_ms"])
                     except TrialFailure as failure:
                         candidates[name].failure = failure.reason
                         order.remove(name)
@@ -548,13 +559,11 @@ class Tuner:
             return
         best = min(tuned, key=lambda c: c.stats.median_ms)
         default = result.candidates[BACKEND_DEFAULT]
-        if best is not default and default.stats:
-            noise = max(0.01, (best.stats.spread + default.stats.spread) / 2)
-            if best.stats.median_ms > default.stats.median_ms * (1 - noise):
-                result.kept_default = True
-                result.message = (f"no config beat the backend default by more than the noise "
-                                  f"({100 * noise:.1f}%): storing the default")
-                best = default
+        if best is not default and default.stats and not _clearly_faster(best, default):
+            result.kept_default = True
+            result.message = ("no config beat the backend default clearly (by at least "
+                              f"{100 * MIN_GAIN:.0f}% and in every interleaved round): storing the default")
+            best = default
         result.winner = best
 
     def _store(self, study: optuna.Study, result: TuneResult) -> list[int]:

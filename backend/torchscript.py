@@ -138,8 +138,11 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
     threads = config.threads
 
+    fusion = config.onednn_fusion
+
     def run(*args):
-        with torch.no_grad(), intra_op_threads(threads):
+        # the executor may re-optimize (new shapes): keep the fusion setting it was compiled with
+        with torch.no_grad(), intra_op_threads(threads), onednn_fusion(fusion):
             return frozen(*[args[i] for i in user_positions])
 
     run.frozen_module = frozen

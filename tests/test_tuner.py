@@ -186,8 +186,10 @@ def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path
     argv = [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
             "--space", "quick", "--trials", "3", "--study-name", "ctrlc", "--storage", url,
             "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+    # a terminal's Ctrl-C: SIGINT handled, even if this test runner was started with it ignored
     tuner = subprocess.Popen(argv, env={**os.environ, "FAULT_PLAN": "2:hang"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while _finished(db, "ctrlc") < 2:
         assert tuner.poll() is None and time.monotonic() < deadline, "tuner never reached trial 2"
