@@ -37,9 +37,11 @@ def _get(url, method="GET"):
 def dashboard(storage_url):
     """`autotune dashboard` in a subprocess, answering; stopped with Ctrl-C at the end."""
     port = _free_port()
+    # SIGINT handled as in a terminal, even when this test runner was started with it ignored
     server = subprocess.Popen([sys.executable, "-m", "autotune.cli", "dashboard", "--port", str(port),
                                "--storage", storage_url], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

@@ -323,7 +323,8 @@ def test_a_locked_store_costs_one_warning_and_well_under_a_second(cnn_keys, tmp_
 def test_a_stored_config_that_fails_to_compile_falls_back_with_one_warning(tmp_path, monkeypatch,
                                                                            caplog):
     # The transformer's attention bmm has no C++ GEMM template: CPP alone leaves no choice.
-    failing = {"path": "inductor", "max_autotune": True, "gemm_backends": "CPP"}
+    # freezing off: weight prepacking (fixed per process) stays out of this test's warnings
+    failing = {"path": "inductor", "max_autotune": True, "gemm_backends": "CPP", "freezing": False}
     model, x = build("transformer")
     with pytest.raises(Exception, match="NoValidChoicesError"):
         compile_once(model, x, failing)

@@ -1,0 +1,80 @@
+"""Tune and compare a suite of models; write a markdown table with every ratio from one run each.
+
+    python benchmarks/suite.py [--models resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1]
+                               [--dtype float32] [--trials 25] [--timeout 15m] [-o benchmarks/results.md]
+
+For each model: `autotune run` (default budget unless given), then `autotune compare` (static
+recipes, backend defaults, the tuned config through the store lookup, interleaved in fresh
+processes). Takes about half an hour per model on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+import torch
+
+from autotune.compare import BEST_STATIC_RECIPE, compare
+from autotune.models import ModelSpec
+from autotune.study_file import parse_duration
+from autotune.tuner import Tuner, TuneRequest
+from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+from backend.fingerprint import hardware_info
+
+COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", "Inductor path default",
+           BEST_STATIC_RECIPE, IPEX_LOOKUP]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--trials", type=int, default=25)
+    parser.add_argument("--timeout", default="15m")
+    parser.add_argument("--storage")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("-o", "--output", default="benchmarks/results.md")
+    args = parser.parse_args(argv)
+    dtypes = tuple(args.dtype.split(","))
+    rows = []
+    for item in args.models.split(","):
+        name, _, batch = item.partition(":")
+        spec = ModelSpec(name, batch_size=int(batch or 1))
+        request = TuneRequest(model=spec, dtypes=dtypes, trials=args.trials,
+                              timeout_s=parse_duration(args.timeout), storage=args.storage)
+        print(f"== tuning {name} batch {spec.batch_size}", file=sys.stderr, flush=True)
+        tuned = Tuner(request).run()
+        request.confirm_rounds = args.rounds
+        result = compare(request)
+        medians = {c: result.candidates[c].stats.median_ms if result.candidates[c].stats else None
+                   for c in COLUMNS}
+        fma = result.peaks.get("fma float32")
+        tuned_rate = result.gflops(IPEX_LOOKUP)
+        rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma))
+
+    info = hardware_info()
+    header = ["model", "batch", *[f"{c} (ms)" for c in COLUMNS], "tuned vs best static",
+              "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
+    lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
+             f"{torch.__version__}, dtypes {args.dtype}, by `python benchmarks/suite.py "
+             f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
+             "processes; ratios within one run.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, batch, m, trials, rate, fma in rows:
+        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in COLUMNS]
+        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC_RECIPE], m[EAGER]
+        vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
+        vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
+        peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
+        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_eager} | {peak} | {trials} |")
+    text = "\n".join(lines) + "\n"
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
