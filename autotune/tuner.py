@@ -24,7 +24,7 @@ from backend.fingerprint import hardware_info, hardware_key, usable_cores
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from .bench import Stats
-from .errors import StudyError
+from .errors import AutotuneError, StudyError
 from .models import ModelSpec, build
 from .space import SearchSpace, load_space
 from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
@@ -323,15 +323,29 @@ class Tuner:
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, best_ms: float | None) -> str:
         trial.set_user_attr("tuner", _tuner_id())
-        values = self.space.suggest(trial)
-        config = BackendConfig(values)
+        try:
+            config = BackendConfig(self.space.suggest(trial))
+        except AutotuneError as exc:  # a sampled combination the knobs refuse: not a crash
+            trial.set_user_attr("failure_kind", "config")
+            trial.set_user_attr("failure_reason", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            return f"#{trial.number} invalid config"
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("config_id", config.config_id)
-        for previous in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if previous.user_attrs.get("config_id") == config.config_id:
+        for previous in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if previous.user_attrs.get("config_id") != config.config_id:
+                continue
+            if previous.state == TrialState.COMPLETE:
                 trial.set_user_attr("duplicate_of", previous.number)
                 study.tell(trial, previous.value)
                 return f"#{trial.number} same config as #{previous.number}"
+            if previous.user_attrs.get("failure_kind") in DETERMINISTIC_FAILURES:
+                # the same config fails the same way: don't spend a process on it again
+                trial.set_user_attr("duplicate_of", previous.number)
+                for key in ("failure_kind", "failure_reason"):
+                    trial.set_user_attr(key, previous.user_attrs[key])
+                study.tell(trial, state=TrialState.FAIL)
+                return f"#{trial.number} same failing config as #{previous.number}"
         spec = self._spec(config.to_dict(), config.dtype)
         spec.env["AUTOTUNE_TRIAL_NUMBER"] = str(trial.number)
         worker = self._worker(spec, study, trial._trial_id)
