@@ -131,13 +131,13 @@ def _print_result(result, out=sys.stdout) -> None:
     if not result.winner:
         return
     print("\nconfirmation (fresh processes, interleaved rounds):", file=out)
-    print(f"  {'candidate':24s} {'median ms':>10s} {'IQR %':>7s}", file=out)
+    print(f"  {'candidate':34s} {'median ms':>10s} {'IQR %':>7s}", file=out)
     for name, cand in result.candidates.items():
         if cand.stats:
             mark = "  <- winner" if cand is result.winner else ""
-            print(f"  {name:24s} {cand.stats.median_ms:10.2f} {100 * cand.stats.spread:6.1f}%{mark}", file=out)
+            print(f"  {name:34s} {cand.stats.median_ms:10.2f} {100 * cand.stats.spread:6.1f}%{mark}", file=out)
         else:
-            print(f"  {name:24s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
+            print(f"  {name:34s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
     w = result.winner
     print(f"\nbest config ({w.config.config_id}): {json.dumps(w.config.non_default())}", file=out)
     print(f"median latency {w.stats.median_ms:.2f} ms", file=out)

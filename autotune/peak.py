@@ -23,9 +23,10 @@ int main(int argc, char **argv) {
     float sink = 0;
     #pragma omp parallel reduction(+:sink)
     {
-        VEC a0 = SET1(1.0f), a1 = SET1(1.0f), a2 = SET1(1.0f), a3 = SET1(1.0f),
-            a4 = SET1(1.0f), a5 = SET1(1.0f), a6 = SET1(1.0f), a7 = SET1(1.0f),
-            a8 = SET1(1.0f), a9 = SET1(1.0f);
+        /* distinct starting values, or the compiler merges the ten chains into one */
+        VEC a0 = SET1(1.0f), a1 = SET1(1.1f), a2 = SET1(1.2f), a3 = SET1(1.3f),
+            a4 = SET1(1.4f), a5 = SET1(1.5f), a6 = SET1(1.6f), a7 = SET1(1.7f),
+            a8 = SET1(1.8f), a9 = SET1(1.9f);
         const VEC m = SET1(0.999999f), c = SET1(1e-7f);
         for (long i = 0; i < iters; i++) {
             a0 = FMA(a0, m, c); a1 = FMA(a1, m, c); a2 = FMA(a2, m, c); a3 = FMA(a3, m, c);
