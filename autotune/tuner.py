@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ log = logging.getLogger("autotune")
 
 BACKEND_DEFAULT = "backend default"
 BEST_STATIC = "best static recipe"
-LOST = ("interrupted", "orphaned")
+LOST = ("interrupted", "orphaned")  # failures of the tuner, not of the trial's config
+DETERMINISTIC_FAILURES = ("exception", "accuracy", "crash", "config")  # same config, same end
 MIN_GAIN = 0.01  # a winner must beat the default's median by this much...
 
 
@@ -229,9 +231,28 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     return failed
 
 
+def _model_sources_stamp(spec: ModelSpec) -> list:
+    """What can change the weights without changing the spec: versions and file timestamps."""
+    import torchvision
+
+    stamp: list = [torchvision.__version__]
+    paths = [spec.checkpoint] if spec.checkpoint else []
+    if ":" in spec.name:
+        module = importlib.util.find_spec(spec.name.split(":")[0])
+        paths.append(module.origin if module and module.origin else None)
+    for path in filter(None, paths):
+        try:
+            info = os.stat(path)
+            stamp.append([path, info.st_mtime_ns, info.st_size])
+        except OSError:
+            stamp.append([path, None])
+    return stamp
+
+
 def _reference_path(request: TuneRequest) -> str:
     """Where the eager float32 output of this model and input lives (a per-user cache)."""
-    blob = json.dumps([request.model.to_dict(), torch.__version__], sort_keys=True)
+    blob = json.dumps([request.model.to_dict(), torch.__version__, _model_sources_stamp(request.model)],
+                      sort_keys=True)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(cache, "ipex-autotune", "references",
                         hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
@@ -291,7 +312,11 @@ class Tuner:
             return
         os.makedirs(os.path.dirname(self.reference), exist_ok=True)
         with self._worker(self._spec(EAGER)) as worker:
-            worker.wait_ready(self.request.trial_timeout_s)
+            try:
+                worker.wait_ready(self.request.trial_timeout_s)
+            except TrialFailure as failure:
+                raise StudyError(f"the eager float32 reference run of {self.request.model.name} "
+                                 f"failed ({failure.reason}); nothing can be checked against it") from None
 
     def default_config(self, dtype: str = "float32") -> BackendConfig:
         return BackendConfig({"threads": self.request.threads, "dtype": dtype})
@@ -400,6 +425,8 @@ class Tuner:
             trial = claim_waiting_trial(study)
             if trial is None:
                 break
+            # beat at once: a tuner dying before its worker starts must still look stale
+            _storage_of(study).record_heartbeat(trial._trial_id)
             try:
                 last = self._run_trial(study, trial, best_ms)
             except KeyboardInterrupt:
@@ -472,6 +499,10 @@ class Tuner:
                 except TrialFailure as failure:
                     cand.failure = failure.reason
                     worker.close()
+                except BaseException:
+                    worker.kill()
+                    worker.close()
+                    raise
             samples: dict[str, list[float]] = {name: [] for name in workers}
             order = list(workers)
             for round_ in range(request.confirm_rounds):
@@ -515,7 +546,11 @@ class Tuner:
                 self._choose_winner(result)
                 if result.winner and request.store_winner:
                     result.stored_ids = self._store(study, result)
-            except KeyboardInterrupt:
+            except BaseException as exc:
+                with ConfigStore(request.storage_url) as store:  # let a rerun confirm
+                    store.release(self._confirm_claim(result))
+                if not isinstance(exc, KeyboardInterrupt):
+                    raise
                 result.message = "interrupted during confirmation: nothing stored; rerun to resume"
                 result.interrupted = True
         result.wall_s = time.monotonic() - start
@@ -554,9 +589,13 @@ class Tuner:
             fail_dead_trials(study)
             time.sleep(2)
 
+    @staticmethod
+    def _confirm_claim(result: TuneResult) -> str:
+        return f"confirm:{result.study_name}:{result.trials_total}"
+
     def _claim_confirmation(self, study: optuna.Study, result: TuneResult) -> bool:
         """Confirmation (and the store write) happens once per study state, by one worker."""
-        name = f"confirm:{study.study_name}:{result.trials_total}"
+        name = self._confirm_claim(result)
         with ConfigStore(self.request.storage_url) as store:
             if store.claim(name, _tuner_id()):
                 return True

@@ -78,7 +78,11 @@ def _child_main() -> int:
         if command["cmd"] == "quit":
             break
         if command["cmd"] == "measure":
-            send(status="measured", **_measure(state["call"], command, warmed))
+            try:
+                send(status="measured", **_measure(state["call"], command, warmed))
+            except Exception as exc:  # the compiled model failing while being timed
+                send(status="error", kind="exception", reason=f"{type(exc).__name__}: {exc}"[:2000])
+                return 1
             warmed = True
     return 0
 

@@ -101,7 +101,7 @@ def outputs_close(expected: Any, actual: Any, rtol: float, atol: float) -> str |
                 return f"output {i}: shape {getattr(a, 'shape', type(a))} instead of {tuple(e.shape)}"
             scale = e.detach().float().abs().max().item() if e.numel() else 0.0
             err = (e.detach().float() - a.detach().float()).abs().max().item() if e.numel() else 0.0
-            if err > atol + rtol * scale:
+            if not err <= atol + rtol * scale:  # NaN or inf never passes
                 return f"output {i}: max abs error {err:.3g} against scale {scale:.3g}"
     return None
 

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 from urllib.parse import quote
 
-from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, event, func,
-                        inspect, select)
+from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, delete, event,
+                        func, inspect, select)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -320,6 +320,11 @@ class ConfigStore:
             if isinstance(e.__cause__, IntegrityError):
                 return False
             raise
+
+    def release(self, name: str) -> None:
+        """Give a claim back (its job did not complete), so that another caller can take it."""
+        with self._session() as session:
+            session.execute(delete(_Claim).where(_Claim.name == name))
 
     def claim_owner(self, name: str) -> str | None:
         if not self._readable():

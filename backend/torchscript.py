@@ -80,7 +80,11 @@ class _GraphWithConstants(torch.nn.Module):
                 if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 args.append(x)
-        return self.gm(*args)
+        outputs = self.gm(*args)
+        if self.channels_last:  # hand back the layout eager would
+            outputs = tuple(o.contiguous() if isinstance(o, torch.Tensor) and o.dim() == 4 else o
+                            for o in outputs)
+        return outputs
 
 
 def _run_passes(frozen: torch.jit.ScriptModule, config: BackendConfig) -> None:

@@ -255,3 +255,10 @@ def test_claim_is_granted_once_across_processes(store, store_url):
     winner = f"p{answers.index('True')}"
     assert store.claim_owner("confirm:s") == winner
     assert store.claim("confirm:other", "me") is True
+
+
+def test_a_released_claim_can_be_taken_again(store):
+    assert store.claim("confirm:r", "first") is True
+    assert store.claim("confirm:r", "second") is False
+    store.release("confirm:r")
+    assert store.claim("confirm:r", "second") is True and store.claim_owner("confirm:r") == "second"
