@@ -168,7 +168,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import BEST_STATIC_RECIPE, compare
+    from .compare import compare
+    from .tuner import BEST_STATIC
     from .tuner import TuneRequest
     from .worker import EAGER
 
@@ -181,7 +182,7 @@ def cmd_compare(args) -> int:
           file=sys.stderr)
     result = compare(request)
     eager = result.candidates[EAGER].stats
-    static = result.candidates[BEST_STATIC_RECIPE].stats
+    static = result.candidates[BEST_STATIC].stats
     fma = result.peaks.get("fma float32")
     print(f"{'candidate':34s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")

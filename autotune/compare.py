@@ -10,10 +10,8 @@ from backend import BackendConfig
 
 from .peak import fma_peak_gflops, matmul_gflops, model_gflop
 from .models import build
-from .tuner import Candidate, Tuner, TuneRequest
+from .tuner import BEST_STATIC, Candidate, Tuner, TuneRequest
 from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
-
-BEST_STATIC_RECIPE = "best static recipe"  # Inductor + freezing + max-autotune C++ GEMM
 
 
 @dataclass
@@ -37,7 +35,7 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     for dtype in request.dtypes:
         suffix = "" if dtype == "float32" else f" {dtype}"
         static = {
-            BEST_STATIC_RECIPE: {"path": "inductor", "freezing": True, "max_autotune": True},
+            BEST_STATIC: {"path": "inductor", "freezing": True, "max_autotune": True},
             "TorchScript path default": {"path": "torchscript"},
             "Inductor path default": {"path": "inductor"},
         }

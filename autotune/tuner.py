@@ -148,7 +148,7 @@ def _engine_kwargs(url: str) -> dict:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
 
 
-def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
+def open_study(request: TuneRequest) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # We drive heartbeats ourselves from the ask/tell loop, which optuna flags as unusual.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -163,7 +163,7 @@ def open_study(request: TuneRequest, *, create: bool = True) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=request.seed,
                                          n_startup_trials=8, constant_liar=True)
     study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
-                                sampler=sampler, direction="minimize", load_if_exists=create)
+                                sampler=sampler, direction="minimize", load_if_exists=True)
     hw_key = hardware_key(request.hardware)
     existing = study.user_attrs.get("hardware_key")
     if existing and existing != hw_key:
@@ -409,47 +409,43 @@ class Tuner:
         """Take queued trials until none is left or time is up. True when interrupted (Ctrl-C)."""
         request = self.request
         start = time.monotonic()
-        done_at_start = self._finished(study)
+        done_at_start = self._progress(study, start, None, "warm start").done
         last = "warm start"
         while request.timeout_s is None or time.monotonic() - start < request.timeout_s:
             fail_dead_trials(study)
-            best_ms = self._best_value(study)
-            done = self._finished(study)
-            elapsed = time.monotonic() - start
-            left = elapsed / (done - done_at_start) * (request.trials - done) \
-                if done > done_at_start else None
-            if left is not None and request.timeout_s is not None:
-                left = min(left, request.timeout_s - elapsed)
-            self.progress(Progress(done, request.trials, best_ms, self._default_ms(study),
-                                   elapsed, left, last))
+            progress = self._progress(study, start, done_at_start, last)
+            self.progress(progress)
             trial = claim_waiting_trial(study)
             if trial is None:
                 break
             # beat at once: a tuner dying before its worker starts must still look stale
             _storage_of(study).record_heartbeat(trial._trial_id)
             try:
-                last = self._run_trial(study, trial, best_ms)
+                last = self._run_trial(study, trial, progress.best_ms)
             except KeyboardInterrupt:
                 return True
-        self.progress(Progress(self._finished(study), request.trials, self._best_value(study),
-                               self._default_ms(study), time.monotonic() - start, 0, last))
+        final = self._progress(study, start, done_at_start, last)
+        final.left_s = 0
+        self.progress(final)
         return False
 
-    @staticmethod
-    def _finished(study: optuna.Study) -> int:
-        return len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-
-    @staticmethod
-    def _best_value(study: optuna.Study) -> float | None:
-        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        return min(values) if values else None
-
-    def _default_ms(self, study: optuna.Study) -> float | None:
+    def _progress(self, study: optuna.Study, start: float, done_at_start: int | None,
+                  last: str) -> Progress:
+        """Where the study stands, from one read of its trials."""
+        trials = study.get_trials(deepcopy=False)
+        done = len([t for t in trials if t.state.is_finished()])
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
         default_id = self.default_config().config_id
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("config_id") == default_id:
-                return t.value
-        return None
+        default_ms = next((t.value for t in complete
+                           if t.user_attrs.get("config_id") == default_id), None)
+        best_ms = min((t.value for t in complete), default=None)
+        elapsed = time.monotonic() - start
+        left = None
+        if done_at_start is not None and done > done_at_start:
+            left = elapsed / (done - done_at_start) * (self.request.trials - done)
+            if self.request.timeout_s is not None:
+                left = min(left, self.request.timeout_s - elapsed)
+        return Progress(done, self.request.trials, best_ms, default_ms, elapsed, left, last)
 
     # ------------------------------------------------------------------------------ confirmation
     def confirm(self, study: optuna.Study) -> dict[str, Candidate]:
@@ -558,12 +554,11 @@ class Tuner:
 
     @staticmethod
     def _count(study: optuna.Study, result: TuneResult) -> None:
-        counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
-                  for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
-        result.trials_total = len([t for t in study.trials if t.state.is_finished()])
-        result.trials_complete = counts[TrialState.COMPLETE]
-        result.trials_failed = counts[TrialState.FAIL]
-        result.trials_pruned = counts[TrialState.PRUNED]
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        result.trials_total = len([s for s in states if s.is_finished()])
+        result.trials_complete = states.count(TrialState.COMPLETE)
+        result.trials_failed = states.count(TrialState.FAIL)
+        result.trials_pruned = states.count(TrialState.PRUNED)
 
     def _search_slices(self) -> bool:
         """One joblib worker per core slice, all taking trials from the same study."""

@@ -42,6 +42,9 @@ def _jit_autocast_off():
 @contextlib.contextmanager
 def onednn_fusion(enabled: bool):
     previous = torch._C._jit_llga_enabled()
+    if previous == enabled:  # the common case, on every call: nothing to flip
+        yield
+        return
     torch._C._jit_set_llga_enabled(enabled)
     try:
         yield

@@ -16,15 +16,15 @@ import sys
 
 import torch
 
-from autotune.compare import BEST_STATIC_RECIPE, compare
+from autotune.compare import compare
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
-from autotune.tuner import Tuner, TuneRequest
+from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend.fingerprint import hardware_info
 
 COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", "Inductor path default",
-           BEST_STATIC_RECIPE, IPEX_LOOKUP]
+           BEST_STATIC, IPEX_LOOKUP]
 
 
 def main(argv=None) -> int:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, batch, m, trials, rate, fma in rows:
         cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in COLUMNS]
-        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC_RECIPE], m[EAGER]
+        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC], m[EAGER]
         vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
         vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
         peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"

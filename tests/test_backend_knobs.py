@@ -19,8 +19,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 import backend
-from backend.errors import KnobError
-from backend.knobs import BOTH, INDUCTOR, KNOBS, TORCHSCRIPT
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
 
 from models import build
 

@@ -18,8 +18,8 @@ import pytest
 from autotune.report import report_for
 from browser import js_errors, render
 from fake_studies import make_study
+from tuning import worker_pythonpath
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _free_port():
@@ -103,7 +103,7 @@ def _has_study(db, name):
 def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     db = tmp_path / "live.db"
     url = f"sqlite:///{db}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": worker_pythonpath()}
     tuner = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:small_cnn", "--space",
          "quick", "--trials", "4", "--study-name", "live", "--storage", url, "--seed", "0",

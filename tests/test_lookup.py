@@ -30,14 +30,11 @@ from backend.store import ConfigStore, TunedRecord
 
 from models import SmallCNN, _init, build
 from tuner_models import small_cnn
+from tuning import QUICK_MEASURE, worker_pythonpath
 
-TESTS = os.path.dirname(__file__)
 SMALL_CNN = "tuner_models:small_cnn"
-QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.1}
 
 
-def _pythonpath() -> str:
-    return os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +74,7 @@ KEY_CHILD = textwrap.dedent("""
 
 def test_the_same_model_in_another_process_has_the_same_workload_key():
     child = subprocess.run([sys.executable, "-c", KEY_CHILD], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "PYTHONPATH": _pythonpath()})
+                           timeout=300, env={**os.environ, "PYTHONPATH": worker_pythonpath()})
     assert child.returncode == 0, child.stderr[-3000:]
     _, here = compile_once(*build("cnn"))
     assert child.stdout.split()[-1] == here["workload_key"]
@@ -117,7 +114,7 @@ def tuned(tmp_path_factory):
                           storage=url, seed=0, measure=dict(QUICK_MEASURE),
                           confirm_measure=dict(QUICK_MEASURE), confirm_rounds=2, confirm_top=2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", _pythonpath())  # workers import tuner_models
+        patch.setenv("PYTHONPATH", worker_pythonpath())  # workers import tuner_models
         result = Tuner(request).run()
     assert result.stored_ids, result.message
     with ConfigStore(url, read_only=True) as store:
@@ -148,7 +145,7 @@ APPLY_CHILD = textwrap.dedent("""
 
 def test_a_fresh_process_applies_the_stored_winner(tuned):
     child = subprocess.run([sys.executable, "-c", APPLY_CHILD], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "PYTHONPATH": _pythonpath(),
+                           timeout=300, env={**os.environ, "PYTHONPATH": worker_pythonpath(),
                                              "IPEX_AUTOTUNE_STORAGE": tuned.url})
     assert child.returncode == 0, child.stderr[-3000:]
     report = json.loads(child.stdout.splitlines()[-1])

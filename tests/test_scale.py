@@ -4,7 +4,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import optuna
@@ -15,26 +14,19 @@ from autotune.models import ModelSpec
 from autotune.tuner import Tuner, TuneRequest, open_study
 from backend.fingerprint import hardware_key
 from backend.store import ConfigStore
+from tuning import QUICK_MEASURE, tuner_argv, worker_pythonpath
 
-TESTS = os.path.dirname(__file__)
-QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.2}
 
 
 @pytest.fixture(autouse=True)
 def workers_import_test_models(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
-
-
-def _fleet_argv(url, trials):
-    return [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
-            "--space", "quick", "--trials", str(trials), "--study-name", "fleet", "--storage", url,
-            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
 
 
 def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgres_url):
     trials = 6
     env = {**os.environ, "FAULT_PLAN": "1:hang"}  # whoever takes trial 1 hangs there
-    tuners = [subprocess.Popen(_fleet_argv(postgres_url, trials), env=env, stdout=subprocess.PIPE,
+    tuners = [subprocess.Popen(tuner_argv(postgres_url, "fleet", trials), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
     try:
         # find the tuner holding trial 1 and SIGKILL it mid-trial

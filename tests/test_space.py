@@ -12,6 +12,7 @@ from backend import BackendConfig
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
 from autotune.errors import AutotuneError, SpaceError
 from autotune.space import IntRange, load_space, shipped_spaces
+from tuning import assert_file_line_error
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -104,13 +105,7 @@ def test_to_dict_is_json_friendly():
     ("- path\n", 1, ["expected a mapping with `knobs:`"]),
 ])
 def test_space_errors_name_file_line_and_valid_values(tmp_path, text, line, pieces):
-    path = write(tmp_path, text, "bad.yaml")
-    with pytest.raises(SpaceError) as err:
-        load_space(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}:{line}: "), message
-    for piece in pieces:
-        assert piece in message, message
+    assert_file_line_error(SpaceError, load_space, write(tmp_path, text, "bad.yaml"), line, pieces)
 
 
 def test_empty_file_and_unknown_names(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from autotune.errors import AutotuneError, StudyError
 from autotune.space import load_space
 from autotune.study_file import load_study_file, parse_duration
+from tuning import assert_file_line_error
 
 STUDIES = sorted((pathlib.Path(__file__).parent.parent / "studies").glob("*.yaml"))
 
@@ -103,13 +104,7 @@ def test_full_study(tmp_path):
     ("model: [resnet50\n", 2, ["malformed YAML"]),
 ])
 def test_study_errors_name_file_line_and_valid_values(tmp_path, text, line, pieces):
-    path = write(tmp_path, text, "bad.yaml")
-    with pytest.raises(StudyError) as err:
-        load_study_file(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}:{line}: "), message
-    for piece in pieces:
-        assert piece in message, message
+    assert_file_line_error(StudyError, load_study_file, write(tmp_path, text, "bad.yaml"), line, pieces)
 
 
 def test_missing_study_file(tmp_path):

@@ -2,10 +2,7 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
-import time
 
 import optuna
 import pytest
@@ -14,14 +11,13 @@ from autotune import cli
 from autotune.models import ModelSpec
 from autotune.tuner import BACKEND_DEFAULT, Tuner, TuneRequest, open_study
 from backend.store import ConfigStore, TunedRecord
+from tuning import QUICK_MEASURE, start_tuner_hanging_in_trial, tuner_argv, worker_pythonpath
 
-TESTS = os.path.dirname(__file__)
-QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.2}
 
 
 @pytest.fixture(autouse=True)
 def workers_import_test_models(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
 
 
 def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
@@ -62,30 +58,12 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     assert result.winner is not None and result.stored_ids
 
 
-def _finished(db, study_name):
-    try:
-        with sqlite3.connect(db) as conn:
-            return conn.execute(
-                "select count(*) from trials t join studies s on s.study_id = t.study_id "
-                "where s.study_name = ? and t.state in ('COMPLETE', 'PRUNED', 'FAIL')",
-                (study_name,)).fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
 def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winner(tmp_path):
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
-    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
-            "--space", "quick", "--trials", "5", "--study-name", "resume", "--storage", url,
-            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
-    env = {**os.environ, "FAULT_PLAN": "2:hang"}
-    tuner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while _finished(db, "resume") < 2:
-        assert tuner.poll() is None and time.monotonic() < deadline, "tuner never reached trial 2"
-        time.sleep(0.5)
-    time.sleep(2)  # trial 2 is now hanging inside its worker
+    argv = tuner_argv(url, "resume", 5)
+    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 2, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     before = {t.number: (t.state, t.value) for t in
@@ -183,18 +161,9 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
 def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path):
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
-    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn",
-            "--space", "quick", "--trials", "3", "--study-name", "ctrlc", "--storage", url,
-            "--seed", "0", "--measure-seconds", "0.2", "--confirm-rounds", "2"]
-    # a terminal's Ctrl-C: SIGINT handled, even if this test runner was started with it ignored
-    tuner = subprocess.Popen(argv, env={**os.environ, "FAULT_PLAN": "2:hang"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while _finished(db, "ctrlc") < 2:
-        assert tuner.poll() is None and time.monotonic() < deadline, "tuner never reached trial 2"
-        time.sleep(0.5)
-    time.sleep(2)
+    argv = tuner_argv(url, "ctrlc", 3)
+    tuner = start_tuner_hanging_in_trial(argv, db, "ctrlc", 2, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
     tuner.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground tuner
     out, err = tuner.communicate(timeout=300)
     assert tuner.returncode == 130, err[-3000:]

@@ -6,7 +6,6 @@ import os
 import time
 
 import torch
-from torch import nn
 
 from models import SmallCNN, _init
 
@@ -22,8 +21,9 @@ def _fault():
     elif fault == "raise":
         raise RuntimeError("this model refuses trial " + os.environ["AUTOTUNE_TRIAL_NUMBER"])
     elif fault == "memory":
-        hog = [torch.ones(64 * 1024 * 1024) for _ in range(64)]  # 16 GB, 256 MB at a time
-        del hog
+        hog = []
+        for _ in range(64):  # 16 GB, 256 MB at a time
+            hog.append(torch.ones(64 * 1024 * 1024))
 
 
 class FaultyCNN(SmallCNN):
