@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -25,6 +26,21 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: every dimension must be positive")
     return shape
+
+
+def _parse_cpus(text: str) -> list[int]:
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad core list {text!r}: expected e.g. 0-3 or 0,2,4") from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(f"cores {text!r} are not all usable here; usable: "
+                                         f"{', '.join(map(str, sorted(usable)))}")
+    return sorted(cpus)
 
 
 def _parse_dtypes(text: str) -> tuple[str, ...]:
@@ -93,6 +109,7 @@ def _request_from_args(args):
     if args.confirm_rounds:
         request.confirm_rounds = args.confirm_rounds
     request.jobs = args.jobs
+    request.cpus = args.cpus
     return request
 
 
@@ -350,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--measure-seconds", type=float,
                      help="timed seconds per trial (default 2; confirmation rounds use half)")
     run.add_argument("--confirm-rounds", type=int, help="interleaved confirmation rounds (default 4)")
+    run.add_argument("--cpus", type=_parse_cpus,
+                     help="cores to tune on, e.g. 0-3 or 0,2 (default: all this process may use)")
     run.add_argument("--jobs", type=int, default=1,
                      help="parallel workers sharing the study, each pinned to its own cores")
     run.set_defaults(func=cmd_run)

@@ -46,9 +46,6 @@ class WorkerSpec:
     threads: int = 0                  # intra-op threads for baselines (configs carry their own)
     env: dict = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
 
 # --------------------------------------------------------------------------------------- child side
 
@@ -226,16 +223,22 @@ class WorkerProcess:
         threads = spec.candidate.get("threads", 0) if isinstance(spec.candidate, dict) else spec.threads
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE, stdout=self.log,
-            stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,), text=True,
-            start_new_session=True,  # Ctrl-C in the terminal reaches the tuner, which ends us
-            preexec_fn=lambda: _child_setup(cpus))
-        os.close(write_fd)
         self._reply_fd = read_fd
         self._buffer = ""
-        self.process.stdin.write(spec.to_json() + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE, stdout=self.log,
+                stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,), text=True,
+                start_new_session=True,  # Ctrl-C in the terminal reaches the tuner, which ends us
+                preexec_fn=lambda: _child_setup(cpus))
+        except OSError as exc:  # e.g. out of processes or memory: a failed trial, nothing leaked
+            for fd in (read_fd, write_fd):
+                os.close(fd)
+            self.log.close()
+            os.unlink(self.log.name)
+            raise TrialFailure("crash", f"could not start a worker process: {exc}") from None
+        os.close(write_fd)
+        self._send(spec.__dict__)  # a worker that died at once shows up on receive
 
     def wait_ready(self, timeout_s: float) -> dict:
         return self._receive(timeout_s)

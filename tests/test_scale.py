@@ -108,3 +108,10 @@ def test_worker_on_other_hardware_refuses_to_join(tmp_path, capsys):
     this_host = TuneRequest(model=ModelSpec("tuner_models:small_cnn"))
     assert code == 2
     assert hardware_key(one_core.hardware) in err and hardware_key(this_host.hardware) in err
+
+
+def test_cpus_outside_this_process_affinity_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--model", "resnet18", "--cpus", "0,999"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "cores '0,999' are not all usable here; usable: " in err
