@@ -268,6 +268,8 @@ class WorkerProcess:
             rss = _rss_of(self.process.pid)
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
             if rss > self.memory_limit_mb:
+                if self.process.poll() is not None:  # died on its own first: say how
+                    raise self._death()
                 self.kill()
                 raise TrialFailure("memory", f"out of memory: {rss:.0f} MB resident, over the "
                                    f"{self.memory_limit_mb:.0f} MB limit")
