@@ -27,6 +27,30 @@ COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", "Inductor p
            BEST_STATIC, IPEX_LOOKUP]
 
 
+def write_table(rows, args, argv) -> None:
+    info = hardware_info()
+    header = ["model", "batch", *[f"{c} (ms)" for c in COLUMNS], "tuned vs best static",
+              "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
+    lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
+             f"{torch.__version__}, dtypes {args.dtype}, by `python benchmarks/suite.py "
+             f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
+             "processes; ratios within one run.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, batch, m, trials, rate, fma in rows:
+        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in COLUMNS]
+        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC], m[EAGER]
+        vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
+        vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
+        others = [m[c] for c in COLUMNS if c != IPEX_LOOKUP and m[c]]
+        vs_fastest = f"{min(others) / tuned:.2f}x" if tuned and others else "-"
+        peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
+        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} |")
+    text = "\n".join(lines) + "\n"
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(text, flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1")
@@ -53,26 +77,8 @@ def main(argv=None) -> int:
         fma = result.peaks.get("fma float32")
         tuned_rate = result.gflops(IPEX_LOOKUP)
         rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma))
+        write_table(rows, args, argv)  # after each model: a long run cut short keeps what it measured
 
-    info = hardware_info()
-    header = ["model", "batch", *[f"{c} (ms)" for c in COLUMNS], "tuned vs best static",
-              "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
-    lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
-             f"{torch.__version__}, dtypes {args.dtype}, by `python benchmarks/suite.py "
-             f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
-             "processes; ratios within one run.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, batch, m, trials, rate, fma in rows:
-        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in COLUMNS]
-        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC], m[EAGER]
-        vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
-        vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
-        peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
-        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_eager} | {peak} | {trials} |")
-    text = "\n".join(lines) + "\n"
-    with open(args.output, "w") as f:
-        f.write(text)
-    print(text)
     return 0
 
 
