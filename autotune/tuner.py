@@ -148,6 +148,12 @@ def _engine_kwargs(url: str) -> dict:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
 
 
+def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The search's sampler (benchmarks/tuner_quality.py replays it offline)."""
+    return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
+                                      n_startup_trials=8, constant_liar=True)
+
+
 def open_study(request: TuneRequest) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # We drive heartbeats ourselves from the ask/tell loop, which optuna flags as unusual.
@@ -160,8 +166,7 @@ def open_study(request: TuneRequest) -> optuna.Study:
                                              heartbeat_interval=10, grace_period=60)
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
         raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=request.seed,
-                                         n_startup_trials=8, constant_liar=True)
+    sampler = make_sampler(request.seed)
     study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
                                 sampler=sampler, direction="minimize", load_if_exists=True)
     hw_key = hardware_key(request.hardware)

@@ -1,0 +1,161 @@
+"""How many trials the default tuner needs to get within 3% of a reference search's best.
+
+    python benchmarks/tuner_quality.py [--model resnet50] [--batch-size 1] [--storage URL]
+                                       [--seeds 0,1,2,3,4] [--within 0.03] [--trials 25]
+
+1. Reference: every config of a grid over the knobs that matter (GRID below) is measured as a
+   real trial (fresh process, full median, no pruning) in the study "<model>-reference-grid".
+   A rerun reuses the measured grid.
+2. Replay: for each seed, the default tuner's own search (its space fitted to this host, its
+   warm start, its sampler) runs offline against the grid. A sampled config is scored by the grid
+   config that agrees with it on the grid knobs; knobs outside the grid count as neutral. The
+   script reports the trial at which the best so far first comes within 3% of the grid's best.
+3. Check of that assumption: for the default studies of the same model in the storage (a real
+   `autotune run`), the error between each real trial and its grid projection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import tempfile
+import warnings
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from autotune.errors import AutotuneError
+from autotune.models import ModelSpec
+from autotune.space import load_space
+from autotune.tuner import Tuner, TuneRequest, make_sampler, open_study
+from backend.config import BackendConfig
+from backend.fingerprint import usable_cores
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+
+# The knobs whose values moved resnet50's latency by more than the noise in `autotune run` studies.
+GRID = {
+    TORCHSCRIPT: {"weights_prepack": [True, False], "channels_last": [True, False],
+                  "optimize_for_inference": [False, True]},
+    INDUCTOR: {"weights_prepack": [True, False], "channels_last": [True, False],
+               "freezing": [True, False], "max_autotune": [False, True], "cpp_wrapper": [False, True]},
+}
+
+
+def grid_configs(threads: int) -> list[dict]:
+    configs = []
+    for path, knobs in GRID.items():
+        for values in itertools.product(*knobs.values()):
+            configs.append({"path": path, "threads": threads, **dict(zip(knobs, values))})
+    return configs
+
+
+def grid_key(config: dict) -> tuple:
+    """The grid point a full config falls on: its path and its grid knobs (the rest: neutral)."""
+    path = config["path"]
+    return (path, *(config.get(name, KNOBS[name].default) for name in GRID[path]))
+
+
+def measure_grid(args, threads: int) -> dict[tuple, float]:
+    space_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    knobs = {"path": [TORCHSCRIPT, INDUCTOR], "threads": [threads]}
+    for path_knobs in GRID.values():
+        for name, values in path_knobs.items():
+            knobs[name] = values
+    yaml.safe_dump({"description": "reference grid", "knobs": knobs}, space_file)
+    space_file.close()
+    configs = grid_configs(threads)
+    request = TuneRequest(model=ModelSpec(args.model, batch_size=args.batch_size), trials=len(configs),
+                          timeout_s=None, space=space_file.name, storage=args.storage,
+                          study_name=f"{ModelSpec(args.model, batch_size=args.batch_size).study_label}-reference-grid",
+                          prune_ratio=math.inf, store_winner=False, confirm_top=1, confirm_rounds=2)
+    tuner = Tuner(request)
+    tuner.preflight()
+    study = open_study(request)
+    if not study.trials:
+        for config in configs:
+            study.enqueue_trial(tuner.space.params_for({**config, "dtype": "float32"}))
+    print(f"reference grid: {len(configs)} configs in study {study.study_name!r}", file=sys.stderr, flush=True)
+    tuner.run()
+    measured = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        measured[grid_key(t.user_attrs["config"])] = t.value
+    return measured
+
+
+def replay(seed: int, grid: dict[tuple, float], threads: int, trials: int) -> list[float | None]:
+    """The default search against the grid: the best value after each trial."""
+    space = load_space("default").restrict(cores=threads)
+    study = optuna.create_study(sampler=make_sampler(seed), direction="minimize")
+    for recipe in space.static_recipes():
+        study.enqueue_trial(space.params_for(recipe))
+    best, curve = math.inf, []
+    for _ in range(trials):
+        trial = study.ask()
+        try:
+            config = BackendConfig(space.suggest(trial)).to_dict()
+        except AutotuneError:
+            study.tell(trial, state=TrialState.FAIL)
+            curve.append(best if best < math.inf else None)
+            continue
+        value = grid.get(grid_key(config)) if config["threads"] == threads else None
+        if value is None:  # off the grid (another thread count): measured as no better than the worst
+            value = max(grid.values())
+        study.tell(trial, value)
+        best = min(best, value)
+        curve.append(best)
+    return curve
+
+
+def projection_errors(args, grid: dict[tuple, float], threads: int) -> list[float]:
+    """Relative error of the grid's value against real default-space trials of the same model."""
+    errors = []
+    storage = args.storage or TuneRequest(model=ModelSpec(args.model)).storage_url
+    name = f"{ModelSpec(args.model, batch_size=args.batch_size).study_label}-float32"
+    if name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            config = t.user_attrs.get("config", {})
+            if config.get("threads") == threads and grid_key(config) in grid:
+                errors.append(abs(t.value / grid[grid_key(config)] - 1))
+    return errors
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--storage", help="study storage URL (default: the embedded SQLite store)")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--within", type=float, default=0.03)
+    parser.add_argument("--trials", type=int, default=25, help="the default budget of `autotune run`")
+    args = parser.parse_args(argv)
+    threads = usable_cores()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    grid = measure_grid(args, threads)
+    reference = min(grid.values())
+    target = reference * (1 + args.within)
+    best_key = min(grid, key=grid.get)
+    print(f"reference best: {reference:.2f} ms ({best_key}); grid of {len(grid)}, "
+          f"worst {max(grid.values()):.2f} ms; target {target:.2f} ms")
+    needed = []
+    for seed in map(int, args.seeds.split(",")):
+        curve = replay(seed, grid, threads, args.trials)
+        hit = next((i + 1 for i, best in enumerate(curve) if best is not None and best <= target), None)
+        needed.append(hit if hit is not None else math.inf)
+        print(f"seed {seed}: within {args.within:.0%} after {hit if hit else f'more than {args.trials}'} "
+              f"trials; best after {args.trials}: {curve[-1]:.2f} ms")
+    print(f"median trials to within {args.within:.0%}: {statistics.median(needed)}")
+    errors = projection_errors(args, grid, threads)
+    if errors:
+        print(f"neutral-knob check: {len(errors)} real trials of the default space differ from their "
+              f"grid point by a median {statistics.median(errors):.1%} (max {max(errors):.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
