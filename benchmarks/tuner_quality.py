@@ -104,8 +104,11 @@ def replay(seed: int, grid: dict[tuple, float], threads: int, trials: int) -> li
         value = grid.get(grid_key(config)) if config["threads"] == threads else None
         if value is None:  # off the grid (another thread count): measured as no better than the worst
             value = max(grid.values())
-        study.tell(trial, value)
-        best = min(best, value)
+        if value > best * TuneRequest.prune_ratio:  # the tuner stops such a trial early
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+            best = min(best, value)
         curve.append(best)
     return curve
 
