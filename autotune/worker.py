@@ -269,7 +269,10 @@ class WorkerProcess:
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
             if rss > self.memory_limit_mb:
                 if self.process.poll() is not None:  # died on its own first: say how
-                    raise self._death()
+                    death = self._death()
+                    death.reason += (f" (at {rss:.0f} MB resident, over the "
+                                     f"{self.memory_limit_mb:.0f} MB limit)")
+                    raise death
                 self.kill()
                 raise TrialFailure("memory", f"out of memory: {rss:.0f} MB resident, over the "
                                    f"{self.memory_limit_mb:.0f} MB limit")

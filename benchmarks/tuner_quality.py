@@ -8,8 +8,8 @@
    A rerun reuses the measured grid.
 2. Replay: for each seed, the default tuner's own search (its space fitted to this host, its
    warm start, its sampler) runs offline against the grid. A sampled config is scored by the grid
-   config that agrees with it on the grid knobs; knobs outside the grid count as neutral. The
-   script reports the trial at which the best so far first comes within 3% of the grid's best.
+   config that agrees with it on the grid knobs; knobs outside the grid count as neutral, and a
+   thread count other than all cores scores as the grid's worst. The script reports the trial at which the best so far first comes within 3% of the grid's best.
 3. Check of that assumption: for the default studies of the same model in the storage (a real
    `autotune run`), the error between each real trial and its grid projection.
 """
@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from autotune.errors import AutotuneError
 from autotune.models import ModelSpec
 from autotune.space import load_space
-from autotune.tuner import Tuner, TuneRequest, make_sampler, open_study
+from autotune.tuner import LOST, Tuner, TuneRequest, make_sampler, open_study
 from backend.config import BackendConfig
 from backend.fingerprint import usable_cores
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
@@ -59,7 +59,8 @@ def grid_key(config: dict) -> tuple:
     return (path, *(config.get(name, KNOBS[name].default) for name in GRID[path]))
 
 
-def measure_grid(args, threads: int) -> dict[tuple, float]:
+def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
+    """The grid's medians by grid key, and the grid keys whose trial failed."""
     space_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     knobs = {"path": [TORCHSCRIPT, INDUCTOR], "threads": [threads]}
     for path_knobs in GRID.values():
@@ -67,49 +68,75 @@ def measure_grid(args, threads: int) -> dict[tuple, float]:
             knobs[name] = values
     yaml.safe_dump({"description": "reference grid", "knobs": knobs}, space_file)
     space_file.close()
-    configs = grid_configs(threads)
-    request = TuneRequest(model=ModelSpec(args.model, batch_size=args.batch_size), trials=len(configs),
-                          timeout_s=None, space=space_file.name, storage=args.storage,
-                          study_name=f"{ModelSpec(args.model, batch_size=args.batch_size).study_label}-reference-grid",
-                          prune_ratio=math.inf, store_winner=False, confirm_top=1, confirm_rounds=2)
+    spec = ModelSpec(args.model, batch_size=args.batch_size)
+    request = TuneRequest(model=spec, timeout_s=None, space=space_file.name, storage=args.storage,
+                          study_name=f"{spec.study_label}-reference-grid", prune_ratio=math.inf,
+                          store_winner=False, confirm_top=1, confirm_rounds=2)
     tuner = Tuner(request)
     tuner.preflight()
     study = open_study(request)
-    if not study.trials:
-        for config in configs:
+    # queue every grid point not measured yet (a rerun after an interruption finishes the grid)
+    done = {grid_key(t.user_attrs["config"]) for t in study.trials
+            if "config" in t.user_attrs and t.user_attrs.get("failure_kind") not in LOST}
+    for config in grid_configs(threads):
+        if grid_key(config) not in done:
             study.enqueue_trial(tuner.space.params_for({**config, "dtype": "float32"}))
-    print(f"reference grid: {len(configs)} configs in study {study.study_name!r}", file=sys.stderr, flush=True)
-    tuner.run()
-    measured = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        measured[grid_key(t.user_attrs["config"])] = t.value
-    return measured
+    lost = len([t for t in study.trials if t.user_attrs.get("failure_kind") in LOST])
+    request.trials = len(study.trials) - lost  # exactly the queued grid: nothing sampled on top
+    print(f"reference grid: {len(grid_configs(threads))} configs in study {study.study_name!r}",
+          file=sys.stderr, flush=True)
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        tuner.run()
+    measured, failed = {}, set()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            measured[grid_key(t.user_attrs["config"])] = t.value
+        elif t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") not in LOST + (None,):
+            failed.add(grid_key(t.user_attrs["config"]))
+    missing = len(grid_configs(threads)) - len(measured) - len(failed)
+    if missing:
+        print(f"warning: {missing} grid configs have no measurement; rerun to finish the grid", file=sys.stderr)
+    return measured, failed
 
 
-def replay(seed: int, grid: dict[tuple, float], threads: int, trials: int) -> list[float | None]:
-    """The default search against the grid: the best value after each trial."""
+def replay(seed: int, grid: dict[tuple, float], failed: set[tuple], threads: int,
+           trials: int) -> list[float | None]:
+    """The default search against the grid, as Tuner.fill_budget and Tuner._run_trial run it:
+    warm start, duplicates answered from the first result, failures told as failures, the
+    pruning rule. Returns the best value after each trial."""
     space = load_space("default").restrict(cores=threads)
     study = optuna.create_study(sampler=make_sampler(seed), direction="minimize")
     for recipe in space.static_recipes():
         study.enqueue_trial(space.params_for(recipe))
+    seen: dict[str, float | None] = {}  # config_id -> its value (None: it failed)
     best, curve = math.inf, []
     for _ in range(trials):
         trial = study.ask()
         try:
-            config = BackendConfig(space.suggest(trial)).to_dict()
+            config = BackendConfig(space.suggest(trial))
         except AutotuneError:
             study.tell(trial, state=TrialState.FAIL)
             curve.append(best if best < math.inf else None)
             continue
-        value = grid.get(grid_key(config)) if config["threads"] == threads else None
-        if value is None:  # off the grid (another thread count): measured as no better than the worst
-            value = max(grid.values())
-        if value > best * TuneRequest.prune_ratio:  # the tuner stops such a trial early
-            study.tell(trial, state=TrialState.PRUNED)
+        key = grid_key(config.to_dict())
+        if config.config_id in seen:
+            value = seen[config.config_id]
+        elif key in failed:
+            value = None
+        elif config.threads != threads or key not in grid:
+            value = max(grid.values())  # off the grid (another thread count): scored as the worst
+        else:
+            value = grid[key]
+        if value is None:
+            study.tell(trial, state=TrialState.FAIL)
+            seen[config.config_id] = None
+        elif config.config_id not in seen and value > best * TuneRequest.prune_ratio:
+            study.tell(trial, state=TrialState.PRUNED)  # stopped early; a repeat runs again
         else:
             study.tell(trial, value)
             best = min(best, value)
-        curve.append(best)
+            seen[config.config_id] = value
+        curve.append(best if best < math.inf else None)
     return curve
 
 
@@ -139,7 +166,7 @@ def main(argv=None) -> int:
     threads = usable_cores()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    grid = measure_grid(args, threads)
+    grid, failed = measure_grid(args, threads)
     reference = min(grid.values())
     target = reference * (1 + args.within)
     best_key = min(grid, key=grid.get)
@@ -147,7 +174,7 @@ def main(argv=None) -> int:
           f"worst {max(grid.values()):.2f} ms; target {target:.2f} ms")
     needed = []
     for seed in map(int, args.seeds.split(",")):
-        curve = replay(seed, grid, threads, args.trials)
+        curve = replay(seed, grid, failed, threads, args.trials)
         hit = next((i + 1 for i, best in enumerate(curve) if best is not None and best <= target), None)
         needed.append(hit if hit is not None else math.inf)
         print(f"seed {seed}: within {args.within:.0%} after {hit if hit else f'more than {args.trials}'} "

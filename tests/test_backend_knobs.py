@@ -86,8 +86,9 @@ def _compile(model_name: str, options_items: tuple) -> Compiled:
 
 
 def compile_with(model_name: str, **options) -> Compiled:
-    # a knob set to its default compiles the same as leaving it out: share that compile
-    options = {k: v for k, v in options.items() if v != KNOBS[k].default}
+    # a knob set to its default compiles the same as leaving it out: share that compile. The
+    # path stays explicit, so the store and the process-wide default path never take part.
+    options = {k: v for k, v in options.items() if k == "path" or v != KNOBS[k].default}
     return _compile(model_name, tuple(sorted(options.items())))
 
 
