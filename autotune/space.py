@@ -35,6 +35,7 @@ RANGE_KEYS = ("low", "high", "log")
 STATIC_RECIPES: tuple[dict[str, Any], ...] = (
     {"path": TORCHSCRIPT},                                   # the backend's default
     {"path": INDUCTOR},                                      # torch.compile's default compiler
+    {"path": INDUCTOR, "cpp_wrapper": True},                 # no Python between kernels: small batches
     {"path": INDUCTOR, "max_autotune": True},
     {"path": TORCHSCRIPT, "optimize_for_inference": True},
     {"path": TORCHSCRIPT, "onednn_fusion": True},

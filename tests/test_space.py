@@ -248,7 +248,7 @@ def test_static_recipes_are_valid_configs_inside_the_space():
     space = load_space("default").restrict(cores=3, dtypes=["float32", "bfloat16"])
     recipes = space.static_recipes()
     # the oneDNN Graph recipe is left out: onednn_fusion is not in the default space
-    assert len(recipes) == 4 * len(space.dtypes)
+    assert len(recipes) == 5 * len(space.dtypes)
     for recipe in recipes:
         config = BackendConfig(recipe)  # checks CPU support too
         assert config.threads == 3 and recipe["dtype"] in space.dtypes
@@ -256,6 +256,7 @@ def test_static_recipes_are_valid_configs_inside_the_space():
     assert {"path": TORCHSCRIPT, "threads": 3} in non_default
     assert {"path": INDUCTOR, "threads": 3} in non_default
     assert {"path": INDUCTOR, "max_autotune": True, "threads": 3} in non_default
+    assert {"path": INDUCTOR, "cpp_wrapper": True, "threads": 3} in non_default
     assert {"path": TORCHSCRIPT, "optimize_for_inference": True, "threads": 3} in non_default
     assert not any("onednn_fusion" in r for r in non_default)
 
