@@ -200,7 +200,6 @@ def cmd_compare(args) -> int:
     result = compare(request)
     eager = result.candidates[EAGER].stats
     static = result.candidates[BEST_STATIC].stats
-    fma = result.peaks.get("fma float32")
     print(f"{'candidate':34s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
     for name, cand in result.candidates.items():
@@ -208,13 +207,14 @@ def cmd_compare(args) -> int:
         if s is None:
             print(f"{name:34s} {'failed':>10s}  {(cand.failure or '')[:70]}")
             continue
-        rate = result.gflops(name)
+        rate, fma = result.gflops(name), result.fma_peak(name)
         print(f"{name:34s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "
               f"{100 * rate / fma if fma else float('nan'):9.1f}%")
     print(f"\nmodel: {result.gflop:.2f} GFLOP per forward; machine ({request.threads} threads): "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v))
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v)
+          + "; % FMA peak is of the candidate's own dtype")
     print(f"tuned config applied by the lookup: {result.tuned_source or 'none'}")
     return 0
 

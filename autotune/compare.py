@@ -18,12 +18,20 @@ from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 class Comparison:
     candidates: dict[str, Candidate]
     gflop: float
-    peaks: dict[str, float | None]  # "fma float32", "matmul float32", "matmul bfloat16"
+    peaks: dict[str, float | None]  # "fma float32", "fma bfloat16", "matmul float32", ...
     tuned_source: str | None        # where the lookup candidate's config came from
 
     def gflops(self, name: str) -> float | None:
         stats = self.candidates[name].stats
         return self.gflop / (stats.median_ms / 1e3) if stats else None
+
+    def fma_peak(self, name: str) -> float | None:
+        """The multiply-add limit for the dtype the candidate computed in."""
+        cand = self.candidates[name]
+        dtype = cand.config.dtype if cand.config is not None else cand.dtype
+        if cand.graphs and "dtype" in cand.graphs[0]:  # the lookup: what the store applied
+            dtype = cand.graphs[0]["dtype"]
+        return self.peaks.get(f"fma {dtype}")
 
 
 def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
@@ -58,6 +66,7 @@ def compare(request: TuneRequest, *, with_peaks: bool = True) -> Comparison:
     peaks = {}
     if with_peaks:
         peaks = {"fma float32": fma_peak_gflops(request.threads),
+                 "fma bfloat16": fma_peak_gflops(request.threads, "bfloat16"),
                  "matmul float32": matmul_gflops(torch.float32, request.threads),
                  "matmul bfloat16": matmul_gflops(torch.bfloat16, request.threads)}
     lookup = candidates[IPEX_LOOKUP]

@@ -42,35 +42,47 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+# per ISA: flags, vector type, set1, multiply-add, add, store, multiply-adds per instruction.
+# The bfloat16 dot product adds two bf16 products into each float32 lane: 32 per instruction.
+_BF16_DOT = "(a, m, c)=_mm512_dpbf16_ps(a, (__m512bh)_mm512_set1_epi16(0x3f80), (__m512bh)_mm512_set1_epi16(0x3f80))"
 _ISAS = {
-    "avx512f": ("-mavx512f", "__m512", "_mm512_set1_ps", "_mm512_fmadd_ps", "_mm512_add_ps",
-                "_mm512_storeu_ps", 16),
-    "avx2": ("-mavx2 -mfma", "__m256", "_mm256_set1_ps", "_mm256_fmadd_ps", "_mm256_add_ps",
-             "_mm256_storeu_ps", 8),
+    "float32": {
+        "avx512f": ("-mavx512f", "__m512", "_mm512_set1_ps", "_mm512_fmadd_ps", "_mm512_add_ps",
+                    "_mm512_storeu_ps", 16),
+        "avx2": ("-mavx2 -mfma", "__m256", "_mm256_set1_ps", "_mm256_fmadd_ps", "_mm256_add_ps",
+                 "_mm256_storeu_ps", 8),
+    },
+    "bfloat16": {
+        "avx512_bf16": ("-mavx512f -mavx512bf16", "__m512", "_mm512_set1_ps", _BF16_DOT,
+                        "_mm512_add_ps", "_mm512_storeu_ps", 32),
+    },
 }
 
 
-def fma_peak_gflops(threads: int) -> float | None:
-    """float32 FMA limit of ``threads`` cores, from a register-only loop; None without a compiler.
+def fma_peak_gflops(threads: int, dtype: str = "float32") -> float | None:
+    """Multiply-add limit of ``threads`` cores for ``dtype``, from a register-only loop; None
+    without a compiler or the instructions (bfloat16 needs AVX512-BF16).
 
-    Both vector widths are tried: some cores (Zen 4) run 512-bit FMAs as two 256-bit halves.
+    Both float32 vector widths are tried: some cores (Zen 4) run 512-bit FMAs as two 256-bit halves.
     """
-    rates = [_fma_rate(isa, threads) for isa in _ISAS if isa in cpu_features()]
+    rates = [_fma_rate(dtype, isa, threads) for isa in _ISAS[dtype] if isa in cpu_features()]
     rates = [r for r in rates if r]
     return max(rates) if rates else None
 
 
-def _fma_rate(isa: str, threads: int) -> float | None:
+def _fma_rate(dtype: str, isa: str, threads: int) -> float | None:
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None
-    flag, vec, set1, fma, add, store, lanes = _ISAS[isa]
+    flag, vec, set1, fma, add, store, macs = _ISAS[dtype][isa]
     with tempfile.TemporaryDirectory() as tmp:
         source, binary = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
         with open(source, "w") as f:
             f.write(_FMA_KERNEL)
-        defines = [f"-DVEC={vec}", f"-DSET1={set1}", f"-DFMA={fma}", f"-DADD={add}",
-                   f"-DSTORE={store}", f"-DLANES={lanes}"]
+        fma_define = f"-DFMA{fma}" if fma.startswith("(") else f"-DFMA={fma}"  # a macro with arguments
+        floats = 16 if vec == "__m512" else 8
+        defines = [f"-DVEC={vec}", f"-DSET1={set1}", fma_define, f"-DADD={add}",
+                   f"-DSTORE={store}", f"-DLANES={floats}"]
         build = subprocess.run([compiler, "-O2", "-fopenmp", *flag.split(), *defines, source, "-o",
                                 binary], capture_output=True)
         if build.returncode != 0:
@@ -81,7 +93,7 @@ def _fma_rate(isa: str, threads: int) -> float | None:
         for _ in range(3):  # best of three: the machine is shared
             out = subprocess.run([binary, str(iters)], capture_output=True, text=True, env=env)
             seconds, used, _ = out.stdout.split()
-            flops = 2 * lanes * 10 * iters * int(used)
+            flops = 2 * macs * 10 * iters * int(used)
             best = max(best, flops / float(seconds) / 1e9)
         return best
 

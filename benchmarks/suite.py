@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         result = compare(request)
         medians = {c: result.candidates[c].stats.median_ms if result.candidates[c].stats else None
                    for c in COLUMNS}
-        fma = result.peaks.get("fma float32")
+        fma = result.fma_peak(IPEX_LOOKUP)
         tuned_rate = result.gflops(IPEX_LOOKUP)
         rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma))
         write_table(rows, args, argv)  # after each model: a long run cut short keeps what it measured

@@ -1,0 +1,38 @@
+"""`autotune compare`'s peak figures: each candidate is measured against its own dtype's limit."""
+
+from autotune.compare import Comparison
+from autotune.peak import fma_peak_gflops
+from autotune.bench import Stats
+from autotune.tuner import Candidate
+from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP
+from backend import BackendConfig
+from backend.fingerprint import cpu_features
+
+
+def test_each_candidate_is_measured_against_the_peak_of_its_dtype():
+    stats = Stats.of([10.0, 10.0, 10.0])
+    candidates = {
+        EAGER: Candidate(EAGER, None, stats=stats, kind=EAGER),
+        EAGER_BF16: Candidate(EAGER_BF16, None, stats=stats, kind=EAGER_BF16, dtype="bfloat16"),
+        "inductor bf16": Candidate("inductor bf16", BackendConfig({"path": "inductor", "dtype": "bfloat16"}),
+                                   stats=stats),
+        # the lookup applied a bfloat16 config although the comparison asked for float32 too
+        IPEX_LOOKUP: Candidate(IPEX_LOOKUP, None, stats=stats, kind=IPEX_LOOKUP,
+                               graphs=[{"config_id": "cfg-x", "dtype": "bfloat16", "source": "store"}]),
+    }
+    result = Comparison(candidates, gflop=1.0, peaks={"fma float32": 200.0, "fma bfloat16": 400.0},
+                        tuned_source="store")
+    assert result.fma_peak(EAGER) == 200.0
+    assert result.fma_peak(EAGER_BF16) == 400.0
+    assert result.fma_peak("inductor bf16") == 400.0
+    assert result.fma_peak(IPEX_LOOKUP) == 400.0
+    assert result.gflops(EAGER) == 100.0
+
+
+def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():
+    peak = fma_peak_gflops(1, "bfloat16")
+    if "avx512_bf16" in cpu_features():
+        # two bf16 products per float32 lane: above the float32 limit of the same core
+        assert peak is not None and peak > fma_peak_gflops(1)
+    else:
+        assert peak is None
