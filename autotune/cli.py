@@ -186,8 +186,7 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import compare
-    from .tuner import BEST_STATIC
-    from .tuner import TuneRequest
+    from .tuner import BEST_STATIC, TuneRequest
     from .worker import EAGER
 
     request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),

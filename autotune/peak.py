@@ -42,19 +42,20 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-# per ISA: flags, vector type, set1, multiply-add, add, store, multiply-adds per instruction.
+# per ISA: flags, vector type, set1, FMA(a, m, c) body, add, store, multiply-adds per instruction.
 # The bfloat16 dot product adds two bf16 products into each float32 lane: 32 per instruction.
-_BF16_DOT = "(a, m, c)=_mm512_dpbf16_ps(a, (__m512bh)_mm512_set1_epi16(0x3f80), (__m512bh)_mm512_set1_epi16(0x3f80))"
+_BF16_ONES = "(__m512bh)_mm512_set1_epi16(0x3f80)"
 _ISAS = {
     "float32": {
-        "avx512f": ("-mavx512f", "__m512", "_mm512_set1_ps", "_mm512_fmadd_ps", "_mm512_add_ps",
-                    "_mm512_storeu_ps", 16),
-        "avx2": ("-mavx2 -mfma", "__m256", "_mm256_set1_ps", "_mm256_fmadd_ps", "_mm256_add_ps",
-                 "_mm256_storeu_ps", 8),
+        "avx512f": ("-mavx512f", "__m512", "_mm512_set1_ps", "_mm512_fmadd_ps(a, m, c)",
+                    "_mm512_add_ps", "_mm512_storeu_ps", 16),
+        "avx2": ("-mavx2 -mfma", "__m256", "_mm256_set1_ps", "_mm256_fmadd_ps(a, m, c)",
+                 "_mm256_add_ps", "_mm256_storeu_ps", 8),
     },
     "bfloat16": {
-        "avx512_bf16": ("-mavx512f -mavx512bf16", "__m512", "_mm512_set1_ps", _BF16_DOT,
-                        "_mm512_add_ps", "_mm512_storeu_ps", 32),
+        "avx512_bf16": ("-mavx512f -mavx512bf16", "__m512", "_mm512_set1_ps",
+                        f"_mm512_dpbf16_ps(a, {_BF16_ONES}, {_BF16_ONES})", "_mm512_add_ps",
+                        "_mm512_storeu_ps", 32),
     },
 }
 
@@ -79,9 +80,8 @@ def _fma_rate(dtype: str, isa: str, threads: int) -> float | None:
         source, binary = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
         with open(source, "w") as f:
             f.write(_FMA_KERNEL)
-        fma_define = f"-DFMA{fma}" if fma.startswith("(") else f"-DFMA={fma}"  # a macro with arguments
         floats = 16 if vec == "__m512" else 8
-        defines = [f"-DVEC={vec}", f"-DSET1={set1}", fma_define, f"-DADD={add}",
+        defines = [f"-DVEC={vec}", f"-DSET1={set1}", f"-DFMA(a, m, c)={fma}", f"-DADD={add}",
                    f"-DSTORE={store}", f"-DLANES={floats}"]
         build = subprocess.run([compiler, "-O2", "-fopenmp", *flag.split(), *defines, source, "-o",
                                 binary], capture_output=True)

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from autotune.cli import _parse_dtypes
 from autotune.compare import compare
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
@@ -32,7 +33,7 @@ def write_table(rows, args, argv) -> None:
     header = ["model", "batch", *[f"{c} (ms)" for c in COLUMNS], "tuned vs best static",
               "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
-             f"{torch.__version__}, dtypes {args.dtype}, by `python benchmarks/suite.py "
+             f"{torch.__version__}, dtypes {','.join(args.dtype)}, by `python benchmarks/suite.py "
              f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -54,19 +55,18 @@ def write_table(rows, args, argv) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", type=_parse_dtypes, default=("float32",))
     parser.add_argument("--trials", type=int, default=25)
     parser.add_argument("--timeout", default="15m")
     parser.add_argument("--storage")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-o", "--output", default="benchmarks/results.md")
     args = parser.parse_args(argv)
-    dtypes = tuple(args.dtype.split(","))
     rows = []
     for item in args.models.split(","):
         name, _, batch = item.partition(":")
         spec = ModelSpec(name, batch_size=int(batch or 1))
-        request = TuneRequest(model=spec, dtypes=dtypes, trials=args.trials,
+        request = TuneRequest(model=spec, dtypes=args.dtype, trials=args.trials,
                               timeout_s=parse_duration(args.timeout), storage=args.storage)
         print(f"== tuning {name} batch {spec.batch_size}", file=sys.stderr, flush=True)
         tuned = Tuner(request).run()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from autotune.tuner import LOST, Tuner, TuneRequest, make_sampler, open_study
 from backend.config import BackendConfig
 from backend.fingerprint import usable_cores
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+from backend.store import default_storage_url
 
 # The knobs whose values moved resnet50's latency by more than the noise in `autotune run` studies.
 GRID = {
@@ -73,6 +75,7 @@ def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
                           study_name=f"{spec.study_label}-reference-grid", prune_ratio=math.inf,
                           store_winner=False, confirm_top=1, confirm_rounds=2)
     tuner = Tuner(request)
+    os.unlink(space_file.name)  # loaded by Tuner()
     tuner.preflight()
     study = open_study(request)
     # queue every grid point not measured yet (a rerun after an interruption finishes the grid)
@@ -143,7 +146,7 @@ def replay(seed: int, grid: dict[tuple, float], failed: set[tuple], threads: int
 def projection_errors(args, grid: dict[tuple, float], threads: int) -> list[float]:
     """Relative error of the grid's value against real default-space trials of the same model."""
     errors = []
-    storage = args.storage or TuneRequest(model=ModelSpec(args.model)).storage_url
+    storage = args.storage or default_storage_url()
     name = f"{ModelSpec(args.model, batch_size=args.batch_size).study_label}-float32"
     if name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
