@@ -34,6 +34,9 @@ class Comparison:
         return self.peaks.get(f"fma {dtype}")
 
 
+ONEDNN_GRAPH = "TorchScript + oneDNN Graph"
+
+
 def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     threads = request.threads
     found: dict[str, Candidate] = {EAGER: Candidate(EAGER, None, kind=EAGER)}
@@ -45,6 +48,7 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         static = {
             BEST_STATIC: {"path": "inductor", "freezing": True, "max_autotune": True},
             "TorchScript path default": {"path": "torchscript"},
+            ONEDNN_GRAPH: {"path": "torchscript", "onednn_fusion": True},
             "Inductor path default": {"path": "inductor"},
         }
         for name, values in static.items():

@@ -22,7 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from backend.errors import KnobError
 from backend.fingerprint import cpu_features, usable_cores
-from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, Knob, get_knob
+from backend.knobs import INDUCTOR, KNOBS, SUPERSEDES, TORCHSCRIPT, Knob, get_knob, superseded
 
 from .errors import AutotuneError, SpaceError
 
@@ -255,9 +255,13 @@ class SearchSpace:
         """
         config = {"path": _pick(trial, "path", self.knobs["path"]),
                   "dtype": _pick(trial, "dtype", self.dtypes)}
-        for name, dim in self.knobs.items():
-            if name != "path" and config["path"] in KNOBS[name].paths:
-                config[name] = _pick(trial, name, dim)
+        names = [name for name in self.knobs if name != "path" and config["path"] in KNOBS[name].paths]
+        names.sort(key=lambda name: name not in SUPERSEDES)  # deciders first: no wasted samples
+        for name in names:
+            # a knob the config ignores takes its default, so equal compiles are equal configs
+            config[name] = (KNOBS[name].default if name in superseded(config)
+                            else _pick(trial, name, self.knobs[name]))
+        config = {name: config[name] for name in ("path", "dtype", *self.knobs) if name in config}
         factors = config.get("gemm_thread_factors", "auto")
         if factors != "auto" and _product(factors) != config.get("threads"):
             config["gemm_thread_factors"] = "auto"  # factors must multiply to the thread count
@@ -279,8 +283,9 @@ class SearchSpace:
         """The Optuna params ``suggest`` samples for ``config`` (for ``study.enqueue_trial``):
         knobs with a single value here are set, not sampled, so they are left out."""
         dims = {"dtype": self.dtypes, **self.knobs}
+        ignored = superseded(config)
         return {name: value for name, value in config.items()
-                if name in dims and _is_sampled(dims[name])}
+                if name in dims and _is_sampled(dims[name]) and name not in ignored}
 
     def _complete(self, recipe: Mapping[str, Any]) -> dict[str, Any] | None:
         path = recipe["path"]
@@ -289,6 +294,9 @@ class SearchSpace:
         config = {"path": path, "dtype": recipe["dtype"]}
         for name, dim in self.knobs.items():
             if name == "path" or path not in KNOBS[name].paths:
+                continue
+            if name in superseded(recipe):  # ignored by the compile: canonical default
+                config[name] = KNOBS[name].default
                 continue
             value = _largest(dim) if name == "threads" else recipe.get(name, KNOBS[name].default)
             if value not in dim:

@@ -99,8 +99,9 @@ _KNOB_LIST = [
          doc="Compute dtype; bfloat16 runs the graph under CPU autocast, outputs stay float32."),
     Knob("weights_prepack", bool, True,
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
-             "(TorchScript: MKLDNN conversion pass; Inductor: cpp.weight_prepack with freezing, "
-             "fixed per process at its first frozen compile)."),
+             "(TorchScript: MKLDNN conversion pass, skipped under onednn_fusion, which packs its "
+             "own; Inductor: cpp.weight_prepack with freezing, fixed per process at its first "
+             "frozen compile)."),
     Knob("channels_last", bool, True,
          doc="NHWC activations for convolutions (TorchScript: weights and 4-D inputs converted; "
              "Inductor: layout_optimization)."),
@@ -111,9 +112,11 @@ _KNOB_LIST = [
          doc="Fold eval BatchNorm into the preceding linear layer."),
     Knob("optimize_for_inference", bool, False, paths=frozenset({TORCHSCRIPT}),
          doc="Run torch.jit.optimize_for_inference on the frozen module "
-             "(conv-add-relu fusion and MKLDNN conversion, whatever weights_prepack says)."),
+             "(conv-add-relu fusion and MKLDNN conversion, whatever weights_prepack says; "
+             "skipped under onednn_fusion)."),
     Knob("onednn_fusion", bool, False, paths=frozenset({TORCHSCRIPT}),
-         doc="oneDNN Graph (LLGA) fusion groups in the TorchScript profiling executor."),
+         doc="oneDNN Graph (LLGA): fused partitions (conv+bias+relu+add chains, whole residual "
+             "stages), compiled once with their constant weights packed; replaces the MKLDNN passes."),
     # --- Inductor path ------------------------------------------------------------------------
     Knob("freezing", bool, True, paths=frozenset({INDUCTOR}),
          doc="Treat parameters as constants (inference only): constant folding and weight prepacking."),
@@ -149,6 +152,16 @@ _KNOB_LIST = [
 ]
 
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
+
+# knob -> the knobs it makes irrelevant when it is on (the compile ignores their values)
+SUPERSEDES: dict[str, tuple[str, ...]] = {
+    "onednn_fusion": ("weights_prepack", "optimize_for_inference"),
+}
+
+
+def superseded(config: Mapping[str, Any]) -> set[str]:
+    """The knobs whose values ``config`` ignores."""
+    return {name for boss, ruled in SUPERSEDES.items() if config.get(boss) for name in ruled}
 
 
 def get_knob(name: str) -> Knob:

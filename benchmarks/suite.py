@@ -17,15 +17,15 @@ import sys
 import torch
 
 from autotune.cli import _parse_dtypes
-from autotune.compare import compare
+from autotune.compare import ONEDNN_GRAPH, compare
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend.fingerprint import hardware_info
 
-COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", "Inductor path default",
-           BEST_STATIC, IPEX_LOOKUP]
+COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", ONEDNN_GRAPH,
+           "Inductor path default", BEST_STATIC, IPEX_LOOKUP]
 
 
 def write_table(rows, args, argv) -> None:

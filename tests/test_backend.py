@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import backend as ipex
@@ -102,6 +103,21 @@ def test_training_gradients_match_eager(path, caplog):
     inference_only = [r for r in caplog.records if "TorchScript path is inference-only" in r.message]
     assert len(inference_only) == (1 if path == TORCHSCRIPT else 0)
     assert ipex.last_compile()["config"].path == INDUCTOR
+
+
+def test_onednn_fusion_runs_a_resnet_with_weights_prepack_on():
+    # oneDNN Graph crashed on MKLDNN-converted residual blocks; under it that pass must not run
+    model, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex", options={
+        "path": TORCHSCRIPT, "onednn_fusion": True, "weights_prepack": True, "autotune": False})
+    with torch.no_grad():
+        for _ in range(3):  # past the profiling runs that form the fusion groups
+            actual = compiled(x)
+        graph = str(torch.jit.last_executed_optimized_graph())
+        torch.testing.assert_close(actual, model(x), atol=1e-4, rtol=1e-4)
+    assert ipex.last_compile()["config"].path == TORCHSCRIPT
+    assert "prim::oneDNNFusionGroup" in graph and "mkldnn" not in graph
 
 
 def test_data_dependent_control_flow_runs_correctly_on_both_branches():

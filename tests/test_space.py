@@ -50,7 +50,7 @@ def test_shipped_spaces_load_from_the_installed_package():
     shipped = importlib.resources.files("search_spaces") / "default.yaml"
     assert space.source == str(shipped)
     assert set(space.knobs) == {
-        "path", "weights_prepack", "channels_last", "optimize_for_inference",
+        "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
         "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
         "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
         "threads"}
@@ -220,6 +220,30 @@ def test_suggest_samples_only_the_knobs_of_the_chosen_path():
             assert "onednn_fusion" not in config and "onednn_fusion" not in params
 
 
+def test_knobs_superseded_by_onednn_fusion_are_not_sampled_and_stay_at_their_default(tmp_path):
+    space = space_from(tmp_path, """
+        path: [torchscript]
+        weights_prepack: [false, true]
+        optimize_for_inference: [true, false]
+        onednn_fusion: [false, true]
+    """).restrict(features=ALL_FEATURES, cores=2)
+    results = sample(space, 40)
+    assert {config["onednn_fusion"] for config, _ in results} == {True, False}
+    for config, params in results:
+        if config["onednn_fusion"]:
+            # the compile ignores them: one canonical config, so the tuner sees duplicates
+            assert "weights_prepack" not in params and "optimize_for_inference" not in params
+            assert config["weights_prepack"] is True and config["optimize_for_inference"] is False
+        else:
+            assert {"weights_prepack", "optimize_for_inference"} <= set(params)
+    fusion = next(config for config, _ in results if config["onednn_fusion"])
+    assert set(space.params_for(fusion)) == {"onednn_fusion"}
+    # a recipe that sets a superseded knob completes to the canonical config
+    recipe = space._complete({"path": TORCHSCRIPT, "dtype": "float32", "onednn_fusion": True,
+                              "weights_prepack": False})
+    assert recipe == fusion
+
+
 def test_dtype_is_sampled_when_several_are_allowed(tmp_path):
     space = space_from(tmp_path, "path: [torchscript]\n").restrict(
         features=ALL_FEATURES, cores=2, dtypes=["float32", "bfloat16"])
@@ -247,8 +271,7 @@ def test_mismatched_gemm_thread_factors_fall_back_to_auto(tmp_path):
 def test_static_recipes_are_valid_configs_inside_the_space():
     space = load_space("default").restrict(cores=3, dtypes=["float32", "bfloat16"])
     recipes = space.static_recipes()
-    # the oneDNN Graph recipe is left out: onednn_fusion is not in the default space
-    assert len(recipes) == 5 * len(space.dtypes)
+    assert len(recipes) == 6 * len(space.dtypes)
     for recipe in recipes:
         config = BackendConfig(recipe)  # checks CPU support too
         assert config.threads == 3 and recipe["dtype"] in space.dtypes
@@ -258,7 +281,7 @@ def test_static_recipes_are_valid_configs_inside_the_space():
     assert {"path": INDUCTOR, "max_autotune": True, "threads": 3} in non_default
     assert {"path": INDUCTOR, "cpp_wrapper": True, "threads": 3} in non_default
     assert {"path": TORCHSCRIPT, "optimize_for_inference": True, "threads": 3} in non_default
-    assert not any("onednn_fusion" in r for r in non_default)
+    assert {"path": TORCHSCRIPT, "onednn_fusion": True, "threads": 3} in non_default
 
 
 def test_static_recipes_outside_the_space_are_left_out(tmp_path):
