@@ -35,13 +35,13 @@ from autotune.space import load_space
 from autotune.tuner import LOST, Tuner, TuneRequest, make_sampler, open_study
 from backend.config import BackendConfig
 from backend.fingerprint import usable_cores
-from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, superseded
 from backend.store import default_storage_url
 
 # The knobs whose values moved resnet50's latency by more than the noise in `autotune run` studies.
 GRID = {
     TORCHSCRIPT: {"weights_prepack": [True, False], "channels_last": [True, False],
-                  "optimize_for_inference": [False, True]},
+                  "optimize_for_inference": [False, True], "onednn_fusion": [False, True]},
     INDUCTOR: {"weights_prepack": [True, False], "channels_last": [True, False],
                "freezing": [True, False], "max_autotune": [False, True], "cpp_wrapper": [False, True]},
 }
@@ -51,14 +51,18 @@ def grid_configs(threads: int) -> list[dict]:
     configs = []
     for path, knobs in GRID.items():
         for values in itertools.product(*knobs.values()):
-            configs.append({"path": path, "threads": threads, **dict(zip(knobs, values))})
+            config = {"path": path, "threads": threads, **dict(zip(knobs, values))}
+            # a knob the compile ignores is measured once, at its default
+            if all(config[name] == KNOBS[name].default for name in superseded(config)):
+                configs.append(config)
     return configs
 
 
 def grid_key(config: dict) -> tuple:
     """The grid point a full config falls on: its path and its grid knobs (the rest: neutral)."""
-    path = config["path"]
-    return (path, *(config.get(name, KNOBS[name].default) for name in GRID[path]))
+    path, ignored = config["path"], superseded(config)
+    return (path, *(KNOBS[name].default if name in ignored else config.get(name, KNOBS[name].default)
+                    for name in GRID[path]))
 
 
 def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
