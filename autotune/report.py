@@ -24,13 +24,13 @@ from backend.knobs import KNOBS
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from .reading import find_study, read_only_storage
-from .tuner import BACKEND_DEFAULT, BEST_STATIC
+from .tuner import BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 TOP_KNOBS = 3
 WINNER, BASELINE, STATIC = "#2a9d8f", "#8d99ae", "#e9a23b"
-BASELINE_ORDER = (BACKEND_DEFAULT, BEST_STATIC, TORCH_COMPILE_DEFAULT, EAGER)
+BASELINE_ORDER = (BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE, TORCH_COMPILE_DEFAULT, EAGER)
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -113,7 +113,8 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
             if name != winner["candidate"] and _baseline_rank(name) < len(BASELINE_ORDER):
                 trial = name.partition("(")[2].rstrip(")")
                 rows.append({"label": name, "stats": stats, "config": configs.get(trial),
-                             "role": "static" if name.startswith(BEST_STATIC) else "baseline"})
+                             "role": "static" if name.startswith((BEST_STATIC, STATIC_RECIPE))
+                             else "baseline"})
         return [r for r in rows if r["stats"] and r["stats"].get("median_ms")]
     # no confirmed winner yet (running or interrupted): the search-phase numbers
     if not complete:

@@ -91,6 +91,13 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     assert record.config == winner["config"] and record.config_id.startswith("cfg-")
     assert set(record.latency) >= {"median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs"}
     assert {BACKEND_DEFAULT, "torch.compile default", "eager"} <= set(record.baselines)
+    # every warm-start recipe that ran (not the default, measured as such) was confirmed with it
+    recipes = {t.user_attrs["config_id"] for t in study.trials if t.system_attrs.get("fixed_params")
+               and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    recipes.discard(Tuner(TuneRequest(model=ModelSpec("faulty_cnn"))).default_config().config_id)
+    statics = [name for name in record.baselines if "static recipe (trial #" in name]
+    assert len(statics) == len(recipes) >= 1
+    assert [name.startswith("best static recipe") for name in statics].count(True) == 1
     default_ms = record.baselines[BACKEND_DEFAULT]["median_ms"]
     assert record.speedup == pytest.approx(default_ms / record.latency["median_ms"])
     assert record.latency["p10_ms"] <= record.latency["median_ms"] <= record.latency["p90_ms"]
