@@ -103,7 +103,7 @@ def _is_static(trial: FrozenTrial) -> bool:
 def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     """Rows of {label, stats, role, config}: the winner first, then what it is compared with."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    configs = {f"trial #{t.number}": t.user_attrs.get("config") for t in complete}
+    configs = {f"trial #{t.number}": t.user_attrs.get("config") for t in trials}  # pruned too
     winner = study.user_attrs.get("winner")
     if winner:  # confirmed: everything measured in the same interleaved rounds
         baselines = winner.get("baselines", {})
@@ -145,7 +145,7 @@ def _summary(study: optuna.Study, rows: list[dict]) -> str:
     top = rows[0]["stats"]["median_ms"]
     cards = [("winner" if winner else "best so far", _ms(top))]
     for row in rows[1:]:
-        if row["role"] in ("baseline", "static"):
+        if row["role"] in ("baseline", "static") and not row["label"].startswith(STATIC_RECIPE):
             label = row["label"].split(" (")[0]
             cards.append((f"vs {label}", _x(row["stats"]["median_ms"] / top)))
     html_cards = "".join(f'<div class="card"><div class="big">{_esc(v)}</div>'

@@ -76,8 +76,7 @@ def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
     space_file.close()
     spec = ModelSpec(args.model, batch_size=args.batch_size)
     request = TuneRequest(model=spec, timeout_s=None, space=space_file.name, storage=args.storage,
-                          study_name=f"{spec.study_label}-reference-grid", prune_ratio=math.inf,
-                          store_winner=False, confirm_top=1, confirm_rounds=2)
+                          study_name=f"{spec.study_label}-reference-grid", prune_ratio=math.inf)
     tuner = Tuner(request)
     os.unlink(space_file.name)  # loaded by Tuner()
     tuner.preflight()
@@ -93,7 +92,8 @@ def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
     print(f"reference grid: {len(grid_configs(threads))} configs in study {study.study_name!r}",
           file=sys.stderr, flush=True)
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        tuner.run()
+        tuner.ensure_reference()
+        tuner.search(study)  # the grid's own medians; no confirmation, nothing stored
     measured, failed = {}, set()
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:

@@ -62,13 +62,14 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
     argv = tuner_argv(url, "resume", 5)
-    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 2, stdout=subprocess.DEVNULL,
+    # trials 0-2 are the quick space's warm-start recipes: the tuner dies in the first search trial
+    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 3, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     before = {t.number: (t.state, t.value) for t in
               optuna.load_study(study_name="resume", storage=url).trials if t.state.is_finished()}
-    assert len(before) == 2
+    assert len(before) == 3
 
     rerun = subprocess.run(argv, env={**os.environ, "FAULT_PLAN": ""}, capture_output=True,
                            text=True, timeout=600)
@@ -77,8 +78,8 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     after = {t.number: t for t in study.trials}
     for number, (state, value) in before.items():
         assert (after[number].state, after[number].value) == (state, value), "finished trial lost"
-    assert after[2].state == optuna.trial.TrialState.FAIL
-    assert after[2].user_attrs["failure_kind"] == "orphaned"
+    assert after[3].state == optuna.trial.TrialState.FAIL
+    assert after[3].user_attrs["failure_kind"] == "orphaned"
     # the trial lost with the tuner is replaced: five real trials, plus the lost one
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert "faster than backend default" in rerun.stdout or "storing the default" in rerun.stdout
@@ -96,6 +97,7 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
                and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     recipes.discard(Tuner(TuneRequest(model=ModelSpec("faulty_cnn"))).default_config().config_id)
     statics = [name for name in record.baselines if "static recipe (trial #" in name]
+    # normally 2 (Inductor default, optimize_for_inference); the old rule confirmed only one
     assert len(statics) == len(recipes) >= 1
     assert [name.startswith("best static recipe") for name in statics].count(True) == 1
     default_ms = record.baselines[BACKEND_DEFAULT]["median_ms"]
