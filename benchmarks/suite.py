@@ -5,7 +5,7 @@
 
 For each model: `autotune run` (default budget unless given), then `autotune compare` (static
 recipes, backend defaults, the tuned config through the store lookup, interleaved in fresh
-processes). The five default models took 69 minutes on 2 cores.
+processes). The five default models take over an hour on 2 cores.
 """
 
 from __future__ import annotations
