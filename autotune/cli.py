@@ -198,7 +198,8 @@ def cmd_compare(args) -> int:
           file=sys.stderr)
     result = compare(request)
     eager = result.candidates[EAGER].stats
-    static = result.candidates[BEST_STATIC].stats
+    # named per dtype ("best static recipe bfloat16"): the first dtype asked for
+    static = next(c.stats for n, c in result.candidates.items() if n.startswith(BEST_STATIC))
     print(f"{'candidate':34s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
     for name, cand in result.candidates.items():

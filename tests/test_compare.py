@@ -1,4 +1,10 @@
-"""`autotune compare`'s peak figures: each candidate is measured against its own dtype's limit."""
+"""`autotune compare`: each candidate against its own dtype's peak; a bfloat16-only comparison."""
+
+import os
+import subprocess
+import sys
+
+import pytest
 
 from autotune.compare import Comparison
 from autotune.peak import fma_peak_gflops
@@ -7,6 +13,7 @@ from autotune.tuner import Candidate
 from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP
 from backend import BackendConfig
 from backend.fingerprint import cpu_features
+from tuning import worker_pythonpath
 
 
 def test_each_candidate_is_measured_against_the_peak_of_its_dtype():
@@ -36,3 +43,16 @@ def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():
         assert peak is not None and peak > fma_peak_gflops(1)
     else:
         assert peak is None
+
+
+@pytest.mark.skipif("mkldnn_bf16" not in cpu_features(), reason="the CPU has no oneDNN bfloat16")
+def test_compare_of_bfloat16_alone_prints_its_table(tmp_path):
+    # the static recipes are named per dtype ("best static recipe bfloat16")
+    argv = [sys.executable, "-m", "autotune.cli", "compare", "--model", "tuner_models:small_cnn",
+            "--dtype", "bfloat16", "--rounds", "1", "--measure-seconds", "0.1",
+            "--storage", f"sqlite:///{tmp_path / 'store.db'}"]
+    run = subprocess.run(argv, env={**os.environ, "PYTHONPATH": worker_pythonpath()},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "best static recipe bfloat16" in run.stdout
+    assert "TorchScript + oneDNN Graph bfloat16" in run.stdout
