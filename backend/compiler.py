@@ -16,7 +16,7 @@ from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
 from .inductor import compile_inductor
 from .knobs import INDUCTOR, TORCHSCRIPT, get_knob
-from .torchscript import TorchScriptUnavailable, compile_torchscript
+from .torchscript import OneDnnGraphUnavailable, TorchScriptUnavailable, compile_torchscript
 
 log = logging.getLogger("backend")
 
@@ -124,7 +124,13 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             config = config.replace(path=INDUCTOR)
         else:
             try:
-                return compile_torchscript(gm, example_inputs, config), config
+                try:
+                    return compile_torchscript(gm, example_inputs, config), config
+                except OneDnnGraphUnavailable as exc:
+                    warn_once(f"llga-fail:{exc}", f"ipex backend: {exc}; compiling this graph on "
+                              "the TorchScript path without oneDNN Graph")
+                    config = config.replace(onednn_fusion=False)
+                    return compile_torchscript(gm, example_inputs, config), config
             except TorchScriptUnavailable as exc:
                 warn_once(f"ts-fail:{exc}", f"ipex backend: TorchScript path unavailable for this "
                           f"graph ({exc}); compiling it with the Inductor path instead")

@@ -20,6 +20,10 @@ class TorchScriptUnavailable(Exception):
     """This graph cannot take the TorchScript path; the reason says why."""
 
 
+class OneDnnGraphUnavailable(TorchScriptUnavailable):
+    """oneDNN Graph failed on this graph; the TorchScript path without it may still work."""
+
+
 @contextlib.contextmanager
 def _quiet_jit():
     """trace/freeze are deprecated upstream; we call them on purpose."""
@@ -50,6 +54,11 @@ def onednn_fusion(enabled: bool):
         yield
     finally:
         torch._C._jit_set_llga_enabled(previous)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _GraphWithConstants(torch.nn.Module):
@@ -125,8 +134,7 @@ def trace_and_freeze(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             frozen = torch.jit.freeze(traced, optimize_numerics=False)
             _run_passes(frozen, config)
     except Exception as exc:  # the tracer raises many types; all mean "not traceable"
-        raise TorchScriptUnavailable(f"torch.jit.trace/freeze failed: {type(exc).__name__}: "
-                                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        raise TorchScriptUnavailable(f"torch.jit.trace/freeze failed: {_first_line(exc)}") from exc
     return frozen, mask
 
 
@@ -138,15 +146,21 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
     with torch.no_grad(), compute_autocast(config.dtype):
         expected = gm(*example_inputs)
-    with _quiet_jit(), torch.no_grad(), onednn_fusion(config.onednn_fusion), \
-            intra_op_threads(config.threads):
-        for _ in range(PROFILING_RUNS):
-            actual = frozen(*user_inputs)
+    try:
+        with _quiet_jit(), torch.no_grad(), onednn_fusion(config.onednn_fusion), \
+                intra_op_threads(config.threads):
+            for _ in range(PROFILING_RUNS):  # the executor (and oneDNN Graph) compiles here
+                actual = frozen(*user_inputs)
+    except Exception as exc:  # e.g. oneDNN Graph on swin_t: vector::_M_range_check
+        if config.onednn_fusion:
+            raise OneDnnGraphUnavailable(f"oneDNN Graph failed: {_first_line(exc)}") from exc
+        raise TorchScriptUnavailable(f"the TorchScript executor failed: {_first_line(exc)}") from exc
     low_precision = config.dtype == "bfloat16" or ambient_autocast_dtype() is not None
     problem = outputs_close(expected, actual, rtol=5e-2 if low_precision else 1e-3,
                             atol=5e-2 if low_precision else 1e-4)
     if problem:
-        raise TorchScriptUnavailable(f"traced graph disagrees with the captured graph ({problem})")
+        unavailable = OneDnnGraphUnavailable if config.onednn_fusion else TorchScriptUnavailable
+        raise unavailable(f"traced graph disagrees with the captured graph ({problem})")
 
     threads = config.threads
 

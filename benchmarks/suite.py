@@ -17,20 +17,28 @@ import sys
 import torch
 
 from autotune.cli import _parse_dtypes
-from autotune.compare import ONEDNN_GRAPH, compare
+from autotune.compare import WITHOUT_ONEDNN_GRAPH, compare
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend.fingerprint import hardware_info
 
-COLUMNS = [EAGER, TORCH_COMPILE_DEFAULT, "TorchScript path default", ONEDNN_GRAPH,
-           "Inductor path default", BEST_STATIC, IPEX_LOOKUP]
+STATIC_COLUMNS = ["TorchScript path default", WITHOUT_ONEDNN_GRAPH, "Inductor path default",
+                  BEST_STATIC]
+
+
+def columns(dtype: str) -> list[str]:
+    """compare's candidate names for ``dtype`` (its static configs carry a dtype suffix)."""
+    suffix = "" if dtype == "float32" else f" {dtype}"
+    return [EAGER, TORCH_COMPILE_DEFAULT, *[c + suffix for c in STATIC_COLUMNS], IPEX_LOOKUP]
 
 
 def write_table(rows, args, argv) -> None:
     info = hardware_info()
-    header = ["model", "batch", *[f"{c} (ms)" for c in COLUMNS], "tuned vs best static",
+    shown = columns(args.dtype[0])
+    static_name = next(c for c in shown if c.startswith(BEST_STATIC))
+    header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs best static",
               "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
              f"{torch.__version__}, dtypes {','.join(args.dtype)}, by `python benchmarks/suite.py "
@@ -38,11 +46,11 @@ def write_table(rows, args, argv) -> None:
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, batch, m, trials, rate, fma in rows:
-        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in COLUMNS]
-        tuned, static, eager = m[IPEX_LOOKUP], m[BEST_STATIC], m[EAGER]
+        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in shown]
+        tuned, static, eager = m[IPEX_LOOKUP], m[static_name], m[EAGER]
         vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
         vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
-        others = [m[c] for c in COLUMNS if c != IPEX_LOOKUP and m[c]]
+        others = [m[c] for c in shown if c != IPEX_LOOKUP and m[c]]
         vs_fastest = f"{min(others) / tuned:.2f}x" if tuned and others else "-"
         peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
         lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} |")
@@ -73,7 +81,7 @@ def main(argv=None) -> int:
         request.confirm_rounds = args.rounds
         result = compare(request)
         medians = {c: result.candidates[c].stats.median_ms if result.candidates[c].stats else None
-                   for c in COLUMNS}
+                   for c in columns(args.dtype[0])}
         fma = result.fma_peak(IPEX_LOOKUP)
         tuned_rate = result.gflops(IPEX_LOOKUP)
         rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma))

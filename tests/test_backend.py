@@ -120,6 +120,26 @@ def test_onednn_fusion_runs_a_resnet_with_weights_prepack_on():
     assert "prim::oneDNNFusionGroup" in graph and "mkldnn" not in graph
 
 
+def test_a_graph_onednn_graph_fails_on_runs_on_torchscript_without_it(caplog):
+    # oneDNN Graph (the default) raises vector::_M_range_check on torchvision's Swin
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2],
+        num_classes=4).eval()
+    x = torch.randn(1, 3, 32, 32)
+    caplog.set_level(logging.WARNING, logger="backend")
+    ipex.compiler._said_once.clear()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex", options={"autotune": False})
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+    used = ipex.last_compile()["config"]
+    assert used.path == TORCHSCRIPT and used.onednn_fusion is False
+    warnings = [r.message for r in caplog.records if "oneDNN Graph failed" in r.message]
+    assert len(warnings) == 1 and "without oneDNN Graph" in warnings[0]
+
+
 def test_data_dependent_control_flow_runs_correctly_on_both_branches():
     model, x = build("data_dependent")
     torch._dynamo.reset()

@@ -147,8 +147,8 @@ def probe_dtype():
 
 
 def probe_weights_prepack():
-    on = ops(compile_with("cnn", path=TORCHSCRIPT, weights_prepack=True).artifact)
-    off = ops(compile_with("cnn", path=TORCHSCRIPT, weights_prepack=False).artifact)
+    on = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, weights_prepack=True).artifact)
+    off = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, weights_prepack=False).artifact)
     assert "prim::mkldnn_convolution" in on and "prim::mkldnn_convolution" not in off
     # Inductor fixes weight packing per process: each value gets a fresh interpreter
     for prepack in (True, False):
@@ -180,8 +180,10 @@ def probe_linear_bn_folding():
 
 
 def probe_optimize_for_inference():
-    on = ops(compile_with("cnn", path=TORCHSCRIPT, optimize_for_inference=True, weights_prepack=False).artifact)
-    off = ops(compile_with("cnn", path=TORCHSCRIPT, optimize_for_inference=False, weights_prepack=False).artifact)
+    on = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, optimize_for_inference=True,
+                       weights_prepack=False).artifact)
+    off = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, optimize_for_inference=False,
+                        weights_prepack=False).artifact)
     assert "prim::mkldnn_convolution" in on and "prim::mkldnn_convolution" not in off
 
 

@@ -55,4 +55,4 @@ def test_compare_of_bfloat16_alone_prints_its_table(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best static recipe bfloat16" in run.stdout
-    assert "TorchScript + oneDNN Graph bfloat16" in run.stdout
+    assert "TorchScript without oneDNN Graph bfloat16" in run.stdout

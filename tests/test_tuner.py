@@ -39,7 +39,7 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     study = open_study(request)
     for prepack, channels_last, threads in [(True, True, 2), (False, True, 2), (True, False, 2),
                                             (False, False, 2), (True, True, 1), (False, True, 1)]:
-        study.enqueue_trial({"path": "torchscript", "weights_prepack": prepack,
+        study.enqueue_trial({"path": "torchscript", "onednn_fusion": False, "weights_prepack": prepack,
                              "channels_last": channels_last, "optimize_for_inference": False,
                              "threads": threads})
     result = Tuner(request).run()
