@@ -200,15 +200,16 @@ def cmd_compare(args) -> int:
     eager = result.candidates[EAGER].stats
     # named per dtype ("best static recipe bfloat16"): the first dtype asked for
     static = next(c.stats for n, c in result.candidates.items() if n.startswith(BEST_STATIC))
-    print(f"{'candidate':34s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
+    width = max(len(name) for name in result.candidates)
+    print(f"{'candidate':{width}s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
     for name, cand in result.candidates.items():
         s = cand.stats
         if s is None:
-            print(f"{name:34s} {'failed':>10s}  {(cand.failure or '')[:70]}")
+            print(f"{name:{width}s} {'failed':>10s}  {(cand.failure or '')[:70]}")
             continue
         rate, fma = result.gflops(name), result.fma_peak(name)
-        print(f"{name:34s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
+        print(f"{name:{width}s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "
               f"{100 * rate / fma if fma else float('nan'):9.1f}%")

@@ -204,6 +204,19 @@ def _dimension(doc: YamlFile, knob: Knob, node: Node) -> Dimension:
                    f"({_valid_values(knob)})" + (" or {low, high, log}" if is_range_knob else ""))
 
 
+def _say_overridden(knobs: Mapping[str, Dimension]) -> None:
+    """A searched knob that an unlisted, default-on knob overrides is not searched on its path."""
+    for boss, ruled in SUPERSEDES.items():
+        boss_knob = KNOBS[boss]
+        paths = [p for p in knobs.get("path", ()) if p in boss_knob.paths]
+        searched = [name for name in ruled if _is_sampled(knobs.get(name, ()))
+                    and any(p in KNOBS[name].paths for p in paths)]
+        if boss not in knobs and boss_knob.default and searched:
+            log.info("search space: %s not searched on the %s path: %s is on there (its default, "
+                     "not listed) and overrides them; list %s: [true, false] to search them",
+                     ", ".join(searched), "/".join(paths), boss, boss)
+
+
 def _valid_values(knob: Knob) -> str:
     # bool knobs declare no choices, so Knob.valid_values_text() cannot describe them
     return "True, False" if knob.type is bool else knob.valid_values_text()
@@ -244,6 +257,7 @@ class SearchSpace:
                 knobs["gemm_thread_factors"] = factors
             else:
                 del knobs["gemm_thread_factors"]
+        _say_overridden(knobs)
         ordered = {name: knobs[name] for name in KNOBS if name in knobs}
         return dataclasses.replace(self, knobs=ordered, dtypes=allowed_dtypes)
 

@@ -15,7 +15,7 @@ from . import lookup
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
 from .inductor import compile_inductor
-from .knobs import INDUCTOR, TORCHSCRIPT, get_knob
+from .knobs import INDUCTOR, KNOBS, SUPERSEDES, TORCHSCRIPT, get_knob
 from .torchscript import OneDnnGraphUnavailable, TorchScriptUnavailable, compile_torchscript
 
 log = logging.getLogger("backend")
@@ -61,6 +61,13 @@ def fallback_config(options: Mapping[str, Any] | None,
     """The config without the store: explicit options over optimize() knobs over defaults."""
     explicit = {k: v for k, v in (options or {}).items() if k not in CONTROL_OPTIONS}
     path = explicit.get("path", _default_path)
+    for boss, ruled in SUPERSEDES.items():
+        # asking for a non-default value of a knob that a default-on knob overrides means
+        # "not that one": options={"optimize_for_inference": True} turns oneDNN Graph off
+        if boss not in explicit and path in KNOBS[boss].paths and any(
+                name in explicit and KNOBS[name].validate(explicit[name]) != KNOBS[name].default
+                for name in ruled):
+            explicit[boss] = False
     explicit_config = BackendConfig({"path": path, **explicit})  # strict: bad options fail here
     values = {"path": explicit_config.path, **(optimize_knobs or {}), **explicit}
     source = "options" if explicit else ("optimize()" if optimize_knobs else "default")
@@ -127,10 +134,13 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 try:
                     return compile_torchscript(gm, example_inputs, config), config
                 except OneDnnGraphUnavailable as exc:
-                    warn_once(f"llga-fail:{exc}", f"ipex backend: {exc}; compiling this graph on "
+                    plain = config.replace(onednn_fusion=False)
+                    compiled = compile_torchscript(gm, example_inputs, plain)
+                    # said only once the retry worked; keyed by kind, not by the message's numbers
+                    kind = type(exc.__cause__).__name__ if exc.__cause__ else "disagreement"
+                    warn_once(f"llga-fail:{kind}", f"ipex backend: {exc}; compiled this graph on "
                               "the TorchScript path without oneDNN Graph")
-                    config = config.replace(onednn_fusion=False)
-                    return compile_torchscript(gm, example_inputs, config), config
+                    return compiled, plain
             except TorchScriptUnavailable as exc:
                 warn_once(f"ts-fail:{exc}", f"ipex backend: TorchScript path unavailable for this "
                           f"graph ({exc}); compiling it with the Inductor path instead")

@@ -57,7 +57,10 @@ def optimize(model: nn.Module, dtype: torch.dtype | str = torch.float32, *,
 
     Folding and channels_last are applied to the module now. ``dtype`` and ``weights_prepack``
     are recorded on the parameters and applied when the backend compiles (the frozen paths fold
-    the weight casts and prepack once). Run bfloat16 models under
+    the weight casts and prepack once). On the TorchScript path oneDNN Graph (on by default)
+    packs the weights it fuses whatever ``weights_prepack`` says: Intel's extension documents
+    ``weights_prepack=False`` for torch.compile to keep the module traceable, not to forgo
+    packing. Run bfloat16 models under
     ``torch.autocast("cpu", dtype=torch.bfloat16)`` or let the backend apply it.
     """
     if dtype not in _DTYPES:

@@ -45,8 +45,11 @@ def _jit_autocast_off():
 
 @contextlib.contextmanager
 def onednn_fusion(enabled: bool):
+    # The flag is process-global and read when the executor optimizes a graph: at compile time,
+    # in the warm-up runs. A call in another thread that overlaps a flip is still correct; at
+    # worst a re-optimization it triggers runs without oneDNN Graph.
     previous = torch._C._jit_llga_enabled()
-    if previous == enabled:  # the common case, on every call: nothing to flip
+    if previous == enabled:
         yield
         return
     torch._C._jit_set_llga_enabled(enabled)

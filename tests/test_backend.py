@@ -140,6 +140,20 @@ def test_a_graph_onednn_graph_fails_on_runs_on_torchscript_without_it(caplog):
     assert len(warnings) == 1 and "without oneDNN Graph" in warnings[0]
 
 
+def test_an_option_that_onednn_graph_overrides_turns_it_off():
+    model, x = build("cnn")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex", options={"optimize_for_inference": True})
+    with torch.no_grad():
+        for _ in range(3):  # past the profiling runs
+            actual = compiled(x)
+        graph = str(torch.jit.last_executed_optimized_graph())
+    torch.testing.assert_close(actual, model(x), atol=1e-4, rtol=1e-4)
+    used = ipex.last_compile()["config"]
+    assert used.path == TORCHSCRIPT and used.optimize_for_inference and not used.onednn_fusion
+    assert "mkldnn" in graph and "oneDNNFusionGroup" not in graph
+
+
 def test_data_dependent_control_flow_runs_correctly_on_both_branches():
     model, x = build("data_dependent")
     torch._dynamo.reset()
@@ -163,3 +177,4 @@ def test_untraceable_graph_falls_back_with_one_warning(caplog):
             torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
     warnings = [r.message for r in caplog.records if "TorchScript path unavailable" in r.message]
     assert len(warnings) == 1 and "non-tensor inputs" in warnings[0]
+    assert not [r for r in caplog.records if "oneDNN Graph" in r.message], "not its failure"

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from backend import BackendConfig
-from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, superseded
 from autotune.errors import AutotuneError, SpaceError
 from autotune.space import IntRange, load_space, shipped_spaces
 from tuning import assert_file_line_error
@@ -242,6 +242,32 @@ def test_knobs_superseded_by_onednn_fusion_are_not_sampled_and_stay_at_their_def
     recipe = space._complete({"path": TORCHSCRIPT, "dtype": "float32", "onednn_fusion": True,
                               "weights_prepack": False})
     assert recipe == fusion
+
+
+def test_superseding_follows_the_path_and_counts_a_left_out_knob_at_its_default():
+    ruled = {"weights_prepack", "optimize_for_inference"}
+    assert superseded({"path": TORCHSCRIPT}) == ruled  # onednn_fusion is on by default
+    assert superseded({"path": TORCHSCRIPT, "onednn_fusion": False}) == set()
+    assert superseded({"path": INDUCTOR}) == set()  # oneDNN Graph is a TorchScript knob
+    assert superseded({"path": INDUCTOR, "onednn_fusion": True}) == set()
+
+
+def test_a_space_without_onednn_fusion_says_which_knobs_it_cannot_search_there(tmp_path, caplog):
+    space = space_from(tmp_path, """
+        path: [torchscript, inductor]
+        weights_prepack: [false, true]
+    """)
+    with caplog.at_level(logging.INFO, logger="autotune.space"):
+        space = space.restrict(features=ALL_FEATURES, cores=2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "search space: weights_prepack not searched on the torchscript path: onednn_fusion is on "
+        "there (its default, not listed) and overrides them; list onednn_fusion: [true, false] "
+        "to search them"]
+    prepack_by_path = {}
+    for config, params in sample(space, 30):
+        prepack_by_path.setdefault(config["path"], set()).add(config["weights_prepack"])
+        assert ("weights_prepack" in params) == (config["path"] == INDUCTOR)
+    assert prepack_by_path == {TORCHSCRIPT: {True}, INDUCTOR: {True, False}}
 
 
 def test_dtype_is_sampled_when_several_are_allowed(tmp_path):
