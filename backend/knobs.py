@@ -114,7 +114,7 @@ _KNOB_LIST = [
          doc="Run torch.jit.optimize_for_inference on the frozen module "
              "(conv-add-relu fusion and MKLDNN conversion, whatever weights_prepack says; "
              "skipped under onednn_fusion)."),
-    # on by default: 1.15x-2.23x over the MKLDNN passes on 14 torchvision models here
+    # on by default: 1.11x-2.08x over the MKLDNN passes on 14 torchvision models here
     # (benchmarks/onednn_graph_default.py); a graph it fails on is compiled without it
     Knob("onednn_fusion", bool, True, paths=frozenset({TORCHSCRIPT}),
          doc="oneDNN Graph (LLGA): fused partitions (conv+bias+relu+add chains, whole residual "
