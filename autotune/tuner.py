@@ -646,11 +646,14 @@ class Tuner:
             for graph in winner.graphs or [{"workload_key": None}]:
                 if not graph.get("workload_key"):
                     continue
+                # what this graph ran: a fallback (e.g. oneDNN Graph failed) is stored as such,
+                # so the lookup does not fail the same way in every process
+                applied = BackendConfig(graph["config"]) if graph.get("config") else winner.config
                 ids.append(store.put(TunedRecord(
                     workload_key=graph["workload_key"], hardware_key=hardware_key(self.request.hardware),
                     family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),
-                    model_label=self.request.model.name, config=winner.config.to_dict(),
-                    config_id=winner.config.config_id, latency=winner.stats.to_dict(),
+                    model_label=self.request.model.name, config=applied.to_dict(),
+                    config_id=applied.config_id, latency=winner.stats.to_dict(),
                     baselines=baselines, speedup=speedup, torch_version=torch.__version__,
                     study_name=study.study_name, hardware=self.request.hardware)))
         finally:

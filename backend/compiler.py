@@ -167,7 +167,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
                   "using the default config")
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"
-    compiled_graphs.append({**keys, "config_id": used.config_id, "dtype": used.dtype, "source": source})
+    compiled_graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
+                            "dtype": used.dtype, "source": source})
     log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
              used.config_id, used.non_default(), source)
     _state.last = {"config": used, "source": source}

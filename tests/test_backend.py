@@ -14,6 +14,7 @@ import backend as ipex
 from backend.knobs import INDUCTOR, TORCHSCRIPT
 
 from models import build
+from tuner_models import tiny_swin
 
 
 def test_entry_point_in_a_fresh_interpreter_that_imports_nothing_of_ours():
@@ -121,12 +122,7 @@ def test_onednn_fusion_runs_a_resnet_with_weights_prepack_on():
 
 
 def test_a_graph_onednn_graph_fails_on_runs_on_torchscript_without_it(caplog):
-    # oneDNN Graph (the default) raises vector::_M_range_check on torchvision's Swin
-    torch.manual_seed(0)
-    model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2],
-        num_classes=4).eval()
-    x = torch.randn(1, 3, 32, 32)
+    model, (x,) = tiny_swin()  # oneDNN Graph (the default) fails on it
     caplog.set_level(logging.WARNING, logger="backend")
     ipex.compiler._said_once.clear()
     torch._dynamo.reset()

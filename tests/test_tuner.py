@@ -9,7 +9,8 @@ import pytest
 
 from autotune import cli
 from autotune.models import ModelSpec
-from autotune.tuner import BACKEND_DEFAULT, Tuner, TuneRequest, open_study
+from autotune.tuner import BACKEND_DEFAULT, Candidate, Tuner, TuneRequest, TuneResult, open_study
+from backend import BackendConfig
 from backend.store import ConfigStore, TunedRecord
 from tuning import QUICK_MEASURE, start_tuner_hanging_in_trial, tuner_argv, worker_pythonpath
 
@@ -40,8 +41,7 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     for prepack, channels_last, threads in [(True, True, 2), (False, True, 2), (True, False, 2),
                                             (False, False, 2), (True, True, 1), (False, True, 1)]:
         study.enqueue_trial({"path": "torchscript", "onednn_fusion": False, "weights_prepack": prepack,
-                             "channels_last": channels_last, "optimize_for_inference": False,
-                             "threads": threads})
+                             "channels_last": channels_last, "threads": threads})
     result = Tuner(request).run()
 
     study = optuna.load_study(study_name=result.study_name, storage=request.storage_url)
@@ -97,7 +97,7 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
                and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     recipes.discard(Tuner(TuneRequest(model=ModelSpec("faulty_cnn"))).default_config().config_id)
     statics = [name for name in record.baselines if "static recipe (trial #" in name]
-    # normally 2 (Inductor default, optimize_for_inference); the old rule confirmed only one
+    # normally 2 (Inductor default, TorchScript without oneDNN Graph); the old rule confirmed only one
     assert len(statics) == len(recipes) >= 1
     assert [name.startswith("best static recipe") for name in statics].count(True) == 1
     default_ms = record.baselines[BACKEND_DEFAULT]["median_ms"]
@@ -190,3 +190,25 @@ def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path
     study = optuna.load_study(study_name="ctrlc", storage=url)
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     assert study.trials[3].state != optuna.trial.TrialState.FAIL, "the interrupted trial was replaced"
+
+
+def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path):
+    # oneDNN Graph fails on Swin: a record asking for it would fail the same way at every lookup
+    request = quick_request(tmp_path, model="tuner_models:tiny_swin", confirm_rounds=1)
+    tuner = Tuner(request)
+    tuner.preflight()
+    tuner.ensure_reference()
+    study = open_study(request)
+    asked = BackendConfig({"path": "torchscript", "onednn_fusion": True, "threads": 2})
+    winner = Candidate("trial #0", asked)
+    candidates = {winner.name: winner, BACKEND_DEFAULT: Candidate(BACKEND_DEFAULT, tuner.default_config())}
+    tuner.measure_interleaved(candidates)  # each in a real worker process
+    assert winner.stats is not None, winner.failure
+    result = TuneResult(study.study_name, request.storage_url, 1, 1, 0, 0, 0.0, winner, candidates,
+                        False, [], False)
+    [record_id] = tuner._store(study, result)
+    with ConfigStore(request.storage_url) as store:
+        [record] = store.list()
+    assert record.id == record_id and record.config["path"] == "torchscript"
+    assert record.config["onednn_fusion"] is False and record.config["threads"] == 2
+    assert record.config_id == BackendConfig(record.config).config_id != asked.config_id

@@ -40,3 +40,13 @@ def small_cnn():
 def faulty_cnn():
     torch.manual_seed(0)
     return _init(FaultyCNN()), (torch.randn(1, 3, 16, 16),)
+
+
+def tiny_swin():
+    """torchvision's Swin, tiny: oneDNN Graph fails on it (vector::_M_range_check)."""
+    from torchvision.models import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                            window_size=[2, 2], num_classes=4).eval()
+    return model, (torch.randn(1, 3, 32, 32),)
