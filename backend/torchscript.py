@@ -162,8 +162,10 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     problem = outputs_close(expected, actual, rtol=5e-2 if low_precision else 1e-3,
                             atol=5e-2 if low_precision else 1e-4)
     if problem:
-        unavailable = OneDnnGraphUnavailable if config.onednn_fusion else TorchScriptUnavailable
-        raise unavailable(f"traced graph disagrees with the captured graph ({problem})")
+        if config.onednn_fusion:
+            raise OneDnnGraphUnavailable(f"under oneDNN Graph the traced graph disagrees with the "
+                                         f"captured graph ({problem})")
+        raise TorchScriptUnavailable(f"traced graph disagrees with the captured graph ({problem})")
 
     threads = config.threads
 
