@@ -108,6 +108,8 @@ def _request_from_args(args):
         request.confirm_measure["min_seconds"] = args.measure_seconds / 2
     if args.confirm_rounds:
         request.confirm_rounds = args.confirm_rounds
+    if args.confirm_top:
+        request.confirm_top = args.confirm_top
     request.jobs = args.jobs
     request.cpus = args.cpus
     return request
@@ -368,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--measure-seconds", type=float,
                      help="timed seconds per trial (default 2; confirmation rounds use half)")
     run.add_argument("--confirm-rounds", type=int, help="interleaved confirmation rounds (default 4)")
+    run.add_argument("--confirm-top", type=int,
+                     help="best trials re-measured in the confirmation, besides every static "
+                          "recipe and the baselines (default 3)")
     run.add_argument("--cpus", type=_parse_cpus,
                      help="cores to tune on, e.g. 0-3 or 0,2 (default: all this process may use)")
     run.add_argument("--jobs", type=int, default=1,

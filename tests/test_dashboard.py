@@ -107,7 +107,7 @@ def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     tuner = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:small_cnn", "--space",
          "quick", "--trials", "4", "--study-name", "live", "--storage", url, "--seed", "0",
-         "--measure-seconds", "0.2", "--confirm-rounds", "2"],
+         "--measure-seconds", "0.2", "--confirm-rounds", "2", "--confirm-top", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300

@@ -22,7 +22,7 @@ def worker_pythonpath() -> str:
 def tuner_argv(url, study_name, trials, model="tuner_models:faulty_cnn"):
     return [sys.executable, "-m", "autotune.cli", "run", "--model", model, "--space", "quick",
             "--trials", str(trials), "--study-name", study_name, "--storage", url, "--seed", "0",
-            "--measure-seconds", "0.2", "--confirm-rounds", "2"]
+            "--measure-seconds", "0.2", "--confirm-rounds", "2", "--confirm-top", "1"]
 
 
 def finished_trials(db, study_name) -> int:
