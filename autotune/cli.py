@@ -28,6 +28,16 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _parse_cpus(text: str) -> list[int]:
     cpus: set[int] = set()
     try:
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
     run.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
     run.add_argument("--dtype", type=_parse_dtypes, help="allowed dtypes, e.g. float32,bfloat16")
-    run.add_argument("--trials", type=int)
+    run.add_argument("--trials", type=_positive_int)
     run.add_argument("--timeout", help="search time budget, e.g. 20m (confirmation comes after)")
     run.add_argument("--trial-timeout", help="hard limit per trial, e.g. 10m")
     run.add_argument("--memory-limit", type=float, help="MB per trial process")
@@ -369,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--measure-seconds", type=float,
                      help="timed seconds per trial (default 2; confirmation rounds use half)")
-    run.add_argument("--confirm-rounds", type=int, help="interleaved confirmation rounds (default 4)")
-    run.add_argument("--confirm-top", type=int,
+    run.add_argument("--confirm-rounds", type=_positive_int, help="interleaved confirmation rounds (default 4)")
+    run.add_argument("--confirm-top", type=_positive_int,
                      help="best trials re-measured in the confirmation, besides every static "
                           "recipe and the baselines (default 3)")
     run.add_argument("--cpus", type=_parse_cpus,
@@ -385,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--input-shape", type=_parse_shape)
     comp.add_argument("--checkpoint")
     comp.add_argument("--dtype", type=_parse_dtypes, help="dtypes to include, e.g. float32,bfloat16")
-    comp.add_argument("--rounds", type=int, default=5)
+    comp.add_argument("--rounds", type=_positive_int, default=5)
     comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
     comp.set_defaults(func=cmd_compare)
 

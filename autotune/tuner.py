@@ -649,6 +649,10 @@ class Tuner:
                 # what this graph ran: a fallback (e.g. oneDNN Graph failed) is stored as such,
                 # so the lookup does not fail the same way in every process
                 applied = BackendConfig(graph["config"]) if graph.get("config") else winner.config
+                if applied != winner.config:
+                    log.warning("graph %s compiled with %s instead of %s (a fallback); storing "
+                                "what it ran", graph["workload_key"], applied.config_id,
+                                winner.config.config_id)
                 ids.append(store.put(TunedRecord(
                     workload_key=graph["workload_key"], hardware_key=hardware_key(self.request.hardware),
                     family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),

@@ -1,5 +1,6 @@
 """The tuner with real worker processes: faults, SIGKILL and resume, bad input, stored winner."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -157,6 +158,17 @@ def test_bad_input_is_one_paragraph_error_and_loses_nothing(args, message, popul
     assert _stored(populated_store) == before
 
 
+@pytest.mark.parametrize("flag", ["--trials", "--confirm-top", "--confirm-rounds"])
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_counts_below_one_are_a_clear_error(flag, value, capsys):
+    # 0 used to mean "the default" and -1 confirmed every trial of the study
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--model", "resnet18", flag, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {value!r} is not a whole number of at least 1" in err
+
+
 def test_export_import_round_trip(populated_store, tmp_path, capsys):
     out = tmp_path / "tuned.yaml"
     assert cli.main(["export", "-o", str(out), "--storage", populated_store]) == 0
@@ -192,7 +204,7 @@ def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path
     assert study.trials[3].state != optuna.trial.TrialState.FAIL, "the interrupted trial was replaced"
 
 
-def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path):
+def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplog):
     # oneDNN Graph fails on Swin: a record asking for it would fail the same way at every lookup
     request = quick_request(tmp_path, model="tuner_models:tiny_swin", confirm_rounds=1)
     tuner = Tuner(request)
@@ -206,7 +218,13 @@ def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path):
     candidates = {winner.name: winner, BACKEND_DEFAULT: Candidate(BACKEND_DEFAULT, tuner.default_config())}
     result = TuneResult(study.study_name, request.storage_url, 1, 1, 0, 0, 0.0, winner, candidates,
                         False, [], False)
-    [record_id] = tuner._store(study, result)
+    with caplog.at_level(logging.WARNING, logger="autotune"):
+        [record_id] = tuner._store(study, result)
+    [graph] = winner.graphs
+    ran = BackendConfig(graph["config"]).config_id
+    assert [r.getMessage() for r in caplog.records if "(a fallback)" in r.getMessage()] == [
+        f"graph {graph['workload_key']} compiled with {ran} instead of {asked.config_id} "
+        "(a fallback); storing what it ran"]
     with ConfigStore(request.storage_url) as store:
         [record] = store.list()
     assert record.id == record_id and record.config["path"] == "torchscript"
