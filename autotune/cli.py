@@ -197,7 +197,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
+    from .compare import compare, named_for
     from .tuner import BEST_STATIC, TuneRequest
     from .worker import EAGER
 
@@ -210,8 +210,7 @@ def cmd_compare(args) -> int:
           file=sys.stderr)
     result = compare(request)
     eager = result.candidates[EAGER].stats
-    # named per dtype ("best static recipe bfloat16"): the first dtype asked for
-    static = next(c.stats for n, c in result.candidates.items() if n.startswith(BEST_STATIC))
+    static = result.candidates[named_for(BEST_STATIC, request.dtypes[0])].stats
     width = max(len(name) for name in result.candidates)
     print(f"{'candidate':{width}s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")

@@ -38,6 +38,11 @@ class Comparison:
 WITHOUT_ONEDNN_GRAPH = "TorchScript without oneDNN Graph"
 
 
+def named_for(name: str, dtype: str) -> str:
+    """compare's name of a static candidate in ``dtype`` ("best static recipe bfloat16")."""
+    return name if dtype == "float32" else f"{name} {dtype}"
+
+
 def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     threads = request.threads
     found: dict[str, Candidate] = {EAGER: Candidate(EAGER, None, kind=EAGER)}
@@ -45,7 +50,6 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         found[EAGER_BF16] = Candidate(EAGER_BF16, None, kind=EAGER_BF16, dtype="bfloat16")
     found[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
     for dtype in request.dtypes:
-        suffix = "" if dtype == "float32" else f" {dtype}"
         static = {
             BEST_STATIC: {"path": "inductor", "freezing": True, "max_autotune": True},
             "TorchScript path default": {"path": "torchscript"},
@@ -54,7 +58,7 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         }
         for name, values in static.items():
             config = BackendConfig({**values, "threads": threads, "dtype": dtype})
-            found[name + suffix] = Candidate(name + suffix, config)
+            found[named_for(name, dtype)] = Candidate(named_for(name, dtype), config)
     # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
     found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])
     return found

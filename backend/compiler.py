@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .config import BackendConfig
-from .errors import KnobError
+from .errors import KnobError, first_line
 from . import lookup
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
@@ -160,10 +160,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     except Exception as exc:
         if fallback is None:
             raise
-        # first line only: Inductor's errors run to pages of IR
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         warn_once(f"stored-failed:{config.config_id}", f"ipex backend: stored config "
-                  f"{config.config_id} failed to compile ({type(exc).__name__}: {reason}); "
+                  f"{config.config_id} failed to compile ({first_line(exc)}); "
                   "using the default config")
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"

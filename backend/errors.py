@@ -15,3 +15,9 @@ class UnsupportedOnThisCPU(KnobError):
 
 class StoreError(AutotuneError):
     """The config store cannot be opened, read or written."""
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``: Inductor's and TorchScript's errors run to pages."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

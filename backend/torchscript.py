@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import BackendConfig
+from .errors import first_line
 from .graph import (ambient_autocast_dtype, compute_autocast, constant_mask, outputs_close,
                     intra_op_threads)
 
@@ -57,11 +58,6 @@ def onednn_fusion(enabled: bool):
         yield
     finally:
         torch._C._jit_set_llga_enabled(previous)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _GraphWithConstants(torch.nn.Module):
@@ -137,7 +133,7 @@ def trace_and_freeze(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             frozen = torch.jit.freeze(traced, optimize_numerics=False)
             _run_passes(frozen, config)
     except Exception as exc:  # the tracer raises many types; all mean "not traceable"
-        raise TorchScriptUnavailable(f"torch.jit.trace/freeze failed: {_first_line(exc)}") from exc
+        raise TorchScriptUnavailable(f"torch.jit.trace/freeze failed: {first_line(exc)}") from exc
     return frozen, mask
 
 
@@ -156,8 +152,8 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 actual = frozen(*user_inputs)
     except Exception as exc:  # e.g. oneDNN Graph on swin_t: vector::_M_range_check
         if config.onednn_fusion:
-            raise OneDnnGraphUnavailable(f"oneDNN Graph failed: {_first_line(exc)}") from exc
-        raise TorchScriptUnavailable(f"the TorchScript executor failed: {_first_line(exc)}") from exc
+            raise OneDnnGraphUnavailable(f"oneDNN Graph failed: {first_line(exc)}") from exc
+        raise TorchScriptUnavailable(f"the TorchScript executor failed: {first_line(exc)}") from exc
     low_precision = config.dtype == "bfloat16" or ambient_autocast_dtype() is not None
     problem = outputs_close(expected, actual, rtol=5e-2 if low_precision else 1e-3,
                             atol=5e-2 if low_precision else 1e-4)

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from autotune.cli import _parse_dtypes
-from autotune.compare import WITHOUT_ONEDNN_GRAPH, compare
+from autotune.compare import WITHOUT_ONEDNN_GRAPH, compare, named_for
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
@@ -29,15 +29,13 @@ STATIC_COLUMNS = ["TorchScript path default", WITHOUT_ONEDNN_GRAPH, "Inductor pa
 
 
 def columns(dtype: str) -> list[str]:
-    """compare's candidate names for ``dtype`` (its static configs carry a dtype suffix)."""
-    suffix = "" if dtype == "float32" else f" {dtype}"
-    return [EAGER, TORCH_COMPILE_DEFAULT, *[c + suffix for c in STATIC_COLUMNS], IPEX_LOOKUP]
+    return [EAGER, TORCH_COMPILE_DEFAULT, *[named_for(c, dtype) for c in STATIC_COLUMNS], IPEX_LOOKUP]
 
 
 def write_table(rows, args, argv) -> None:
     info = hardware_info()
     shown = columns(args.dtype[0])
-    static_name = next(c for c in shown if c.startswith(BEST_STATIC))
+    static_name = named_for(BEST_STATIC, args.dtype[0])
     header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs best static",
               "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
