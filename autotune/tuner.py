@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 import torch
@@ -146,7 +147,18 @@ class Progress:
 
 
 def _engine_kwargs(url: str) -> dict:
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # isolation_level None: pysqlite leaves BEGIN to us (_begin_immediate)
+    return {"connect_args": {"timeout": 60, "isolation_level": None}} if url.startswith("sqlite") else {}
+
+
+def _begin_immediate(connection) -> None:
+    """Take SQLite's write lock when a transaction starts, not at its first write.
+
+    Optuna claims a WAITING trial by reading its state and then writing RUNNING. PostgreSQL
+    locks the row (SELECT ... FOR UPDATE); SQLite ignores that, so two workers could both read
+    WAITING and both run the trial. One writer at a time closes that gap.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
@@ -168,6 +180,8 @@ def open_study(request: TuneRequest) -> optuna.Study:
                                              heartbeat_interval=10, grace_period=60)
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
         raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
+    if storage.engine.dialect.name == "sqlite":
+        sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
     sampler = make_sampler(request.seed)
     study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
                                 sampler=sampler, direction="minimize", load_if_exists=True)

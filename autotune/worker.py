@@ -216,7 +216,8 @@ class WorkerProcess:
         self.memory_limit_mb = memory_limit_mb
         self.heartbeat = heartbeat
         self.peak_rss_mb = 0.0
-        self.log = tempfile.NamedTemporaryFile(prefix="autotune-worker-", suffix=".log", delete=False)
+        # nameless, so a tuner killed with SIGKILL leaves no file behind
+        self.log = tempfile.TemporaryFile(prefix="autotune-worker-", suffix=".log")
         read_fd, write_fd = os.pipe()
         env = {**os.environ, **{k: str(v) for k, v in spec.env.items()},
                "AUTOTUNE_REPLY_FD": str(write_fd)}
@@ -235,7 +236,6 @@ class WorkerProcess:
             for fd in (read_fd, write_fd):
                 os.close(fd)
             self.log.close()
-            os.unlink(self.log.name)
             raise TrialFailure("crash", f"could not start a worker process: {exc}") from None
         os.close(write_fd)
         self._send(spec.__dict__)  # a worker that died at once shows up on receive
@@ -300,10 +300,12 @@ class WorkerProcess:
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
-            with open(self.log.name, errors="replace") as f:
-                return f.read()[-chars:].strip()
-        except OSError:
+            fd = self.log.fileno()
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, 4 * chars, max(0, size - 4 * chars))  # UTF-8: at most 4 bytes a char
+        except (OSError, ValueError):
             return ""
+        return tail.decode(errors="replace")[-chars:].strip()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -322,10 +324,6 @@ class WorkerProcess:
                 self.kill()
         os.close(self._reply_fd)
         self.log.close()
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
 
     def __enter__(self) -> "WorkerProcess":
         return self

@@ -1,9 +1,11 @@
 """Scale out: workers on disjoint cores sharing a study; several tuners on one PostgreSQL study."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import optuna
@@ -68,6 +70,37 @@ def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgr
     assert len(stored) == 1 and len(deferred) == 1
     records = [r for r in ConfigStore(postgres_url, read_only=True).list() if r.study_name == "fleet"]
     assert len(records) == 1
+
+
+_TAKE_ALL = """
+import json, os, sys, time
+from autotune.models import ModelSpec
+from autotune.tuner import TuneRequest, claim_waiting_trial, open_study
+study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=sys.argv[1], study_name="race"))
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+taken = []
+while (trial := claim_waiting_trial(study)) is not None:
+    taken.append(trial.number)
+print(json.dumps(taken))
+"""
+
+
+def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
+    # SQLite ignores SELECT ... FOR UPDATE: without a write lock from the start of the claim,
+    # both workers read WAITING and both run the trial (seen as a --jobs 2 flake)
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=url, study_name="race"))
+    for _ in range(60):
+        study.enqueue_trial({})
+    go = tmp_path / "go"
+    takers = [subprocess.Popen([sys.executable, "-c", _TAKE_ALL, url, str(go)], stdout=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    time.sleep(3)  # both have opened the study and wait for the start signal
+    go.touch()
+    taken = [json.loads(p.communicate(timeout=120)[0]) for p in takers]
+    assert not set(taken[0]) & set(taken[1]), "a trial was claimed by both processes"
+    assert sorted(taken[0] + taken[1]) == list(range(60))
 
 
 def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
