@@ -147,18 +147,26 @@ class Progress:
 
 
 def _engine_kwargs(url: str) -> dict:
-    # isolation_level None: pysqlite leaves BEGIN to us (_begin_immediate)
-    return {"connect_args": {"timeout": 60, "isolation_level": None}} if url.startswith("sqlite") else {}
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
 
 
-def _begin_immediate(connection) -> None:
+def _lock_sqlite_at_begin(engine: sqlalchemy.Engine) -> None:
     """Take SQLite's write lock when a transaction starts, not at its first write.
 
     Optuna claims a WAITING trial by reading its state and then writing RUNNING. PostgreSQL
     locks the row (SELECT ... FOR UPDATE); SQLite ignores that, so two workers could both read
-    WAITING and both run the trial. One writer at a time closes that gap.
+    WAITING and both run the trial. One writer at a time closes that gap. (SQLAlchemy's recipe:
+    pysqlite must leave BEGIN to us.)
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    sqlalchemy.event.listen(engine, "connect", no_implicit_begin)
+    sqlalchemy.event.listen(engine, "begin", begin_immediate)
+    engine.dispose()  # connections pooled before the listeners would begin the old way
 
 
 def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
@@ -181,7 +189,7 @@ def open_study(request: TuneRequest) -> optuna.Study:
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
         raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
     if storage.engine.dialect.name == "sqlite":
-        sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+        _lock_sqlite_at_begin(storage.engine)
     sampler = make_sampler(request.seed)
     study = optuna.create_study(study_name=request.resolved_study_name(), storage=storage,
                                 sampler=sampler, direction="minimize", load_if_exists=True)

@@ -73,11 +73,15 @@ def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgr
 
 
 _TAKE_ALL = """
-import json, os, sys, time
+import json, os, pathlib, sys, time
 from autotune.models import ModelSpec
 from autotune.tuner import TuneRequest, claim_waiting_trial, open_study
-study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=sys.argv[1], study_name="race"))
-while not os.path.exists(sys.argv[2]):
+url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=url, study_name="race"))
+ready.touch()
+deadline = time.monotonic() + 120
+while not go.exists():
+    assert time.monotonic() < deadline, "never told to start"
     time.sleep(0.01)
 taken = []
 while (trial := claim_waiting_trial(study)) is not None:
@@ -94,11 +98,21 @@ def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
     for _ in range(60):
         study.enqueue_trial({})
     go = tmp_path / "go"
-    takers = [subprocess.Popen([sys.executable, "-c", _TAKE_ALL, url, str(go)], stdout=subprocess.PIPE,
-                               text=True) for _ in range(2)]
-    time.sleep(3)  # both have opened the study and wait for the start signal
-    go.touch()
-    taken = [json.loads(p.communicate(timeout=120)[0]) for p in takers]
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    takers = [subprocess.Popen([sys.executable, "-c", _TAKE_ALL, url, str(r), str(go)],
+                               stdout=subprocess.PIPE, text=True) for r in ready]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready):  # both have the study open: start together
+            assert time.monotonic() < deadline, "a taker never opened the study"
+            assert all(p.poll() is None for p in takers), "a taker died before starting"
+            time.sleep(0.05)
+        go.touch()
+        taken = [json.loads(p.communicate(timeout=120)[0]) for p in takers]
+    finally:
+        for p in takers:
+            p.kill()
+    assert all(taken), f"one process took every trial, so they never raced: {taken}"
     assert not set(taken[0]) & set(taken[1]), "a trial was claimed by both processes"
     assert sorted(taken[0] + taken[1]) == list(range(60))
 
