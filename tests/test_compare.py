@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from autotune.compare import Comparison
-from autotune.peak import fma_peak_gflops
+from autotune.peak import fma_peak_gflops, model_gflop
 from autotune.bench import Stats
 from autotune.tuner import Candidate
 from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP
@@ -56,3 +57,18 @@ def test_compare_of_bfloat16_alone_prints_its_table(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best static recipe bfloat16" in run.stdout
     assert "TorchScript without oneDNN Graph bfloat16" in run.stdout
+
+
+def test_flop_count_includes_the_attention_projections():
+    # eval-mode nn.MultiheadAttention runs a fused fast path under no_grad that hides these matmuls
+    tokens, width = 10, 32
+    attention = torch.nn.MultiheadAttention(width, num_heads=4, batch_first=True).eval()
+
+    class SelfAttention(torch.nn.Module):
+        def forward(self, x):
+            return attention(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(1, tokens, width)
+    projections = 2 * tokens * width * (3 * width) + 2 * tokens * width * width
+    scores_and_mix = 2 * 2 * tokens * tokens * width
+    assert model_gflop(SelfAttention(), (x,)) * 1e9 == projections + scores_and_mix
