@@ -519,9 +519,11 @@ class Tuner:
             candidates = {c.name: c for c in candidates.values()}
         return candidates
 
-    def measure_interleaved(self, candidates: dict[str, Candidate]) -> None:
+    def measure_interleaved(self, candidates: dict[str, Candidate],
+                            after_round: Callable[[], None] | None = None) -> None:
         """Each candidate compiled once in its own fresh process, then timed in rotating rounds
-        so that drift on a shared machine hits all of them alike. Fills stats or failure."""
+        so that drift on a shared machine hits all of them alike. Fills stats or failure.
+        ``after_round`` runs between rounds, for measurements that should share their drift."""
         request = self.request
         workers: dict[str, WorkerProcess] = {}
         try:
@@ -552,6 +554,8 @@ class Tuner:
                     except TrialFailure as failure:
                         candidates[name].failure = failure.reason
                         order.remove(name)
+                if after_round:
+                    after_round()
             for name in order:
                 candidates[name].stats = Stats.of(samples[name])
         finally:

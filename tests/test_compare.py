@@ -10,11 +10,12 @@ import torch
 from autotune.compare import Comparison
 from autotune.peak import fma_peak_gflops, model_gflop
 from autotune.bench import Stats
-from autotune.tuner import Candidate
+from autotune.models import ModelSpec
+from autotune.tuner import Candidate, Tuner, TuneRequest
 from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP
 from backend import BackendConfig
 from backend.fingerprint import cpu_features
-from tuning import worker_pythonpath
+from tuning import QUICK_MEASURE, worker_pythonpath
 
 
 def test_each_candidate_is_measured_against_the_peak_of_its_dtype():
@@ -72,3 +73,18 @@ def test_flop_count_includes_the_attention_projections():
     projections = 2 * tokens * width * (3 * width) + 2 * tokens * width * width
     scores_and_mix = 2 * 2 * tokens * tokens * width
     assert model_gflop(SelfAttention(), (x,)) * 1e9 == projections + scores_and_mix
+
+
+def test_peaks_are_sampled_between_the_rounds_they_share_drift_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
+    request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick",
+                          storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=3,
+                          confirm_measure=dict(QUICK_MEASURE))
+    tuner = Tuner(request)
+    tuner.ensure_reference()
+    candidates = {EAGER: Candidate(EAGER, None, kind=EAGER),
+                  "default": Candidate("default", BackendConfig({"path": "torchscript"}))}
+    rounds_done_at_each_call = []
+    tuner.measure_interleaved(candidates, after_round=lambda: rounds_done_at_each_call.append(
+        [len(c.round_medians) for c in candidates.values()]))
+    assert rounds_done_at_each_call == [[1, 1], [2, 2], [3, 3]]
