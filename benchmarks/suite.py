@@ -22,6 +22,7 @@ from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+from backend import BackendConfig
 from backend.fingerprint import hardware_info
 
 STATIC_COLUMNS = ["TorchScript path default", WITHOUT_ONEDNN_GRAPH, "Inductor path default",
@@ -37,13 +38,14 @@ def write_table(rows, args, argv) -> None:
     shown = columns(args.dtype[0])
     static_name = named_for(BEST_STATIC, args.dtype[0])
     header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs best static",
-              "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials"]
+              "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials",
+              "tuned config"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
              f"{torch.__version__}, dtypes {','.join(args.dtype)}, by `python benchmarks/suite.py "
              f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, batch, m, trials, rate, fma in rows:
+    for name, batch, m, trials, rate, fma, knobs in rows:
         cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in shown]
         tuned, static, eager = m[IPEX_LOOKUP], m[static_name], m[EAGER]
         vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
@@ -51,11 +53,24 @@ def write_table(rows, args, argv) -> None:
         others = [m[c] for c in shown if c != IPEX_LOOKUP and m[c]]
         vs_fastest = f"{min(others) / tuned:.2f}x" if tuned and others else "-"
         peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
-        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} |")
+        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} | {knobs} |")
     text = "\n".join(lines) + "\n"
     with open(args.output, "w") as f:
         f.write(text)
     print(text, flush=True)
+
+
+def tuned_knobs(result, dtype: str) -> str:
+    """What the lookup applied; naming the default makes a noise-floor row visible."""
+    graphs = result.candidates[IPEX_LOOKUP].graphs
+    if not graphs or "config" not in graphs[0]:
+        return "-"
+    applied = BackendConfig(graphs[0]["config"])
+    default = result.candidates[named_for("TorchScript path default", dtype)].config
+    if applied.config_id == default.config_id:
+        return "the TorchScript path default"
+    knobs = {k: v for k, v in applied.non_default().items() if k != "threads"}
+    return ", ".join(f"{k}={v}" for k, v in knobs.items())
 
 
 def main(argv=None) -> int:
@@ -82,7 +97,8 @@ def main(argv=None) -> int:
                    for c in columns(args.dtype[0])}
         fma = result.fma_peak(IPEX_LOOKUP)
         tuned_rate = result.gflops(IPEX_LOOKUP)
-        rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma))
+        rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma,
+                     tuned_knobs(result, args.dtype[0])))
         write_table(rows, args, argv)  # after each model: a long run cut short keeps what it measured
 
     return 0
