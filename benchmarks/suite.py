@@ -66,11 +66,17 @@ def tuned_knobs(result, dtype: str) -> str:
     if not graphs or "config" not in graphs[0]:
         return "-"
     applied = BackendConfig(graphs[0]["config"])
-    default = result.candidates[named_for("TorchScript path default", dtype)].config
-    if applied.config_id == default.config_id:
-        return "the TorchScript path default"
-    knobs = {k: v for k, v in applied.non_default().items() if k != "threads"}
-    return ", ".join(f"{k}={v}" for k, v in knobs.items())
+    default = result.candidates.get(named_for("TorchScript path default", applied.dtype),
+                                    result.candidates[named_for("TorchScript path default", dtype)]).config
+    threads = applied.threads or default.threads  # 0: the process's threads, as compare sets them
+    if applied.replace(threads=threads).config_id == default.config_id:
+        text = "the TorchScript path default"
+    else:
+        knobs = {k: v for k, v in applied.non_default().items()
+                 if not (k == "threads" and v in (0, default.threads))}
+        text = ", ".join(f"{k}={v}" for k, v in knobs.items())
+    source = graphs[0].get("source", "")
+    return text if source.startswith("store") else f"{text} (not from the store: {source})"
 
 
 def main(argv=None) -> int:

@@ -88,3 +88,23 @@ def test_peaks_are_sampled_between_the_rounds_they_share_drift_with(tmp_path, mo
     tuner.measure_interleaved(candidates, after_round=lambda: rounds_done_at_each_call.append(
         [len(c.round_medians) for c in candidates.values()]))
     assert rounds_done_at_each_call == [[1, 1], [2, 2], [3, 3]]
+
+
+def test_the_suite_names_the_tuned_config_and_says_when_it_is_the_default():
+    from benchmarks.suite import tuned_knobs
+
+    def comparison(applied: dict, source: str = "store (exact, study s, 1.00x ...)") -> Comparison:
+        default = BackendConfig({"path": "torchscript", "threads": 2})
+        lookup = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP)
+        lookup.graphs = [{"config": applied, "source": source}]
+        return Comparison({"TorchScript path default": Candidate("TorchScript path default", default),
+                           IPEX_LOOKUP: lookup}, gflop=1.0, peaks={}, tuned_source=source)
+
+    default = {"path": "torchscript", "threads": 2}
+    assert tuned_knobs(comparison(default), "float32") == "the TorchScript path default"
+    assert tuned_knobs(comparison({**default, "threads": 0}), "float32") == "the TorchScript path default"
+    assert tuned_knobs(comparison({**default, "threads": 1}), "float32") == "path=torchscript, threads=1"
+    assert tuned_knobs(comparison({**default, "channels_last": False}), "float32") == \
+        "path=torchscript, channels_last=False"
+    assert tuned_knobs(comparison(default, source="default"), "float32") == \
+        "the TorchScript path default (not from the store: default)"
