@@ -226,7 +226,7 @@ def cmd_compare(args) -> int:
               f"{100 * rate / fma if fma else float('nan'):9.1f}%")
     print(f"\nmodel: {result.gflop:.2f} GFLOP per forward; machine ({request.threads} threads): "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v)
-          + f"; FMA peaks are the best of one measurement per round; % FMA peak is of the "
+          + "; FMA peaks are the best of one measurement per round; % FMA peak is of the "
           "candidate's own dtype")
     print(f"tuned config applied by the lookup: {result.tuned_source or 'none'}")
     return 0
