@@ -73,7 +73,7 @@ def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgr
 
 
 _TAKE_ALL = """
-import json, os, pathlib, sys, time
+import json, pathlib, sys, time
 from autotune.models import ModelSpec
 from autotune.tuner import TuneRequest, claim_waiting_trial, open_study
 url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
