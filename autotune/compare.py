@@ -36,6 +36,7 @@ class Comparison:
 
 # the TorchScript path as it was before oneDNN Graph became its default: what that default buys
 WITHOUT_ONEDNN_GRAPH = "TorchScript without oneDNN Graph"
+TORCHSCRIPT_DEFAULT = "TorchScript path default"
 
 
 def named_for(name: str, dtype: str) -> str:
@@ -52,7 +53,7 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     for dtype in request.dtypes:
         static = {
             BEST_STATIC: {"path": "inductor", "freezing": True, "max_autotune": True},
-            "TorchScript path default": {"path": "torchscript"},
+            TORCHSCRIPT_DEFAULT: {"path": "torchscript"},
             WITHOUT_ONEDNN_GRAPH: {"path": "torchscript", "onednn_fusion": False},
             "Inductor path default": {"path": "inductor"},
         }

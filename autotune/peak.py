@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -71,31 +73,40 @@ def fma_peak_gflops(threads: int, dtype: str = "float32") -> float | None:
     return max(rates) if rates else None
 
 
-def _fma_rate(dtype: str, isa: str, threads: int) -> float | None:
+@functools.lru_cache(maxsize=None)
+def _fma_binary(dtype: str, isa: str) -> str | None:
+    """The FMA loop for one ISA, built once per process: compare samples the peak every round."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None
-    flag, vec, set1, fma, add, store, macs = _ISAS[dtype][isa]
-    with tempfile.TemporaryDirectory() as tmp:
-        source, binary = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
-        with open(source, "w") as f:
-            f.write(_FMA_KERNEL)
-        floats = 16 if vec == "__m512" else 8
-        defines = [f"-DVEC={vec}", f"-DSET1={set1}", f"-DFMA(a, m, c)={fma}", f"-DADD={add}",
-                   f"-DSTORE={store}", f"-DLANES={floats}"]
-        build = subprocess.run([compiler, "-O2", "-fopenmp", *flag.split(), *defines, source, "-o",
-                                binary], capture_output=True)
-        if build.returncode != 0:
-            return None
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        iters = 20_000_000
-        best = 0.0
-        for _ in range(3):  # best of three: the machine is shared
-            out = subprocess.run([binary, str(iters)], capture_output=True, text=True, env=env)
-            seconds, used, _ = out.stdout.split()
-            flops = 2 * macs * 10 * iters * int(used)
-            best = max(best, flops / float(seconds) / 1e9)
-        return best
+    flag, vec, set1, fma, add, store, _ = _ISAS[dtype][isa]
+    build_dir = tempfile.mkdtemp(prefix="autotune-fma-")
+    atexit.register(shutil.rmtree, build_dir, ignore_errors=True)
+    source, binary = os.path.join(build_dir, "fma.c"), os.path.join(build_dir, "fma")
+    with open(source, "w") as f:
+        f.write(_FMA_KERNEL)
+    floats = 16 if vec == "__m512" else 8
+    defines = [f"-DVEC={vec}", f"-DSET1={set1}", f"-DFMA(a, m, c)={fma}", f"-DADD={add}",
+               f"-DSTORE={store}", f"-DLANES={floats}"]
+    build = subprocess.run([compiler, "-O2", "-fopenmp", *flag.split(), *defines, source, "-o",
+                            binary], capture_output=True)
+    return binary if build.returncode == 0 else None
+
+
+def _fma_rate(dtype: str, isa: str, threads: int) -> float | None:
+    binary = _fma_binary(dtype, isa)
+    if binary is None:
+        return None
+    macs = _ISAS[dtype][isa][-1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    iters = 20_000_000
+    best = 0.0
+    for _ in range(3):  # best of three: the machine is shared
+        out = subprocess.run([binary, str(iters)], capture_output=True, text=True, env=env)
+        seconds, used, _ = out.stdout.split()
+        flops = 2 * macs * 10 * iters * int(used)
+        best = max(best, flops / float(seconds) / 1e9)
+    return best
 
 
 def matmul_gflops(dtype: torch.dtype, threads: int, n: int = 2048) -> float:

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from autotune.cli import _parse_dtypes
-from autotune.compare import WITHOUT_ONEDNN_GRAPH, compare, named_for
+from autotune.compare import TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, compare, named_for
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
@@ -25,7 +25,7 @@ from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 
-STATIC_COLUMNS = ["TorchScript path default", WITHOUT_ONEDNN_GRAPH, "Inductor path default",
+STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, "Inductor path default",
                   BEST_STATIC]
 
 
@@ -66,8 +66,8 @@ def tuned_knobs(result, dtype: str) -> str:
     if not graphs or "config" not in graphs[0]:
         return "-"
     applied = BackendConfig(graphs[0]["config"])
-    default = result.candidates.get(named_for("TorchScript path default", applied.dtype),
-                                    result.candidates[named_for("TorchScript path default", dtype)]).config
+    default = result.candidates.get(named_for(TORCHSCRIPT_DEFAULT, applied.dtype),
+                                    result.candidates[named_for(TORCHSCRIPT_DEFAULT, dtype)]).config
     threads = applied.threads or default.threads  # 0: the process's threads, as compare sets them
     if applied.replace(threads=threads).config_id == default.config_id:
         text = "the TorchScript path default"
