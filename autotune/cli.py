@@ -63,33 +63,37 @@ def _parse_dtypes(text: str) -> tuple[str, ...]:
     return dtypes
 
 
-def _model_spec(args):
+def _model_spec(args, study: dict | None = None):
+    """The model to build: every flag the user gave wins over the study file, which wins over
+    the defaults. ``--input-shape`` (one per input) includes the batch dimension."""
     from .models import ModelSpec
 
-    input_shape = None
-    batch = args.batch_size
-    if args.input_shape:
-        # --input-shape includes the batch dimension, as users write it
-        batch, input_shape = args.input_shape[0], args.input_shape[1:]
-        if args.batch_size_given:
-            batch = args.batch_size
-    return ModelSpec(name=args.model, batch_size=batch, input_shape=input_shape,
-                     checkpoint=args.checkpoint)
+    study = study or {}
+    shapes = args.input_shape or []
+    batches = sorted({shape[0] for shape in shapes})
+    if args.batch_size is not None:
+        batch = args.batch_size
+    elif len(batches) > 1:
+        raise AutotuneError(f"--input-shape: the inputs have different batch sizes "
+                            f"({', '.join(map(str, batches))}); give each the same first "
+                            "dimension, or set it with --batch-size")
+    else:
+        batch = batches[0] if batches else study.get("batch_size", 1)
+    per_sample = tuple(shape[1:] for shape in shapes) or study.get("input_shape")
+    return ModelSpec(name=args.model, batch_size=batch, input_shapes=per_sample,
+                     checkpoint=args.checkpoint or study.get("checkpoint"))
 
 
 def _request_from_args(args):
     from .study_file import load_study_file, parse_duration
     from .tuner import TuneRequest
 
+    study: dict = {}
     if args.study:
         study = load_study_file(args.study)
         if args.model:
             raise AutotuneError("give either --model or --study, not both")
         args.model = study["model"]
-        if not args.batch_size_given:
-            args.batch_size = study.get("batch_size", 1)
-        if study.get("input_shape") and not args.input_shape:
-            args.input_shape = (args.batch_size, *study["input_shape"])
         args.dtype = args.dtype or tuple(study.get("dtypes", ["float32"]))
         budget = study.get("budget", {})
         args.trials = args.trials or budget.get("trials")
@@ -100,7 +104,7 @@ def _request_from_args(args):
     timeout = args.timeout
     if isinstance(timeout, str):
         timeout = parse_duration(timeout)
-    request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
+    request = TuneRequest(model=_model_spec(args, study), dtypes=args.dtype or ("float32",),
                           space=args.space or "default", storage=args.storage,
                           study_name=args.study_name, seed=args.seed)
     if args.trials:
@@ -205,10 +209,9 @@ def cmd_compare(args) -> int:
                           storage=args.storage, confirm_rounds=args.rounds)
     if args.measure_seconds:
         request.confirm_measure["min_seconds"] = args.measure_seconds
-    print(f"comparing {request.model.name} (batch {request.model.batch_size}, "
-          f"{request.threads} threads), {args.rounds} interleaved rounds in fresh processes...",
-          file=sys.stderr)
-    result = compare(request)
+    result = compare(request, on_start=lambda: print(
+        f"comparing {request.model.name} (batch {request.model.batch_size}, {request.threads} "
+        f"threads), {args.rounds} interleaved rounds in fresh processes...", file=sys.stderr))
     eager = result.candidates[EAGER].stats
     static = result.candidates[named_for(BEST_STATIC, request.dtypes[0])].stats
     width = max(len(name) for name in result.candidates)
@@ -290,28 +293,29 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from backend.store import TunedRecord
+    from backend.errors import RecordError
+    from backend.store import checked_record
 
     try:
-        with open(args.file) as f:
+        with open(args.file, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as exc:
         raise AutotuneError(f"cannot read {args.file}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise AutotuneError(f"{args.file} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or "records" not in data:
-        raise AutotuneError(f"{args.file} is not an `autotune export` file (no 'records' list)")
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = "binary, not text" if isinstance(exc, UnicodeDecodeError) else "not valid YAML"
+        raise AutotuneError(f"{args.file} is {reason}: expected a YAML file written by "
+                            "`autotune export`; nothing imported") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise AutotuneError(f"{args.file} is not an `autotune export` file (expected a mapping "
+                            "with a 'records' list); nothing imported")
     records = []
     for i, item in enumerate(data["records"]):
         try:
-            records.append(TunedRecord.from_dict(item))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AutotuneError(f"{args.file}: record {i} is malformed ({exc}); nothing imported") from None
-    store = _store(args, read_only=False)
-    for record in records:
-        record.id = None
-        store.put(record)
-    print(f"imported {len(records)} record(s)")
+            records.append(checked_record(item, recompute_hardware_key=True))
+        except RecordError as exc:
+            raise AutotuneError(f"{args.file}: record {i}: {exc}; nothing imported") from None
+    ids = _store(args, read_only=False).put_many(records)
+    print(f"imported {len(ids)} record(s)")
     return 0
 
 
@@ -365,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="tune a model and store the winner")
     run.add_argument("--model", help="torchvision name (see `autotune models`) or module:callable")
     run.add_argument("--study", help="study file (YAML): model, inputs, dtypes, budget, space")
-    run.add_argument("--batch-size", type=int, default=1)
-    run.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
+    run.add_argument("--batch-size", type=_positive_int, help="default 1, or --input-shape's first "
+                     "dimension")
+    run.add_argument("--input-shape", type=_parse_shape, action="append",
+                     help="full input shape, e.g. 1,3,256,256; once per forward input")
     run.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
     run.add_argument("--dtype", type=_parse_dtypes, help="allowed dtypes, e.g. float32,bfloat16")
     run.add_argument("--trials", type=_positive_int)
@@ -391,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compare", help="measure static recipes and the tuned config, interleaved")
     comp.add_argument("--model", required=True)
-    comp.add_argument("--batch-size", type=int, default=1)
-    comp.add_argument("--input-shape", type=_parse_shape)
+    comp.add_argument("--batch-size", type=_positive_int)
+    comp.add_argument("--input-shape", type=_parse_shape, action="append")
     comp.add_argument("--checkpoint")
     comp.add_argument("--dtype", type=_parse_dtypes, help="dtypes to include, e.g. float32,bfloat16")
     comp.add_argument("--rounds", type=_positive_int, default=5)
@@ -421,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (explain, env):
         p.add_argument("--model", required=True,
                        help="torchvision name (see `autotune models`) or module:callable")
-        p.add_argument("--batch-size", type=int, default=1)
-        p.add_argument("--input-shape", type=_parse_shape, help="full input shape, e.g. 1,3,256,256")
+        p.add_argument("--batch-size", type=_positive_int)
+        p.add_argument("--input-shape", type=_parse_shape, action="append",
+                       help="full input shape, e.g. 1,3,256,256; once per forward input")
         p.add_argument("--checkpoint", help="state_dict file to load instead of random weights")
     dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard over the study database "
                                "(read-only; safe while a tuner runs)")
@@ -445,7 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.batch_size_given = "--batch-size" in (argv if argv is not None else sys.argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -456,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nautotune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader (`| head`) has what it wanted; send the rest, and the exit's flush, nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -65,10 +66,14 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     return found
 
 
-def compare(request: TuneRequest, *, with_peaks: bool = True) -> Comparison:
-    """Measure all candidates interleaved (request.confirm_rounds rounds) and the machine's peaks."""
+def compare(request: TuneRequest, *, with_peaks: bool = True,
+            on_start: Callable[[], None] | None = None) -> Comparison:
+    """Measure all candidates interleaved (request.confirm_rounds rounds) and the machine's peaks.
+    ``on_start`` runs once the model and the store have been checked, before any measurement."""
     tuner = Tuner(request)
     tuner.preflight()
+    if on_start:
+        on_start()
     tuner.ensure_reference()
     candidates = candidates_for(request)
     # The FMA peak is a limit, so the best of one measurement per round: a busy moment on a

@@ -55,7 +55,7 @@ def _storage(url: str | None) -> Iterator[None]:
 
 def plan(spec: ModelSpec, storage: str | None = None) -> list[GraphPlan]:
     """Per graph of the model, what the backend would apply, without compiling anything."""
-    model, inputs = build(spec)
+    model, inputs = build(spec, check=True)  # wrong input shapes: a clear error, not a trace
     plans: list[GraphPlan] = []
 
     def resolve_only(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):

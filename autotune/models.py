@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import asdict, dataclass
+import importlib.util
+import os
+import re
+import sys
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -22,13 +26,27 @@ _CALLABLE_CONTRACT = ("module:callable returning an nn.Module, (nn.Module, examp
                       "or (nn.Module, example_input_fn(batch_size))")
 
 
+Shape = tuple[int, ...]
+
+
+def _shape_or_none(value: Any) -> Shape | None:
+    shape = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        return None
+    return shape
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: ``name`` is a torchvision classification model or "module:callable"."""
+    """What to build: ``name`` is a torchvision classification model or "module:callable".
+
+    ``input_shapes`` holds one shape per forward input, each per sample (without the batch
+    dimension); one flat shape is taken as the shape of a single input.
+    """
 
     name: str
     batch_size: int = 1
-    input_shape: tuple[int, ...] | None = None  # per sample, without the batch dimension
+    input_shapes: tuple[Shape, ...] | None = None
     checkpoint: str | None = None
 
     def __post_init__(self):
@@ -38,13 +56,16 @@ class ModelSpec:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or self.batch_size < 1:
             raise ModelError(f"batch size {self.batch_size!r}: expected a positive integer")
-        if self.input_shape is not None:
-            shape = tuple(self.input_shape) if isinstance(self.input_shape, (list, tuple)) else ()
-            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                                for d in shape):
-                raise ModelError(f"input shape {self.input_shape!r}: expected positive integers "
-                                 "per sample without the batch dimension, e.g. (3, 224, 224)")
-            object.__setattr__(self, "input_shape", shape)
+        if self.input_shapes is not None:
+            given = self.input_shapes
+            if _shape_or_none(given) is not None:  # one input, written flat
+                given = (given,)
+            shapes = tuple(_shape_or_none(s) for s in given) if isinstance(given, (list, tuple)) else ()
+            if not shapes or None in shapes:
+                raise ModelError(f"input shape {self.input_shapes!r}: expected positive integers "
+                                 "per sample without the batch dimension, e.g. (3, 224, 224), or "
+                                 "one such shape per input")
+            object.__setattr__(self, "input_shapes", shapes)
 
     @property
     def label(self) -> str:
@@ -55,9 +76,12 @@ class ModelSpec:
         return f"{self.name}-bs{self.batch_size}"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["input_shape"] = list(self.input_shape) if self.input_shape else None
-        return data
+        # one input keeps the flat form older studies and references were keyed with
+        shapes = self.input_shapes
+        flat = list(shapes[0]) if shapes and len(shapes) == 1 else None
+        return {"name": self.name, "batch_size": self.batch_size,
+                "input_shape": flat if flat else ([list(s) for s in shapes] if shapes else None),
+                "checkpoint": self.checkpoint}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
@@ -66,7 +90,8 @@ class ModelSpec:
         if unknown:
             raise ModelError(f"model spec: unknown key(s) {', '.join(unknown)}; "
                              f"valid keys: {', '.join(fields)}")
-        return cls(**data)
+        values = dict(data)
+        return cls(input_shapes=values.pop("input_shape", None), **values)
 
 
 def list_models() -> list[str]:
@@ -106,8 +131,9 @@ def build(spec: ModelSpec, *, check: bool = False) -> tuple[torch.nn.Module, tup
         _load_checkpoint(model, spec)
     model.eval()
     if inputs is None:
-        shape = spec.input_shape or default_input_shape(spec.name)
-        inputs = (torch.randn((spec.batch_size, *shape), generator=torch.Generator().manual_seed(SEED)),)
+        generator = torch.Generator().manual_seed(SEED)
+        shapes = spec.input_shapes or (default_input_shape(spec.name),)
+        inputs = tuple(torch.randn((spec.batch_size, *shape), generator=generator) for shape in shapes)
     if check:
         _check_forward(model, inputs, spec)
     return model, inputs
@@ -124,14 +150,43 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
     return torchvision.models.get_model(spec.name, weights=None)
 
 
+def _cwd_on_path_for(module_name: str) -> None:
+    """Put the working directory first on sys.path, as ``python -m`` does, when the user's module
+    lives there: the ``autotune`` script's own folder is what Python puts there instead."""
+    top = module_name.partition(".")[0]
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        return
+    if os.path.exists(os.path.join(cwd, top + ".py")) or os.path.isdir(os.path.join(cwd, top)):
+        sys.path.insert(0, cwd)
+
+
+def module_origin(spec: ModelSpec) -> str | None:
+    """The file that defines a module:callable model, or None (torchvision name, not importable)."""
+    if ":" not in spec.name:
+        return None
+    module_name = spec.name.partition(":")[0]
+    _cwd_on_path_for(module_name)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):  # a missing parent package, or an empty name
+        return None
+    return found.origin if found else None
+
+
 def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None]:
     module_name, _, attr_path = spec.name.partition(":")
     if not module_name or not attr_path:
         raise ModelError(f"model {spec.name!r}: expected {_CALLABLE_CONTRACT}")
+    _cwd_on_path_for(module_name)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"model {spec.name!r}: cannot import module {module_name!r} ({exc}); "
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            hint = (f"; run autotune from the folder that holds {exc.name.partition('.')[0]!r}, "
+                    "add that folder to PYTHONPATH, or pip install its package")
+        raise ModelError(f"model {spec.name!r}: cannot import module {module_name!r} ({exc}){hint}; "
                          f"expected {_CALLABLE_CONTRACT}") from None
     for attr in attr_path.split("."):
         if not hasattr(target, attr):
@@ -153,14 +208,15 @@ def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tenso
         raise ModelError(f"model {spec.name!r} returned {type(result).__name__}; "
                          f"expected {_CALLABLE_CONTRACT}")
     if example is None:
-        if spec.input_shape is None:
+        if spec.input_shapes is None:
             raise ModelError(f"model {spec.name!r} returns only a module, so its input shape is "
-                             "unknown: give an input shape (--input-shape, or input_shape in a study "
+                             "unknown: give one --input-shape per input (or input_shape in a study "
                              "file) or return (module, example_inputs)")
         return result, None
-    if spec.input_shape is not None:
-        raise ModelError(f"model {spec.name!r} returns its own example inputs; input shape "
-                         f"{spec.input_shape} would be ignored, so drop --input-shape")
+    if spec.input_shapes is not None:
+        raise ModelError(f"model {spec.name!r} returns its own example inputs; input shape(s) "
+                         f"{', '.join(map(str, spec.input_shapes))} would be ignored, so drop "
+                         "--input-shape")
     if callable(example):
         torch.manual_seed(SEED)
         try:
@@ -191,10 +247,13 @@ def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ModelError(f"checkpoint file {path!r} not found (expected a state_dict saved "
-                         "with torch.save(model.state_dict(), path))") from None
+        raise ModelError(f"checkpoint file {path!r} not found (expected {_STATE_DICT})") from None
+    except IsADirectoryError:
+        raise ModelError(f"checkpoint {path!r} is a folder; expected {_STATE_DICT}") from None
     except Exception as exc:  # unreadable, corrupt or not weights-only: all the file's fault
-        raise ModelError(f"checkpoint {path!r} cannot be loaded with weights_only=True: {exc}") from None
+        raise ModelError(f"checkpoint {path!r} {_why_not_a_state_dict(exc)}; expected {_STATE_DICT}. "
+                         "Only tensors are loaded from a checkpoint: unpickling anything else "
+                         "could run code") from None
     if not isinstance(state, Mapping):
         raise ModelError(f"checkpoint {path!r} holds a {type(state).__name__}; "
                          "expected a state_dict (torch.save(model.state_dict(), path))")
@@ -207,6 +266,19 @@ def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
         raise ModelError(
             f"checkpoint {path!r} does not fit model {spec.name!r}: "
             f"missing keys {_few(result.missing_keys)}, unexpected keys {_few(result.unexpected_keys)}")
+
+
+_STATE_DICT = "a state_dict saved with torch.save(model.state_dict(), path)"
+
+
+def _why_not_a_state_dict(error: Exception) -> str:
+    """What is in the file, in our words: torch's own message advises weights_only=False."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if found:
+        return f"holds a pickled {found.group(1)} object, not only tensors"
+    if isinstance(error, EOFError):
+        return "is empty or cut short"
+    return f"is not a file torch.save wrote ({type(error).__name__})"
 
 
 def _few(keys: list[str], n: int = 5) -> str:
@@ -222,5 +294,11 @@ def _check_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spe
             model(*inputs)
     except Exception as exc:  # whatever the model raises, the inputs do not fit it
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        count = "input" if len(inputs) == 1 else "inputs"
+        if isinstance(exc, TypeError) and "positional argument" in first_line:
+            raise ModelError(f"model {spec.name!r} does not take {len(inputs)} {count} of shape "
+                             f"{shapes}: {first_line} (give one --input-shape per forward input, "
+                             "e.g. --input-shape 1,3,32,32 --input-shape 1,10)") from None
         raise ModelError(f"model {spec.name!r} cannot run inputs of shape {shapes}: {first_line} "
-                         "(give the input shape it expects with --input-shape)") from None
+                         "(give the shape it expects with --input-shape, one per forward "
+                         "input)") from None

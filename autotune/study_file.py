@@ -2,7 +2,7 @@
 
     model: resnet50            # torchvision name or module:callable (required)
     batch_size: 1
-    input_shape: [3, 224, 224] # per sample, optional
+    input_shape: [3, 224, 224] # per sample, optional; one list per input: [[3, 32, 32], [10]]
     checkpoint: weights.pt     # optional state_dict; relative to the study file
     dtypes: [float32, bfloat16]
     objective: latency
@@ -51,7 +51,7 @@ def parse_duration(text: str) -> float:
 def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
     """The validated study, with defaults filled in and relative paths resolved.
 
-    Keys: model, batch_size, input_shape (tuple or None), checkpoint (str or None), dtypes
+    Keys: model, batch_size, input_shape (one shape tuple per input, or None), checkpoint (str or None), dtypes
     (list), objective, budget ({"trials": int|None, "timeout": seconds|None}), space (a shipped
     name or a path), description, source (this file).
     """
@@ -75,11 +75,13 @@ def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
         doc.fail(node, f"batch_size {batch_size!r}: expected a positive integer")
     input_shape, node = get("input_shape")
     if input_shape is not None:
-        if not isinstance(input_shape, list) or not input_shape \
-                or not all(_positive_int(d) for d in input_shape):
+        shapes = input_shape if isinstance(input_shape, list) and input_shape \
+            and all(isinstance(s, list) for s in input_shape) else [input_shape]
+        if not all(isinstance(s, list) and s and all(_positive_int(d) for d in s) for s in shapes):
             doc.fail(node, f"input_shape {input_shape!r}: expected a list of positive integers "
-                           "per sample, without the batch dimension, e.g. [3, 224, 224]")
-        input_shape = tuple(input_shape)
+                           "per sample, without the batch dimension, e.g. [3, 224, 224], or one "
+                           "such list per input, e.g. [[3, 32, 32], [10]]")
+        input_shape = tuple(tuple(s) for s in shapes)
     checkpoint, node = get("checkpoint")
     if checkpoint is not None:
         if not isinstance(checkpoint, str):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -23,11 +22,11 @@ import torch
 
 from backend import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key, usable_cores
-from backend.store import ConfigStore, TunedRecord, default_storage_url
+from backend.store import ConfigStore, TunedRecord, default_storage_url, retry_creation_race
 
 from .bench import Stats
 from .errors import AutotuneError, StudyError
-from .models import ModelSpec, build
+from .models import ModelSpec, build, module_origin
 from .space import SearchSpace, load_space
 from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
 
@@ -184,8 +183,8 @@ def open_study(request: TuneRequest) -> optuna.Study:
     url = request.storage_url
     ConfigStore(url).close()  # validates the URL, creates our tables, sets WAL for SQLite
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
-                                             heartbeat_interval=10, grace_period=60)
+        storage = retry_creation_race(lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=10, grace_period=60))
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
         raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
     if storage.engine.dialect.name == "sqlite":
@@ -265,10 +264,7 @@ def _model_sources_stamp(spec: ModelSpec) -> list:
     import torchvision
 
     stamp: list = [torchvision.__version__]
-    paths = [spec.checkpoint] if spec.checkpoint else []
-    if ":" in spec.name:
-        module = importlib.util.find_spec(spec.name.split(":")[0])
-        paths.append(module.origin if module and module.origin else None)
+    paths = [spec.checkpoint, module_origin(spec)]
     for path in filter(None, paths):
         try:
             info = os.stat(path)
@@ -302,7 +298,8 @@ def _search_slice(request: TuneRequest, cpus: list[int]) -> bool:
 
 class Tuner:
     def __init__(self, request: TuneRequest, progress: Callable[[Progress], None] | None = None):
-        self.slices = request.core_slices() if request.jobs > 1 else None
+        slices = request.core_slices()  # also refuses --jobs 0 or below
+        self.slices = slices if len(slices) > 1 else None
         if self.slices:
             # this process confirms on the first slice, as every trial ran on a slice that size
             request = dataclasses.replace(request, cpus=self.slices[0], jobs=1)
@@ -462,7 +459,10 @@ class Tuner:
                   last: str) -> Progress:
         """Where the study stands, from one read of its trials."""
         trials = study.get_trials(deepcopy=False)
-        done = len([t for t in trials if t.state.is_finished()])
+        # a trial lost with a killed tuner is replaced, so it does not count against the budget
+        done = len([t for t in trials if t.state.is_finished()
+                    and t.user_attrs.get("failure_kind") not in LOST])
+        total = max(self.request.trials, done)  # a rerun may ask for fewer than the study has
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         default_id = self.default_config().config_id
         default_ms = next((t.value for t in complete
@@ -471,10 +471,11 @@ class Tuner:
         elapsed = time.monotonic() - start
         left = None
         if done_at_start is not None and done > done_at_start:
-            left = elapsed / (done - done_at_start) * (self.request.trials - done)
+            left = elapsed / (done - done_at_start) * (total - done)
             if self.request.timeout_s is not None:
                 left = min(left, self.request.timeout_s - elapsed)
-        return Progress(done, self.request.trials, best_ms, default_ms, elapsed, left, last)
+            left = max(0.0, left)
+        return Progress(done, total, best_ms, default_ms, elapsed, left, last)
 
     # ------------------------------------------------------------------------------ confirmation
     def confirm(self, study: optuna.Study) -> dict[str, Candidate]:
@@ -482,11 +483,12 @@ class Tuner:
         request = self.request
         candidates: dict[str, Candidate] = {}
         seen = set()
+        default_id = self.default_config().config_id  # measured once, as the backend default
         complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                           key=lambda t: t.value)
         for t in complete:
             cid = t.user_attrs.get("config_id")
-            if cid in seen:
+            if cid in seen or cid == default_id:
                 continue
             seen.add(cid)
             candidates[f"trial #{t.number}"] = Candidate(f"trial #{t.number}",
@@ -495,7 +497,6 @@ class Tuner:
                 break
         # every warm-start recipe, also one a noisy search-phase run pruned: the winner must be
         # at least as fast as each of them in the same interleaved rounds
-        default_id = self.default_config().config_id  # measured as the backend default
         recipe_ids = {BackendConfig(r).config_id for r in self.space.static_recipes(request.dtypes)}
         statics: list[str] = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -651,6 +652,8 @@ class Tuner:
             return
         best = min(tuned, key=lambda c: c.stats.median_ms)
         default = result.candidates[BACKEND_DEFAULT]
+        if best.config == default.config:
+            best = default  # two processes of one config: their difference is noise, not a gain
         if best is not default and default.stats and not _clearly_faster(best, default):
             result.kept_default = True
             result.message = ("no config beat the backend default clearly (by at least "
@@ -662,7 +665,9 @@ class Tuner:
         winner = result.winner
         baselines = {n: c.stats.to_dict() for n, c in result.candidates.items() if c.stats}
         default = result.candidates[BACKEND_DEFAULT]
-        speedup = (default.stats.median_ms / winner.stats.median_ms) if default.stats else 1.0
+        speedup = 1.0  # the default over itself, by definition; else a ratio of one confirmation
+        if default.stats and winner.config != default.config:
+            speedup = default.stats.median_ms / winner.stats.median_ms
         study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
                                        "stats": winner.stats.to_dict(), "baselines": baselines,
                                        "kept_default": result.kept_default})

@@ -17,6 +17,10 @@ class StoreError(AutotuneError):
     """The config store cannot be opened, read or written."""
 
 
+class RecordError(StoreError, ValueError):
+    """A tuned record that breaks the record schema or holds a config the knobs refuse."""
+
+
 def first_line(error: BaseException) -> str:
     """``Type: first line of the message``: Inductor's and TorchScript's errors run to pages."""
     text = str(error).strip()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import random
 import re
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, delete, event,
@@ -25,7 +28,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from .errors import StoreError
+from .config import BackendConfig
+from .errors import KnobError, RecordError, StoreError
+from .fingerprint import hardware_key as hardware_key_of
 
 SCHEMA_VERSION = 1
 STORAGE_ENV = "IPEX_AUTOTUNE_STORAGE"
@@ -33,12 +38,55 @@ URL_EXAMPLES = "sqlite:////abs/path.db or postgresql://user@host/db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def per_user_store_path() -> str:
+    """The SQLite file under ``$XDG_DATA_HOME`` (~/.local/share) that is the default store."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(os.path.abspath(data_home), "ipex-autotune", "autotune.db")
+
+
 def default_storage_url() -> str:
-    """``$IPEX_AUTOTUNE_STORAGE``, else an SQLite file under ``$XDG_DATA_HOME`` (~/.local/share)."""
+    """``$IPEX_AUTOTUNE_STORAGE``, else the per-user SQLite file."""
     if os.environ.get(STORAGE_ENV):
         return os.environ[STORAGE_ENV]
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return "sqlite:///" + os.path.join(os.path.abspath(data_home), "ipex-autotune", "autotune.db")
+    return "sqlite:///" + per_user_store_path()
+
+
+T = TypeVar("T")
+CREATION_RACE_SECONDS = 30.0
+
+
+def _is_creation_race(error: BaseException) -> bool:
+    """A table, row or lock that another process creating the same database holds right now."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, IntegrityError):
+            return True
+        text = str(getattr(error, "orig", None) or error).lower()
+        if any(sign in text for sign in ("already exists", "database is locked", "unique constraint",
+                                         "duplicate key")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def retry_creation_race(create: Callable[[], T], *, seconds: float = CREATION_RACE_SECONDS) -> T:
+    """``create()``, retried while another process is creating the same tables at that moment.
+
+    Creating tables checks for them first and then creates them, so two processes opening a new
+    database together can both decide to create: the loser fails with "already exists" or a
+    duplicate version row. Retried, it finds them in place and joins.
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.02
+    while True:
+        try:
+            return create()
+        except Exception as e:  # noqa: BLE001 - every driver and library wraps these differently
+            if not _is_creation_race(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause * (1 + random.random()))  # jitter: the racers must not retry in step
+        pause = min(pause * 2, 0.5)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -79,6 +127,94 @@ class TunedRecord:
         if isinstance(values.get("created_at"), str):
             values["created_at"] = _as_utc(datetime.fromisoformat(values["created_at"]))
         return cls(**values)
+
+
+HARDWARE_FIELDS = ("cpu", "features", "cores", "sockets", "machine")
+_TEXT_FIELDS = ("workload_key", "hardware_key", "family_key", "model_label", "config_id",
+                "torch_version", "study_name")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_stats(name: str, stats: Any) -> dict[str, Any]:
+    if not isinstance(stats, Mapping):
+        raise RecordError(f"{name}: got {stats!r}; expected a mapping with a positive median_ms")
+    median = stats.get("median_ms")
+    if not _number(median) or median <= 0:
+        raise RecordError(f"{name}.median_ms: got {median!r}; expected a positive number of ms")
+    for key, value in stats.items():
+        if key.endswith("_ms") and value is not None and not (_number(value) and value >= 0):
+            raise RecordError(f"{name}.{key}: got {value!r}; expected a number of ms, at least 0")
+    return dict(stats)
+
+
+def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = False) -> TunedRecord:
+    """A record that holds the schema, with its config normalised and its ``config_id`` recomputed.
+
+    Raises RecordError naming the field (or knob) and what would be valid. The config is
+    checked against the knobs but not against this CPU: a store may hold other hardware's
+    configs. ``recompute_hardware_key`` also derives the hardware key from the hardware facts,
+    for records that come from outside (``autotune import``).
+    """
+    if not isinstance(data, Mapping):
+        raise RecordError(f"got {type(data).__name__}; expected a mapping of record fields")
+    fields = {f.name for f in dataclasses.fields(TunedRecord)}
+    optional = {"id", "created_at"}
+    unknown = sorted(set(map(str, data)) - fields)
+    if unknown:
+        raise RecordError(f"unknown field(s) {', '.join(unknown)}; valid fields: "
+                          f"{', '.join(sorted(fields))}")
+    missing = sorted(fields - optional - set(data))
+    if missing:
+        raise RecordError(f"missing field(s) {', '.join(missing)}")
+    values = dict(data)
+    for name in _TEXT_FIELDS:
+        if not isinstance(values[name], str) or (not values[name] and name != "family_key"):
+            raise RecordError(f"{name}: got {values[name]!r}; expected text")
+    if not values["workload_key"].startswith("wl-"):
+        raise RecordError(f"workload_key: got {values['workload_key']!r}; expected a graph key "
+                          "starting with 'wl-'")
+    batch = values["batch_size"]
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise RecordError(f"batch_size: got {batch!r}; expected a positive integer or null")
+    if not isinstance(values["config"], Mapping):
+        raise RecordError(f"config: got {values['config']!r}; expected a mapping of knob values")
+    try:
+        config = BackendConfig(values["config"], check_cpu=False)
+    except KnobError as e:
+        raise RecordError(f"config: {e}") from None
+    values["config"], values["config_id"] = config.to_dict(), config.config_id
+    values["latency"] = _check_stats("latency", values["latency"])
+    if not isinstance(values["baselines"], Mapping):
+        raise RecordError(f"baselines: got {values['baselines']!r}; expected a mapping of "
+                          "candidate name to latency stats")
+    values["baselines"] = {str(name): _check_stats(f"baselines[{name!r}]", stats)
+                           for name, stats in values["baselines"].items()}
+    if not _number(values["speedup"]) or values["speedup"] <= 0:
+        raise RecordError(f"speedup: got {values['speedup']!r}; expected a positive number")
+    if not isinstance(values["hardware"], Mapping):
+        raise RecordError(f"hardware: got {values['hardware']!r}; expected a mapping with "
+                          f"{', '.join(HARDWARE_FIELDS)}")
+    if recompute_hardware_key:
+        absent = [key for key in HARDWARE_FIELDS if key not in values["hardware"]]
+        if absent:
+            raise RecordError(f"hardware: missing {', '.join(absent)}; expected a mapping with "
+                              f"{', '.join(HARDWARE_FIELDS)}")
+        values["hardware_key"] = hardware_key_of(dict(values["hardware"]))
+    created = values.get("created_at", datetime.now(timezone.utc))
+    if isinstance(created, str):
+        try:
+            created = datetime.fromisoformat(created)
+        except ValueError:
+            created = None
+    if not isinstance(created, datetime):
+        raise RecordError(f"created_at: got {values.get('created_at')!r}; expected an ISO 8601 "
+                          "time such as 2026-12-02T10:00:00+00:00")
+    values["created_at"] = _as_utc(created)
+    values["id"] = None
+    return TunedRecord(**values)
 
 
 class _JSONText(TypeDecorator):
@@ -221,7 +357,14 @@ class ConfigStore:
             return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         self._sqlite_path = os.path.abspath(url.database)
         if not self.read_only:
-            os.makedirs(os.path.dirname(self._sqlite_path), exist_ok=True)
+            folder = os.path.dirname(self._sqlite_path)
+            if self._sqlite_path == per_user_store_path():
+                os.makedirs(folder, exist_ok=True)
+            elif not os.path.isdir(folder):
+                # a typo in a URL the user gave must not grow a new folder tree
+                raise StoreError(f"config store {self._shown_url}: folder {folder} does not exist; "
+                                 "create it or correct the URL (only the default per-user store's "
+                                 "folder is created)")
             return {"poolclass": NullPool}
         # mode=ro: a reader must never create the file the tuner has not written yet.
         uri = f"file:{quote(self._sqlite_path)}?mode=ro"
@@ -247,18 +390,14 @@ class ConfigStore:
 
     def _create_schema(self) -> None:
         self._readable()  # a newer schema must stop us before we touch its tables
-        # Several tuners may open a fresh database at once; the loser of that race retries once
-        # and then finds the tables and the version row in place.
-        for attempt in (1, 2):
-            try:
-                with self._session() as session:
-                    _Base.metadata.create_all(session.connection())
-                    if session.get(_Meta, "schema_version") is None:
-                        session.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                break
-            except StoreError:
-                if attempt == 2:
-                    raise
+
+        def create() -> None:
+            with self._session() as session:
+                _Base.metadata.create_all(session.connection())
+                if session.get(_Meta, "schema_version") is None:
+                    session.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+        retry_creation_race(create)  # several tuners may open a new database at once
         self._schema_checked = True
 
     def _readable(self) -> bool:
@@ -272,6 +411,10 @@ class ConfigStore:
             if not all(inspector.has_table(name) for name in _Base.metadata.tables):
                 return False
             version = session.scalar(select(_Meta.value).where(_Meta.key == "schema_version"))
+        if version is not None and not re.fullmatch(r"\d+", version.strip()):
+            raise StoreError(f"config store {self._shown_url} has a damaged schema version "
+                             f"{version!r} (expected a whole number up to {SCHEMA_VERSION}); "
+                             "export what it holds or tune into a new store")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise StoreError(
                 f"config store {self._shown_url} was written by a newer ipex-autotune (schema "
@@ -293,19 +436,23 @@ class ConfigStore:
         return self._readable()
 
     def put(self, record: TunedRecord) -> int:
+        return self.put_many([record])[0]
+
+    def put_many(self, records: list[TunedRecord]) -> list[int]:
+        """Validate every record, then write all of them in one transaction, or none."""
         if self.read_only:
             raise StoreError(f"config store {self._shown_url} is open read-only; cannot put")
-        median = record.latency.get("median_ms")
-        if not isinstance(median, (int, float)):
-            raise StoreError(f"record latency needs a number 'median_ms', got {record.latency!r}")
-        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(TunedRecord)}
-        values.update(id=None, median_ms=float(median),
-                      created_at=_as_utc(record.created_at).replace(tzinfo=None))
+        rows = []
+        for record in records:
+            checked = checked_record(dataclasses.asdict(record))
+            values = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TunedRecord)}
+            values.update(median_ms=float(checked.latency["median_ms"]),
+                          created_at=checked.created_at.replace(tzinfo=None))
+            rows.append(_Record(**values))
         with self._session() as session:
-            row = _Record(**values)
-            session.add(row)
+            session.add_all(rows)
             session.flush()
-            return row.id
+            return [row.id for row in rows]
 
     def claim(self, name: str, owner: str) -> bool:
         """True for exactly one caller per ``name``, across processes and hosts."""

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     spec = ModelSpec(args.model, batch_size=args.batch_size,
-                     input_shape=tuple(int(d) for d in args.input_shape.split(",")))
+                     input_shapes=tuple(int(d) for d in args.input_shape.split(",")))
     model, inputs = build(spec)
     folder = tempfile.mkdtemp(prefix="lookup-cost-")
     stores = {"hit": f"sqlite:///{folder}/hit.db", "miss": f"sqlite:///{folder}/miss.db"}

@@ -10,8 +10,8 @@ from autotune.models import ModelSpec, build, default_input_shape, list_models
 
 
 def test_spec_labels_and_json_round_trip():
-    spec = ModelSpec("resnet50", batch_size=8, input_shape=[3, 160, 160], checkpoint="w.pt")
-    assert spec.input_shape == (3, 160, 160)
+    spec = ModelSpec("resnet50", batch_size=8, input_shapes=[3, 160, 160], checkpoint="w.pt")
+    assert spec.input_shapes == ((3, 160, 160),)
     assert spec.label == "resnet50" and spec.study_label == "resnet50-bs8"
     assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
@@ -19,8 +19,8 @@ def test_spec_labels_and_json_round_trip():
 @pytest.mark.parametrize("kwargs,bad", [
     ({"batch_size": 0}, "batch size 0"),
     ({"batch_size": True}, "batch size True"),
-    ({"input_shape": (3, -1, 4)}, "input shape (3, -1, 4)"),
-    ({"input_shape": ()}, "input shape ()"),
+    ({"input_shapes": (3, -1, 4)}, "input shape (3, -1, 4)"),
+    ({"input_shapes": ()}, "input shape ()"),
 ])
 def test_spec_rejects_bad_fields(kwargs, bad):
     with pytest.raises(ModelError, match="expected") as err:
@@ -59,7 +59,7 @@ def test_torchvision_build_is_eval_seeded_and_batched():
 
 
 def test_input_shape_overrides_the_default_and_check_passes():
-    _, (x,) = build(ModelSpec("resnet18", batch_size=3, input_shape=(3, 64, 64)), check=True)
+    _, (x,) = build(ModelSpec("resnet18", batch_size=3, input_shapes=(3, 64, 64)), check=True)
     assert x.shape == (3, 3, 64, 64)
 
 
@@ -76,7 +76,7 @@ def test_unknown_torchvision_name_suggests_close_names():
 ])
 def test_impossible_input_shape_is_caught_by_check(name, shape):
     with pytest.raises(ModelError) as err:
-        build(ModelSpec(name, input_shape=shape), check=True)
+        build(ModelSpec(name, input_shapes=shape), check=True)
     message = str(err.value)
     assert repr(name) in message and str((1, *shape)) in message and "--input-shape" in message
 
@@ -84,7 +84,7 @@ def test_impossible_input_shape_is_caught_by_check(name, shape):
 def test_callable_returning_a_module_needs_an_input_shape():
     with pytest.raises(ModelError, match=r"returns only a module.*--input-shape"):
         build(ModelSpec("user_models:module_only"))
-    model, (x,) = build(ModelSpec("user_models:module_only", batch_size=2, input_shape=(3, 8, 8)),
+    model, (x,) = build(ModelSpec("user_models:module_only", batch_size=2, input_shapes=(3, 8, 8)),
                         check=True)
     assert x.shape == (2, 3, 8, 8) and not model.training
 
@@ -96,7 +96,7 @@ def test_callable_with_inputs_and_with_input_fn():
     assert x.shape == (4, 3, 8, 8)
     _, (again,) = build(ModelSpec("user_models:with_input_fn", batch_size=4))
     torch.testing.assert_close(again, x)  # seeded: every process measures the same input
-    model, _ = build(ModelSpec("user_models:Factories.tiny", input_shape=(3, 8, 8)))
+    model, _ = build(ModelSpec("user_models:Factories.tiny", input_shapes=(3, 8, 8)))
     assert isinstance(model, torch.nn.Module)
 
 
@@ -107,7 +107,7 @@ def test_fixed_example_inputs_must_match_batch_size():
 
 def test_callable_inputs_and_input_shape_conflict():
     with pytest.raises(ModelError, match=r"returns its own example inputs.*drop --input-shape"):
-        build(ModelSpec("user_models:with_inputs", input_shape=(3, 8, 8)))
+        build(ModelSpec("user_models:with_inputs", input_shapes=(3, 8, 8)))
 
 
 @pytest.mark.parametrize("name,problem", [
@@ -120,7 +120,7 @@ def test_callable_inputs_and_input_shape_conflict():
 ])
 def test_bad_callable_specs_name_the_spec_and_the_contract(name, problem):
     with pytest.raises(ModelError) as err:
-        build(ModelSpec(name, input_shape=(3, 8, 8)))
+        build(ModelSpec(name, input_shapes=(3, 8, 8)))
     message = str(err.value)
     assert repr(name) in message and problem in message
     if name != "user_models:broken":
@@ -128,10 +128,10 @@ def test_bad_callable_specs_name_the_spec_and_the_contract(name, problem):
 
 
 def test_checkpoint_weights_are_loaded(tmp_path):
-    model, _ = build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8)))
+    model, _ = build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8)))
     state = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
     torch.save(state, tmp_path / "w.pt")
-    loaded, _ = build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8),
+    loaded, _ = build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8),
                                 checkpoint=str(tmp_path / "w.pt")))
     torch.testing.assert_close(loaded.state_dict(), state)
 
@@ -139,12 +139,12 @@ def test_checkpoint_weights_are_loaded(tmp_path):
 def test_missing_checkpoint_names_the_file(tmp_path):
     path = str(tmp_path / "nope.pt")
     with pytest.raises(ModelError, match=r"checkpoint file '.*nope\.pt' not found.*state_dict"):
-        build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8), checkpoint=path))
+        build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8), checkpoint=path))
 
 
 def test_checkpoint_with_other_keys_names_the_file_and_keys(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pt")
-    spec = ModelSpec("user_models:module_only", input_shape=(3, 8, 8),
+    spec = ModelSpec("user_models:module_only", input_shapes=(3, 8, 8),
                      checkpoint=str(tmp_path / "other.pt"))
     with pytest.raises(ModelError) as err:
         build(spec)
@@ -154,16 +154,16 @@ def test_checkpoint_with_other_keys_names_the_file_and_keys(tmp_path):
 
 
 def test_checkpoint_with_wrong_shapes_names_the_file(tmp_path):
-    model, _ = build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8)))
+    model, _ = build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8)))
     state = dict(model.state_dict(), **{"4.weight": torch.zeros(7, 4)})
     torch.save(state, tmp_path / "shapes.pt")
     with pytest.raises(ModelError, match=r"shapes\.pt.*does not fit.*4\.weight"):
-        build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8),
+        build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8),
                         checkpoint=str(tmp_path / "shapes.pt")))
 
 
 def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ModelError, match=r"list\.pt.*holds a list; expected a state_dict"):
-        build(ModelSpec("user_models:module_only", input_shape=(3, 8, 8),
+        build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8),
                         checkpoint=str(tmp_path / "list.pt")))

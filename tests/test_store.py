@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import create_engine, text
 
+from backend import BackendConfig
 from backend.errors import StoreError
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
@@ -22,10 +23,12 @@ def stats(median_ms: float) -> dict:
 
 
 def make_record(median_ms: float = 2.0, **overrides) -> TunedRecord:
+    """A valid record: its config complete and its config_id the config's own, as put() keeps it."""
+    config = BackendConfig(overrides.pop("config", {"path": "inductor", "freezing": True}))
     values = dict(
         workload_key="wl-1", hardware_key="hw-a", family_key="fam-1", batch_size=8,
-        model_label="resnet50", config={"path": "inductor", "freezing": True},
-        config_id="cfg-000000000001", latency=stats(median_ms),
+        model_label="resnet50", config=config.to_dict(),
+        config_id=config.config_id, latency=stats(median_ms),
         baselines={"backend default": stats(4.0), "eager": stats(9.0)}, speedup=4.0 / median_ms,
         torch_version="2.14.1", study_name="study-1", hardware={"cpu": "Test CPU", "cores": 8},
         created_at=T0)
@@ -50,11 +53,14 @@ def store(store_url):
 # -- contract: every database -------------------------------------------------------------------
 
 def test_best_is_the_fastest_of_all_records_and_nothing_is_overwritten(store):
-    ids = [store.put(make_record(m, config_id=f"cfg-{m}")) for m in (3.0, 1.5, 2.0)]
+    records = [make_record(m, config={"path": "inductor", "threads": threads})
+               for m, threads in ((3.0, 1), (1.5, 2), (2.0, 3))]
+    ids = [store.put(record) for record in records]
     ids.append(store.put(make_record(5.0)))  # a newer but slower record does not win
     assert len(set(ids)) == 4
     best = store.best("wl-1", "hw-a")
-    assert best.latency["median_ms"] == 1.5 and best.config_id == "cfg-1.5" and best.id == ids[1]
+    assert best.latency["median_ms"] == 1.5 and best.config_id == records[1].config_id
+    assert best.id == ids[1]
 
 
 def test_best_is_per_hardware_key(store):
@@ -198,11 +204,17 @@ def test_sqlite_connections_wait_for_locks_and_readers_cannot_write(tmp_path):
                 session.execute(text("CREATE TABLE intruder (x INTEGER)"))
 
 
-def test_writable_store_creates_its_directory(tmp_path):
-    path = tmp_path / "a" / "b" / "store.db"
-    with ConfigStore(f"sqlite:///{path}") as store:
+def test_only_the_default_per_user_store_creates_its_folder(tmp_path, monkeypatch):
+    # a typo in a URL the user typed must not grow a folder tree and tune into it
+    typo = tmp_path / "nonexistent-dir" / "x.db"
+    with pytest.raises(StoreError, match=f"folder {typo.parent} does not exist"):
+        ConfigStore(f"sqlite:///{typo}")
+    assert not typo.parent.exists()
+    monkeypatch.delenv("IPEX_AUTOTUNE_STORAGE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    with ConfigStore(default_storage_url()) as store:
         store.put(make_record())
-    assert path.is_file()
+    assert (tmp_path / "data" / "ipex-autotune" / "autotune.db").is_file()
 
 
 @pytest.mark.parametrize("read_only", [False, True])

@@ -73,7 +73,7 @@ def test_full_study(tmp_path):
         space: quick
         description: a test
     """))
-    assert study["batch_size"] == 4 and study["input_shape"] == (3, 224, 224)
+    assert study["batch_size"] == 4 and study["input_shape"] == ((3, 224, 224),)
     assert study["dtypes"] == ["float32", "bfloat16"]
     assert study["budget"] == {"trials": 10, "timeout": 600.0}
     assert study["space"] == "quick"

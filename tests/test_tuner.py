@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import subprocess
 
@@ -12,6 +13,7 @@ from autotune import cli
 from autotune.models import ModelSpec
 from autotune.tuner import BACKEND_DEFAULT, Candidate, Tuner, TuneRequest, TuneResult, open_study
 from backend import BackendConfig
+from backend.fingerprint import hardware_info
 from backend.store import ConfigStore, TunedRecord
 from tuning import QUICK_MEASURE, start_tuner_hanging_in_trial, tuner_argv, worker_pythonpath
 
@@ -84,6 +86,10 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     # the trial lost with the tuner is replaced: five real trials, plus the lost one
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert "faster than backend default" in rerun.stdout or "storing the default" in rerun.stdout
+    # the lost trial is replaced, not counted: the progress never runs past the budget
+    progress = re.findall(r"\] (\d+)/(\d+) trials", rerun.stderr)
+    assert progress and all(int(done) <= int(total) == 5 for done, total in progress), progress
+    assert "~-" not in rerun.stderr, "negative time left"
 
     # the stored winner carries its config, statistics and speedup, consistent with the study
     records = ConfigStore(url, read_only=True).list(model_label="tuner_models:faulty_cnn")
@@ -125,7 +131,8 @@ def populated_store(tmp_path):
         store.put(TunedRecord(workload_key="wl-x", hardware_key="hw-x", family_key="fam-x",
                               batch_size=1, model_label="kept", config={"path": "inductor"},
                               config_id="cfg-x", latency={"median_ms": 1.0}, baselines={},
-                              speedup=1.0, torch_version="x", study_name="s", hardware={}))
+                              speedup=1.0, torch_version="x", study_name="s",
+                              hardware=hardware_info()))
     return url
 
 
@@ -141,7 +148,7 @@ UNKNOWN_KNOB_SPACE = "knobs:\n  path: [torchscript]\n  simdlenn: ['512']\n"
     (["--model", "resnet18", "--space", "{bad}"], "bad.yaml:3: malformed YAML"),
     (["--model", "resnet18", "--space", "{unknown}"], "unknown.yaml:3: unknown knob 'simdlenn'"),
     (["--model", "resnet18", "--storage", "notadb://x"], "invalid store URL 'notadb://x'"),
-    (["--model", "resnet18", "--storage", "sqlite:////proc/nope/x.db"], "cannot create its folder"),
+    (["--model", "resnet18", "--storage", "sqlite:////proc/nope/x.db"], "folder /proc/nope does not exist"),
 ])
 def test_bad_input_is_one_paragraph_error_and_loses_nothing(args, message, populated_store, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(BAD_SPACE)
@@ -174,11 +181,12 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
     assert cli.main(["export", "-o", str(out), "--storage", populated_store]) == 0
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert cli.main(["import", str(out), "--storage", other]) == 0
-    assert [r.config for r in ConfigStore(other, read_only=True).list()] == [{"path": "inductor"}]
+    assert ([r.config for r in ConfigStore(other, read_only=True).list()]
+            == [BackendConfig({"path": "inductor"}).to_dict()])
     (tmp_path / "broken.yaml").write_text("records: [{workload_key: 1}]\n")
     before = _stored(other)
     assert cli.main(["import", str(tmp_path / "broken.yaml"), "--storage", other]) == 2
-    assert "record 0 is malformed" in capsys.readouterr().err
+    assert "broken.yaml: record 0: missing field(s) baselines" in capsys.readouterr().err
     assert _stored(other) == before
 
 

@@ -34,3 +34,17 @@ class Factories:
 
 
 not_callable = 42
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image = _tiny()
+        self.extra = nn.Linear(5, 2)
+
+    def forward(self, image, extra):
+        return self.image(image) + self.extra(extra)
+
+
+def two_inputs():
+    return _TwoInputs()
