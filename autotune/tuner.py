@@ -28,7 +28,7 @@ from .bench import Stats
 from .errors import AutotuneError, StudyError
 from .models import ModelSpec, build, module_origin
 from .space import SearchSpace, load_space
-from .worker import EAGER, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
+from .worker import EAGER, PRUNE_RUNS, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("autotune")
 
@@ -427,7 +427,7 @@ class Tuner:
         trial.set_user_attr("peak_rss_mb", round(max(worker.peak_rss_mb, measured["peak_rss_mb"]), 1))
         if measured["pruned"]:
             study.tell(trial, state=TrialState.PRUNED)
-            return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after 5 runs)"
+            return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after {PRUNE_RUNS} runs)"
         study.tell(trial, stats["median_ms"])
         return f"#{trial.number} {stats['median_ms']:.2f} ms"
 

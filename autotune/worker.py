@@ -148,6 +148,18 @@ def _prepare(spec: WorkerSpec) -> dict:
     return {"call": call, "report": report}
 
 
+PRUNE_RUNS = 5  # timed runs a trial gets before it may be pruned
+
+
+def should_prune(first_runs_ms: list[float], prune_above_ms: float | None) -> bool:
+    """The pruning rule: the median of the first ``PRUNE_RUNS`` timed runs is above
+    ``prune_above_ms`` (the tuner sends the best median so far times ``prune_ratio``).
+    Never on fewer runs, and never without a bar (the first trial)."""
+    if not prune_above_ms or len(first_runs_ms) < PRUNE_RUNS:
+        return False
+    return Stats.of(first_runs_ms[:PRUNE_RUNS]).median_ms > prune_above_ms
+
+
 def _measure(call: Callable[[], Any], command: dict, warmed: bool) -> dict:
     from .bench import sample, warm_up
 
@@ -156,10 +168,9 @@ def _measure(call: Callable[[], Any], command: dict, warmed: bool) -> dict:
     prune_above = command.get("prune_above_ms")
     samples: list[float] = []
     if prune_above:
-        samples = sample(call, min_runs=5, min_seconds=0.0, max_runs=5)
-        short = Stats.of(samples)
-        if short.median_ms > prune_above:
-            return {"pruned": True, "stats": short.to_dict(), "peak_rss_mb": _rss_mb()}
+        samples = sample(call, min_runs=PRUNE_RUNS, min_seconds=0.0, max_runs=PRUNE_RUNS)
+        if should_prune(samples, prune_above):
+            return {"pruned": True, "stats": Stats.of(samples).to_dict(), "peak_rss_mb": _rss_mb()}
     samples += sample(call, min_runs=command.get("min_runs", 10),
                       min_seconds=command.get("min_seconds", 1.0))
     return {"pruned": False, "stats": Stats.of(samples).to_dict(), "samples": samples,
