@@ -46,6 +46,8 @@ def _clearly_faster(a: "Candidate", b: "Candidate") -> bool:
     return (a.stats.median_ms <= b.stats.median_ms * (1 - MIN_GAIN) and bool(rounds)
             and all(x < y for x, y in rounds))  # failures of the tuner, not of the trial's config
 TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
+HEARTBEAT_INTERVAL_S = 10  # a running trial's tuner records a heartbeat this often...
+GRACE_PERIOD_S = 60        # ...and its trial is failed as orphaned after this long without one
 
 
 @dataclass
@@ -184,7 +186,8 @@ def open_study(request: TuneRequest) -> optuna.Study:
     ConfigStore(url).close()  # validates the URL, creates our tables, sets WAL for SQLite
     try:
         storage = retry_creation_race(lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=10, grace_period=60))
+            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S))
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
         raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
     if storage.engine.dialect.name == "sqlite":
@@ -227,8 +230,36 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
-    fail_orphaned_trials(study)               # this host: the tuner's pid is gone (names the cause)
-    optuna.storages.fail_stale_trials(study)  # any host: no heartbeat within the grace period
+    fail_orphaned_trials(study)  # this host: the tuner's pid is gone (names the cause)
+    fail_stale_trials(study)     # any host: no heartbeat within the grace period
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """RUNNING trials, of any host, whose tuner sent no heartbeat within the grace period:
+    failed as ``orphaned`` (so a rerun replaces them), the reason naming the silent tuner.
+
+    Staleness is optuna's own rule, the one ``optuna.storages.fail_stale_trials`` applies; that
+    function fails the trial first, after which the storage refuses the failure's attributes,
+    so here the kind and reason are written first and the trial is failed after them.
+    """
+    storage = _storage_of(study)
+    if not getattr(storage, "get_heartbeat_interval", lambda: None)():
+        return 0
+    failed = 0
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        owner = storage.get_trial(trial_id).user_attrs.get("tuner", "")
+        host, _, pid = owner.partition(":")
+        who = f"its tuner (pid {pid} on host {host})" if pid else "its tuner"
+        try:
+            storage.set_trial_user_attr(trial_id, "failure_kind", "orphaned")
+            storage.set_trial_user_attr(trial_id, "failure_reason",
+                                        f"{who} sent no heartbeat for over {GRACE_PERIOD_S} s: "
+                                        "it died during this trial, or its host did")
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                failed += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile, or another worker failed it first
+    return failed
 
 
 def _tuner_id() -> str:
