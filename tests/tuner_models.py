@@ -1,5 +1,6 @@
 """module:callable models for tuner tests. Faults are chosen per trial by $FAULT_PLAN,
-e.g. "1:segfault,2:hang", so a real worker process crashes, hangs, raises or bloats."""
+e.g. "1:segfault,2:hang,3:wrong=0.002", so a real worker process crashes, hangs, raises, bloats
+or answers wrong ("wrong=E": every output is off by the relative error E, for the accuracy gate)."""
 
 import ctypes
 import os
@@ -10,10 +11,15 @@ import torch
 from models import SmallCNN, _init
 
 
+def _planned_fault() -> str | None:
+    """This worker's fault: the plan's entry for its trial number (None outside trials)."""
+    plan = dict(item.split(":") for item in os.environ.get("FAULT_PLAN", "").split(",") if item)
+    return plan.get(os.environ.get("AUTOTUNE_TRIAL_NUMBER", ""))
+
+
 @torch.compiler.disable  # run eagerly: traced, the unused allocations would be optimised away
 def _fault():
-    plan = dict(item.split(":") for item in os.environ.get("FAULT_PLAN", "").split(",") if item)
-    fault = plan.get(os.environ.get("AUTOTUNE_TRIAL_NUMBER", ""))
+    fault = _planned_fault()
     if fault == "segfault":
         ctypes.string_at(0)
     elif fault == "hang":
@@ -39,7 +45,16 @@ def small_cnn():
 
 def faulty_cnn():
     torch.manual_seed(0)
-    return _init(FaultyCNN()), (torch.randn(1, 3, 16, 16),)
+    model = _init(FaultyCNN())
+    fault = _planned_fault() or ""
+    if fault.startswith("wrong="):
+        # the linear head scaled by 1 + E scales every output by it: the graph (and so the
+        # workload key) stays the same, only the numbers are off by the relative error E
+        scale = 1 + float(fault.partition("=")[2])
+        with torch.no_grad():
+            model.head.weight.mul_(scale)
+            model.head.bias.mul_(scale)
+    return model, (torch.randn(1, 3, 16, 16),)
 
 
 def tiny_swin():
