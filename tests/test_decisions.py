@@ -1,0 +1,253 @@
+"""The tuner's decisions, each driven with figures chosen to sit on either side of its rule:
+the accuracy gate (a wrong config is a failed trial, never a winner), the winner rule, pruning,
+and the heartbeat that fails the trials of a tuner that went silent on another host."""
+
+import re
+import sqlite3
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune import cli
+from autotune.bench import Stats
+from autotune.models import ModelSpec
+from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, LOST, MIN_GAIN, TOLERANCES, Candidate,
+                            Tuner, TuneRequest, TuneResult, _clearly_faster, fail_dead_trials,
+                            open_study)
+from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
+from backend import BackendConfig
+from tuning import QUICK_MEASURE, worker_pythonpath
+
+MODEL = "tuner_models:faulty_cnn"  # FAULT_PLAN "N:wrong=E": trial N's outputs are off by E
+ERROR = re.compile(r"relative error (\S+) exceeds the tolerance (\S+)$")
+
+
+@pytest.fixture(autouse=True)
+def workers_import_test_models(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
+
+
+def quick_request(tmp_path, **overrides):
+    request = TuneRequest(model=ModelSpec(MODEL), space="quick", trials=1, timeout_s=None,
+                          storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="decisions",
+                          seed=0, trial_timeout_s=120, measure=dict(QUICK_MEASURE),
+                          confirm_measure=dict(QUICK_MEASURE), confirm_rounds=1)
+    for key, value in overrides.items():
+        setattr(request, key, value)
+    return request
+
+
+# ------------------------------------------------------------------------------ the accuracy gate
+
+# two TorchScript configs, neither the backend default nor a warm-start recipe
+WRONG = {"path": "torchscript", "onednn_fusion": False, "weights_prepack": False,
+         "channels_last": True, "threads": 2}
+LOOSE = {**WRONG, "channels_last": False}
+
+
+def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path, monkeypatch):
+    """Off by 2e-3, over float32's 1e-3: a failed trial naming its error and the bound, failed
+    again without a run when the sampler proposes it again, never confirmed, never the winner.
+    ``--tolerance 5e-3`` lets a config with the same error through."""
+    monkeypatch.setenv("FAULT_PLAN", "0:wrong=0.002,2:wrong=0.002")
+    request = quick_request(tmp_path)
+    tuner = Tuner(request)
+    tuner.ensure_reference()
+    study = open_study(request)
+    study.enqueue_trial(WRONG)
+    study.enqueue_trial(WRONG)  # the sampler proposing the failed config again
+    tuner.search(study)
+
+    failed, again = study.get_trials(deepcopy=False)
+    assert failed.state == again.state == TrialState.FAIL
+    assert failed.user_attrs["failure_kind"] == "accuracy"
+    error, bound = ERROR.search(failed.user_attrs["failure_reason"]).groups()
+    assert float(error) == pytest.approx(2e-3, rel=0.05)  # the measured error, not a guess
+    assert float(bound) == TOLERANCES["float32"] == 1e-3
+    assert failed.value is None and "median_ms" not in failed.user_attrs  # never timed
+    assert again.user_attrs["duplicate_of"] == failed.number  # same config, same end, no run
+    assert again.user_attrs["failure_kind"] == "accuracy"
+    assert again.user_attrs["failure_reason"] == failed.user_attrs["failure_reason"]
+
+    # the same error under --tolerance 5e-3 (the CLI flag, into the request the tuner runs)
+    args = cli.build_parser().parse_args([
+        "run", "--model", MODEL, "--space", "quick", "--storage", request.storage_url,
+        "--study-name", request.study_name, "--trials", "3", "--tolerance", "5e-3"])
+    loose = cli._request_from_args(args)
+    assert loose.tolerance == 5e-3
+    loose.measure, loose.confirm_measure, loose.confirm_top = dict(QUICK_MEASURE), dict(QUICK_MEASURE), 3
+    loose_tuner = Tuner(loose)
+    study.enqueue_trial(LOOSE)
+    loose_tuner.search(open_study(loose))
+    passed = study.get_trials(deepcopy=False)[2]
+    assert passed.state == TrialState.COMPLETE, passed.user_attrs.get("failure_reason")
+    assert passed.user_attrs["error"] == pytest.approx(2e-3, rel=0.05)
+
+    # confirmation picks from completed trials only: time it (no process needed) so that the
+    # wrong config, were it there, would win by far; the winner is the config that passed
+    wrong_id = BackendConfig(failed.user_attrs["config"]).config_id
+
+    def measured_so_the_wrong_config_would_win(candidates, after_round=None):
+        for cand in candidates.values():
+            ms = 3.0 if cand.config is None or cand.name == BACKEND_DEFAULT else 2.0
+            if cand.config is not None and cand.config.config_id == wrong_id:
+                ms = 1.0
+            cand.stats, cand.round_medians = Stats.of([ms] * 5), [ms]
+
+    monkeypatch.setattr(loose_tuner, "measure_interleaved", measured_so_the_wrong_config_would_win)
+    candidates = loose_tuner.confirm(study)
+    assert wrong_id not in {c.config.config_id for c in candidates.values() if c.config}
+    result = TuneResult(study.study_name, loose.storage_url, 3, 1, 2, 0, 0.0, None, candidates,
+                        False, [], False)
+    loose_tuner._choose_winner(result)
+    assert result.winner.config.to_dict() == passed.user_attrs["config"]
+
+
+def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):
+    """Real bfloat16 arithmetic (eager under autocast, as `autotune compare` runs it) checked
+    with the tolerance the tuner gives bfloat16: off by 0.06 fails the 5e-2 bound, off by 0.04
+    (forty times float32's bound) passes."""
+    monkeypatch.setenv("FAULT_PLAN", "0:wrong=0.06,1:wrong=0.04")
+    tuner = Tuner(quick_request(tmp_path))
+    tuner.ensure_reference()
+    workers = []
+    for trial in ("0", "1"):
+        spec = tuner._spec(EAGER_BF16, "bfloat16")
+        assert spec.tolerance == TOLERANCES["bfloat16"] == 5e-2
+        spec.env["AUTOTUNE_TRIAL_NUMBER"] = trial  # FAULT_PLAN picks faults by trial number
+        workers.append(tuner._worker(spec))  # both start now: two cores, half the wait
+    over, under = workers
+    try:
+        with pytest.raises(TrialFailure) as failure:
+            over.wait_ready(120)
+        assert failure.value.kind == "accuracy"
+        error, bound = ERROR.search(failure.value.reason).groups()
+        assert float(error) == pytest.approx(0.06, abs=0.008) and float(error) > 5e-2
+        assert float(bound) == 5e-2
+        ready = under.wait_ready(120)
+        assert TOLERANCES["float32"] < ready["error"] == pytest.approx(0.04, abs=0.008)
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+# ------------------------------------------------------------------------------ the winner rule
+
+def _candidate(name, median_ms, rounds, config=None, kind=""):
+    return Candidate(name, config, stats=Stats.of([median_ms] * 5), kind=kind,
+                     round_medians=list(rounds))
+
+
+DEFAULT_ROUNDS = [10.0, 10.2, 9.8]  # median 10.0
+
+
+@pytest.mark.parametrize("median_ms,rounds,wins", [
+    (9.9, [9.9, 9.9, 9.7], True),     # exactly 1% faster in median, faster in every round
+    (9.91, [9.9, 9.9, 9.7], False),   # 0.9% faster in median
+    (9.0, [9.0, 10.3, 9.0], False),   # 10% faster in median, slower in the second round
+    (9.0, [9.0, 10.2, 9.0], False),   # ... a tie in one round is not faster
+    (9.0, [], False),                 # no interleaved round: nothing shows it
+])
+def test_a_winner_is_at_least_one_percent_faster_in_median_and_faster_in_every_round(
+        median_ms, rounds, wins):
+    assert MIN_GAIN == 0.01
+    default = _candidate(BACKEND_DEFAULT, 10.0, DEFAULT_ROUNDS)
+    assert _clearly_faster(_candidate("trial #3", median_ms, rounds), default) is wins
+
+
+def _result(*candidates):
+    return TuneResult("s", "sqlite://", 4, 4, 0, 0, 0.0, None, {c.name: c for c in candidates},
+                      False, [], False)
+
+
+@pytest.fixture(scope="module")
+def tuner():
+    return Tuner(TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick"))
+
+
+def test_the_fastest_config_replaces_the_default_only_when_it_is_clearly_faster(tuner):
+    config = BackendConfig({**WRONG, "threads": 1})
+    default = _candidate(BACKEND_DEFAULT, 10.0, DEFAULT_ROUNDS, tuner.default_config())
+    baselines = [_candidate(EAGER, 5.0, [5.0] * 3, kind=EAGER),  # faster, but not a config
+                 _candidate(TORCH_COMPILE_DEFAULT, 5.0, [5.0] * 3, kind=TORCH_COMPILE_DEFAULT)]
+    failed = Candidate("trial #2", BackendConfig({**WRONG, "threads": 2}), failure="crashed")
+
+    clear = _result(default, *baselines, failed, _candidate("trial #1", 9.9, [9.9, 9.9, 9.7], config))
+    tuner._choose_winner(clear)
+    assert clear.winner.name == "trial #1" and not clear.kept_default
+
+    for name, median_ms, rounds in [("0.9% faster", 9.91, [9.9, 9.9, 9.7]),
+                                    ("lost a round", 9.0, [9.0, 10.3, 9.0])]:
+        close = _result(default, *baselines, failed, _candidate("trial #1", median_ms, rounds, config))
+        tuner._choose_winner(close)
+        assert close.winner is default and close.kept_default, name
+        assert "by at least 1% and in every interleaved round" in close.message
+
+    # the default's own config in another process: a difference that is noise, not a gain
+    twin = _candidate("trial #0", 9.0, [9.0] * 3, tuner.default_config())
+    same = _result(default, *baselines, twin)
+    tuner._choose_winner(same)
+    assert same.winner is default
+
+
+# ------------------------------------------------------------------------------ pruning
+
+@pytest.mark.parametrize("first_runs_ms,pruned", [
+    ([13.0] * 5, False),                       # exactly 1.3x the best: not above the bar
+    ([12.9, 13.1, 13.1, 12.0, 20.0], True),    # median 13.1: above it
+    ([13.1] * 4, False),                       # four runs: too few to judge
+    ([13.0, 13.0, 13.0, 99.0, 99.0], False),   # the median, not the mean, is judged
+])
+def test_a_trial_is_pruned_after_five_runs_with_a_median_above_1_3x_the_best(first_runs_ms, pruned):
+    best_ms = 10.0
+    bar = best_ms * TuneRequest(model=ModelSpec("resnet18")).prune_ratio  # what the tuner sends
+    assert bar == 13.0
+    assert should_prune(first_runs_ms, bar) is pruned
+    assert should_prune(first_runs_ms, None) is False  # the first trial has no bar
+
+
+def test_the_worker_judges_pruning_on_its_first_five_timed_runs():
+    calls = []
+    pruned = _measure(lambda: calls.append(1), {"prune_above_ms": 1e-9}, warmed=True)
+    assert pruned["pruned"] and len(calls) == pruned["stats"]["runs"] == 5
+    calls.clear()
+    kept = _measure(lambda: calls.append(1), {"prune_above_ms": 1e9, "min_runs": 3,
+                                             "min_seconds": 0.0}, warmed=True)
+    assert not kept["pruned"] and len(calls) == kept["stats"]["runs"] == 5 + 3
+
+
+# ------------------------------------------------------------------------------ the heartbeat
+
+def _heartbeat_seconds_ago(db, trial_id, seconds):
+    """Set a trial's last heartbeat in the past, on the database's own clock (UTC)."""
+    with sqlite3.connect(db) as conn:
+        changed = conn.execute("update trial_heartbeats set heartbeat = datetime('now', ?) "
+                               "where trial_id = ?", (f"-{seconds} seconds", trial_id)).rowcount
+    assert changed == 1
+
+
+def test_a_trial_whose_tuner_on_another_host_went_silent_is_failed_as_orphaned(tmp_path):
+    request = quick_request(tmp_path, trials=2)
+    study = open_study(request)
+    silent, busy = study.ask(), study.ask()  # RUNNING, as a tuner on another host claimed them
+    silent.set_user_attr("tuner", "gone-host:4242")
+    busy.set_user_attr("tuner", "busy-host:77")
+    for trial in (silent, busy):
+        study._storage.record_heartbeat(trial._trial_id)
+    db = tmp_path / "study.db"
+    _heartbeat_seconds_ago(db, silent._trial_id, GRACE_PERIOD_S + 10)
+    _heartbeat_seconds_ago(db, busy._trial_id, GRACE_PERIOD_S - 10)
+
+    fail_dead_trials(study)
+
+    silent, busy = study.get_trials(deepcopy=False)
+    assert busy.state == TrialState.RUNNING  # within the grace period
+    assert silent.state == TrialState.FAIL
+    assert silent.user_attrs["failure_kind"] == "orphaned"
+    reason = silent.user_attrs["failure_reason"]
+    assert "gone-host" in reason and "4242" in reason and f"{GRACE_PERIOD_S} s" in reason
+    # lost with its tuner, not the config's fault: a rerun queues a replacement
+    assert "orphaned" in LOST
+    Tuner(request).fill_budget(study)
+    assert [t.state for t in study.get_trials(deepcopy=False)][2:] == [TrialState.WAITING]
