@@ -4,15 +4,15 @@ and the heartbeat that fails the trials of a tuner that went silent on another h
 
 import re
 import sqlite3
+import types
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune import cli
+from autotune import bench, cli
 from autotune.bench import Stats
 from autotune.models import ModelSpec
-from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, LOST, MIN_GAIN, TOLERANCES, Candidate,
+from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, LOST, TOLERANCES, Candidate,
                             Tuner, TuneRequest, TuneResult, _clearly_faster, fail_dead_trials,
                             open_study)
 from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
@@ -111,25 +111,23 @@ def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):
     monkeypatch.setenv("FAULT_PLAN", "0:wrong=0.06,1:wrong=0.04")
     tuner = Tuner(quick_request(tmp_path))
     tuner.ensure_reference()
-    workers = []
-    for trial in ("0", "1"):
-        spec = tuner._spec(EAGER_BF16, "bfloat16")
-        assert spec.tolerance == TOLERANCES["bfloat16"] == 5e-2
-        spec.env["AUTOTUNE_TRIAL_NUMBER"] = trial  # FAULT_PLAN picks faults by trial number
-        workers.append(tuner._worker(spec))  # both start now: two cores, half the wait
-    over, under = workers
+    specs = [tuner._spec(EAGER_BF16, "bfloat16") for _ in range(2)]  # as confirmation runs it
+    for trial, spec in enumerate(specs):
+        spec.env["AUTOTUNE_TRIAL_NUMBER"] = str(trial)  # FAULT_PLAN picks faults by trial number
+    over, under = workers = [tuner._worker(spec) for spec in specs]  # both start now: 2 cores
     try:
+        ready = under.wait_ready(120)
+        assert TOLERANCES["float32"] < ready["error"] == pytest.approx(0.04, abs=0.008)
         with pytest.raises(TrialFailure) as failure:
             over.wait_ready(120)
         assert failure.value.kind == "accuracy"
         error, bound = ERROR.search(failure.value.reason).groups()
         assert float(error) == pytest.approx(0.06, abs=0.008) and float(error) > 5e-2
         assert float(bound) == 5e-2
-        ready = under.wait_ready(120)
-        assert TOLERANCES["float32"] < ready["error"] == pytest.approx(0.04, abs=0.008)
     finally:
         for worker in workers:
             worker.close()
+    assert [spec.tolerance for spec in specs] == [TOLERANCES["bfloat16"]] * 2 == [5e-2] * 2
 
 
 # ------------------------------------------------------------------------------ the winner rule
@@ -151,7 +149,6 @@ DEFAULT_ROUNDS = [10.0, 10.2, 9.8]  # median 10.0
 ])
 def test_a_winner_is_at_least_one_percent_faster_in_median_and_faster_in_every_round(
         median_ms, rounds, wins):
-    assert MIN_GAIN == 0.01
     default = _candidate(BACKEND_DEFAULT, 10.0, DEFAULT_ROUNDS)
     assert _clearly_faster(_candidate("trial #3", median_ms, rounds), default) is wins
 
@@ -202,19 +199,29 @@ def test_the_fastest_config_replaces_the_default_only_when_it_is_clearly_faster(
 def test_a_trial_is_pruned_after_five_runs_with_a_median_above_1_3x_the_best(first_runs_ms, pruned):
     best_ms = 10.0
     bar = best_ms * TuneRequest(model=ModelSpec("resnet18")).prune_ratio  # what the tuner sends
-    assert bar == 13.0
     assert should_prune(first_runs_ms, bar) is pruned
     assert should_prune(first_runs_ms, None) is False  # the first trial has no bar
 
 
-def test_the_worker_judges_pruning_on_its_first_five_timed_runs():
-    calls = []
-    pruned = _measure(lambda: calls.append(1), {"prune_above_ms": 1e-9}, warmed=True)
-    assert pruned["pruned"] and len(calls) == pruned["stats"]["runs"] == 5
-    calls.clear()
-    kept = _measure(lambda: calls.append(1), {"prune_above_ms": 1e9, "min_runs": 3,
-                                             "min_seconds": 0.0}, warmed=True)
-    assert not kept["pruned"] and len(calls) == kept["stats"]["runs"] == 5 + 3
+@pytest.mark.parametrize("call_ms,pruned,calls", [
+    (13.1, True, 5),        # judged on its first five runs, and stopped there
+    (12.9, False, 5 + 3),   # five runs, then the measurement asked for
+])
+def test_the_worker_prunes_on_its_first_five_timed_runs(call_ms, pruned, calls, monkeypatch):
+    """The worker's own measurement loop, on a clock that advances only by the calls it times."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    made = []
+
+    def call():
+        clock.now += call_ms / 1e3
+        made.append(call_ms)
+
+    bar = 10.0 * TuneRequest(model=ModelSpec("resnet18")).prune_ratio
+    measured = _measure(call, {"prune_above_ms": bar, "min_runs": 3, "min_seconds": 0.0}, warmed=True)
+    assert measured["pruned"] is pruned
+    assert len(made) == measured["stats"]["runs"] == calls
+    assert measured["stats"]["median_ms"] == pytest.approx(call_ms)
 
 
 # ------------------------------------------------------------------------------ the heartbeat
