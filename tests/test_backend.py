@@ -11,6 +11,8 @@ import torchvision
 from torch import nn
 
 import backend as ipex
+from backend.errors import UnsupportedOnThisCPU
+from backend.fingerprint import cpu_features
 from backend.knobs import INDUCTOR, TORCHSCRIPT
 
 from models import build
@@ -58,6 +60,11 @@ def test_documented_float32_usage(path, default_path):
 @pytest.mark.parametrize("path", [TORCHSCRIPT, INDUCTOR])
 def test_documented_bfloat16_usage_under_autocast(path, default_path):
     model, x = build("cnn")
+    if "mkldnn_bf16" not in cpu_features():  # e.g. an AVX2-only CPU: a clear refusal instead
+        with pytest.raises(UnsupportedOnThisCPU, match=r"'bfloat16' needs CPU feature\(s\) "
+                           r"mkldnn_bf16.*valid here: 'float32'"):
+            ipex.optimize(model, dtype=torch.bfloat16, weights_prepack=False)
+        return
     with torch.no_grad():
         expected = model(x)
         optimized = ipex.optimize(model, dtype=torch.bfloat16, weights_prepack=False)
@@ -67,6 +74,9 @@ def test_documented_bfloat16_usage_under_autocast(path, default_path):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = compiled(x)
     assert out.dtype == torch.bfloat16, "under the caller's autocast, outputs follow autocast"
+    # the output dtype is the caller's autocast's doing; what the backend applied is checked here
+    applied = ipex.last_compile()
+    assert applied["source"] == "optimize()" and applied["config"].dtype == "bfloat16"
     assert (out.float() - expected).abs().max() <= 0.05 * expected.abs().max()
 
 

@@ -368,9 +368,17 @@ def input_fn_store(tmp_path):
 
 
 def _put(url, keys, config, **changes):
-    record = dataclasses.replace(make_record(keys, config), model_label=INPUT_FN_MODEL, **changes)
+    from backend.knobs import KNOBS
+
+    newer = {k: v for k, v in config.items() if k not in KNOBS}  # knobs of a newer version
+    known = {k: v for k, v in config.items() if k in KNOBS}
+    record = dataclasses.replace(make_record(keys, known), model_label=INPUT_FN_MODEL, **changes)
     with ConfigStore(url) as store:
-        store.put(record)
+        store.put(record)  # put() refuses unknown knobs: write them as a newer version would
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        for knob, value in newer.items():
+            db.execute("UPDATE autotune_records SET config = json_set(config, ?, ?)",
+                       (f"$.{knob}", value))
 
 
 @pytest.mark.parametrize("stored, why", [
