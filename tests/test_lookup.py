@@ -304,7 +304,7 @@ def test_a_locked_store_costs_one_warning_and_well_under_a_second(cnn_keys, tmp_
     with ConfigStore(f"sqlite:///{path}") as store:
         store.put(make_record(cnn_keys, {"path": "torchscript", "weights_prepack": False}))
     monkeypatch.setenv("IPEX_AUTOTUNE_STORAGE", f"sqlite:///{path}")
-    _, unlocked_source, unlocked_s = compile_under_fault("cnn", caplog)
+    _, unlocked_source, _ = compile_under_fault("cnn", caplog)
     assert unlocked_source.startswith("store (exact"), "the record is valid when not locked"
 
     db = sqlite3.connect(path, isolation_level=None)
@@ -312,13 +312,18 @@ def test_a_locked_store_costs_one_warning_and_well_under_a_second(cnn_keys, tmp_
     assert db.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
     db.execute("BEGIN EXCLUSIVE")
     try:
-        warnings, source, locked_s = compile_under_fault("cnn", caplog)
+        warnings, source, _ = compile_under_fault("cnn", caplog)
+        # the lookup alone, timed: a compile's own time swings by seconds on a loaded machine
+        lookup.clear_cache()
+        start = time.perf_counter()
+        found = lookup.find(cnn_keys, lambda key, message: None)
+        lookup_s = time.perf_counter() - start
     finally:
         db.execute("ROLLBACK")
         db.close()
     assert len(warnings) == 1 and "database is locked" in warnings[0], warnings
-    assert source == "default"
-    assert locked_s - unlocked_s < 1.0, f"locked {locked_s:.2f} s vs unlocked {unlocked_s:.2f} s"
+    assert source == "default" and found is None
+    assert lookup_s < 1.0, f"a locked lookup took {lookup_s:.2f} s"
 
 
 def test_a_stored_config_that_fails_to_compile_falls_back_with_one_warning(tmp_path, monkeypatch,

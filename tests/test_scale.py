@@ -77,16 +77,23 @@ import json, pathlib, sys, time
 from autotune.models import ModelSpec
 from autotune.tuner import TuneRequest, claim_waiting_trial, open_study
 url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+claimed, other_claimed = pathlib.Path(sys.argv[4]), pathlib.Path(sys.argv[5])
 study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=url, study_name="race"))
 ready.touch()
 deadline = time.monotonic() + 120
 while not go.exists():
     assert time.monotonic() < deadline, "never told to start"
     time.sleep(0.01)
-taken, start = [], time.time()
+taken = []
 while (trial := claim_waiting_trial(study)) is not None:
     taken.append(trial.number)
-print(json.dumps({"taken": taken, "start": start, "end": time.time()}))
+    if len(taken) == 1:
+        # an event, not luck: both are inside their claim loops before either drains the queue
+        claimed.touch()
+        while not other_claimed.exists():
+            assert time.monotonic() < deadline, "the other taker never claimed a trial"
+            time.sleep(0.01)
+print(json.dumps({"taken": taken}))
 """
 
 
@@ -99,8 +106,10 @@ def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
         study.enqueue_trial({})
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{i}" for i in range(2)]
-    takers = [subprocess.Popen([sys.executable, "-c", _TAKE_ALL, url, str(r), str(go)],
-                               stdout=subprocess.PIPE, text=True) for r in ready]
+    claimed = [tmp_path / f"claimed-{i}" for i in range(2)]
+    takers = [subprocess.Popen([sys.executable, "-c", _TAKE_ALL, url, str(ready[i]), str(go),
+                                str(claimed[i]), str(claimed[1 - i])], stdout=subprocess.PIPE,
+                               text=True) for i in range(2)]
     try:
         deadline = time.monotonic() + 120
         while not all(r.exists() for r in ready):  # both have the study open: start together
@@ -112,9 +121,8 @@ def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
     finally:
         for p in takers:
             p.kill()
-    # both were claiming at the same time (one may still win every claim: the lock is not fair)
-    assert max(r["start"] for r in runs) < min(r["end"] for r in runs), f"they never overlapped: {runs}"
     taken = [r["taken"] for r in runs]
+    assert all(taken), f"both takers claim concurrently by construction: {taken}"
     assert not set(taken[0]) & set(taken[1]), "a trial was claimed by both processes"
     assert sorted(taken[0] + taken[1]) == list(range(60))
 
