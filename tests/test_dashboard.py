@@ -103,33 +103,40 @@ def _has_study(db, name):
 def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     db = tmp_path / "live.db"
     url = f"sqlite:///{db}"
-    env = {**os.environ, "PYTHONPATH": worker_pythonpath()}
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    # trial 1's worker pauses mid-trial until told to go on: the reads below overlap a running
+    # trial by construction, not by the luck of sleeps
+    env = {**os.environ, "PYTHONPATH": worker_pythonpath(), "FAULT_PLAN": "1:pause",
+           "FAULT_MARKER_DIR": str(markers)}
     tuner = subprocess.Popen(
-        [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:small_cnn", "--space",
+        [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn", "--space",
          "quick", "--trials", "4", "--study-name", "live", "--storage", url, "--seed", "0",
          "--measure-seconds", "0.2", "--confirm-rounds", "2", "--confirm-top", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not _has_study(db, "live"):
+        while not (markers / "hanging-1").exists():
             assert tuner.poll() is None, tuner.stdout.read()
-            assert time.monotonic() < deadline, "the tuner never created its study"
-            time.sleep(0.3)
-        reads = 0
+            assert time.monotonic() < deadline, "the tuner never reached trial 1"
+            time.sleep(0.1)
         with dashboard(url) as base:
-            while tuner.poll() is None:
+            for _ in range(3):
                 for summary in _get(base + "/api/studies")["study_summaries"]:
                     _get(f"{base}/api/studies/{summary['study_id']}")
                 assert "Optimization history" in report_for(url, study_name="live")
-                reads += 1
-                time.sleep(1)  # a person looking, not a load test: leave the cores to the tuner
+            running = _get(base + "/api/studies/1")["trials"]
+            assert [t["state"] for t in running].count("Running") == 1, running
+            (markers / "resume-1").touch()
+            while tuner.poll() is None:  # a person looking, not a load test
+                _get(base + "/api/studies/1")
+                time.sleep(1)
             output = tuner.communicate(timeout=600)[0]
             final = _get(base + "/api/studies/1")
     finally:
         if tuner.poll() is None:
             tuner.kill()
     assert tuner.returncode == 0, output[-3000:]
-    assert reads >= 3, "the readers never overlapped the tuner"
     study = optuna.load_study(study_name="live", storage=url)
     for trial in study.trials:
         reason = trial.user_attrs.get("failure_reason", "")

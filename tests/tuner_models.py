@@ -1,6 +1,6 @@
 """module:callable models for tuner tests. Faults are chosen per trial by $FAULT_PLAN,
 e.g. "1:segfault,2:hang,3:wrong=0.002", so a real worker process crashes, hangs, raises, bloats
-or answers wrong ("wrong=E": every output is off by the relative error E, for the accuracy gate)."""
+or answers wrong; "pause" stops until the test creates $FAULT_MARKER_DIR/resume-N ("wrong=E": every output is off by the relative error E, for the accuracy gate)."""
 
 import ctypes
 import os
@@ -22,8 +22,17 @@ def _fault():
     fault = _planned_fault()
     if fault == "segfault":
         ctypes.string_at(0)
-    elif fault == "hang":
-        time.sleep(3600)
+    elif fault in ("hang", "pause"):
+        markers, trial = os.environ.get("FAULT_MARKER_DIR"), os.environ["AUTOTUNE_TRIAL_NUMBER"]
+        if markers:  # tells a test the worker is stopped now, so it need not guess with a sleep
+            open(os.path.join(markers, "hanging-" + trial), "w").close()
+        # "pause": until the test creates resume-N (once: the marker goes, the trial goes on)
+        resume = os.path.join(markers or "", "resume-" + trial)
+        deadline = time.monotonic() + (300 if fault == "pause" and markers else 3600)
+        while time.monotonic() < deadline and not (fault == "pause" and os.path.exists(resume)):
+            time.sleep(0.05)
+        if fault == "pause":
+            os.environ["FAULT_PLAN"] = ""
     elif fault == "raise":
         raise RuntimeError("this model refuses trial " + os.environ["AUTOTUNE_TRIAL_NUMBER"])
     elif fault == "memory":

@@ -37,18 +37,22 @@ def finished_trials(db, study_name) -> int:
 
 
 def start_tuner_hanging_in_trial(argv, db, study_name, trial, **popen):
-    """Start `autotune run` whose trial ``trial`` hangs; return once it is hanging there.
+    """Start `autotune run` whose trial ``trial`` hangs; return once its worker is hanging there.
 
     SIGINT is handled as in a terminal, even when this test runner was started with it ignored.
     """
-    tuner = subprocess.Popen(argv, env={**os.environ, "FAULT_PLAN": f"{trial}:hang"},
+    markers = os.path.join(os.path.dirname(db), "fault-markers")
+    os.makedirs(markers, exist_ok=True)
+    tuner = subprocess.Popen(argv, env={**os.environ, "FAULT_PLAN": f"{trial}:hang",
+                                        "FAULT_MARKER_DIR": markers},
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              **popen)
+    hanging = os.path.join(markers, f"hanging-{trial}")
     deadline = time.monotonic() + 240
-    while finished_trials(db, study_name) < trial:
+    while not os.path.exists(hanging):  # the fault writes it just before it sleeps
         assert tuner.poll() is None and time.monotonic() < deadline, f"tuner never reached trial {trial}"
-        time.sleep(0.5)
-    time.sleep(2)  # the trial's worker is now hanging
+        time.sleep(0.1)
+    assert finished_trials(db, study_name) == trial
     return tuner
 
 
