@@ -64,6 +64,37 @@ class DataDependent(nn.Module):
         return -self.b(y)
 
 
+class Branches(nn.Module):
+    """Twenty independent element-wise branches over one input, concatenated: loops that
+    Inductor's horizontal fusion merges, at most max_horizontal_fusion_size to a loop."""
+
+    OPS = (torch.sin, torch.cos, torch.exp, torch.expm1, torch.tanh, torch.sigmoid, torch.relu,
+           torch.abs, torch.neg, torch.erf, torch.atan, torch.sinh, torch.cosh, torch.square,
+           torch.floor, torch.ceil, torch.trunc, torch.sign, nn.functional.silu, nn.functional.gelu)
+
+    def forward(self, x):
+        return torch.cat([op(x) for op in self.OPS], 1)
+
+
+class Subsample(nn.Module):
+    """Stride-2 subsampling (as in a strided shortcut) and a pointwise op: every load is strided."""
+
+    def forward(self, x):
+        return torch.relu(x[:, :, ::2, ::2]) + 1
+
+
+class TokensFirstLinear(nn.Module):
+    """A linear layer on a (tokens, batch, features) view, as in MultiheadAttention's in-projection:
+    Inductor lowers it to a bmm, which the C++ GEMM template has no kernel for."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 96)
+
+    def forward(self, x):
+        return self.fc(x.transpose(0, 1))
+
+
 def _init(model):
     torch.manual_seed(0)
     for m in model.modules():
@@ -87,6 +118,15 @@ def build(name):
         return _init(LinearBN()), torch.randn(4, 32)
     if name == "mlp":
         return _init(nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))), torch.randn(16, 64)
+    if name == "branches":
+        return Branches(), torch.randn(16, 64)
+    if name == "subsample":
+        return Subsample(), torch.randn(2, 16, 32, 32)
+    if name == "head":
+        # M and N fit one register block of the C++ GEMM template on any ISA: only K can be split
+        return _init(nn.Linear(512, 8)), torch.randn(1, 512)
+    if name == "tokens_first_linear":
+        return _init(TokensFirstLinear()), torch.randn(2, 8, 32)
     if name == "thread_probe":
         return _init(ThreadProbe()), torch.randn(4, 8)
     if name == "data_dependent":
