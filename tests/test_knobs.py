@@ -46,8 +46,9 @@ def test_knob_of_other_path_is_refused():
 
 
 def test_strings_from_yaml_or_cli_are_coerced():
-    config = BackendConfig({"path": "inductor", "simdlen": 512, "threads": "2", "freezing": "false"})
-    assert (config.simdlen, config.threads, config.freezing) == ("512", 2, False)
+    # 256-bit vectors: every x86-64 host these tests run on has AVX2
+    config = BackendConfig({"path": "inductor", "simdlen": 256, "threads": "2", "freezing": "false"})
+    assert (config.simdlen, config.threads, config.freezing) == ("256", 2, False)
 
 
 def test_config_identity_is_stable_and_ignores_spelling():
@@ -59,13 +60,13 @@ def test_config_identity_is_stable_and_ignores_spelling():
 
 
 def test_replace_switches_path_and_drops_knobs_of_the_old_path():
-    config = BackendConfig({"conv_bn_folding": False, "dtype": "bfloat16"})
+    config = BackendConfig({"conv_bn_folding": False, "threads": 1})
     moved = config.replace(path=INDUCTOR)
-    assert moved.path == INDUCTOR and moved.dtype == "bfloat16" and "conv_bn_folding" not in moved
+    assert moved.path == INDUCTOR and moved.threads == 1 and "conv_bn_folding" not in moved
 
 
 def test_cpu_feature_missing_is_refused(monkeypatch):
-    # This machine has AVX-512; a host without it must refuse 512-bit vectors explicitly asked for.
+    # Whatever this machine has: a host without AVX-512 must refuse 512-bit vectors asked for.
     monkeypatch.setattr("backend.config.cpu_features", lambda: frozenset({"avx2", "fma"}))
     with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'='512' needs CPU feature\(s\) avx512f.*'auto', '256'"):
         BackendConfig({"path": INDUCTOR, "simdlen": "512"})
