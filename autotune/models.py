@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torchvision
 
 from .errors import ModelError
 
@@ -96,6 +95,8 @@ class ModelSpec:
 
 def list_models() -> list[str]:
     """The torchvision classification models ``build`` accepts by name."""
+    import torchvision  # here, not at the top: a worker for the user's own model skips its import
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -106,6 +107,8 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     weights are a 518-pixel checkpoint; models trained at one size only (inception_v3: 299,
     efficientnet_b7: 600) get that size.
     """
+    import torchvision
+
     try:
         weights = list(torchvision.models.get_model_weights(name))
     except ValueError:
@@ -147,6 +150,8 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
         raise ModelError(
             f"unknown model {spec.name!r}{hint} (`autotune models` lists the torchvision names; "
             f"for your own model give {_CALLABLE_CONTRACT}, e.g. mypkg.models:build)")
+    import torchvision
+
     return torchvision.models.get_model(spec.name, weights=None)
 
 

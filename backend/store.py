@@ -389,9 +389,8 @@ class ConfigStore:
             raise StoreError(f"config store {self._shown_url}: {_one_line(e)}") from e
 
     def _create_schema(self) -> None:
-        self._readable()  # a newer schema must stop us before we touch its tables
-
         def create() -> None:
+            self._readable()  # a newer schema must stop us before we touch its tables
             with self._session() as session:
                 _Base.metadata.create_all(session.connection())
                 if session.get(_Meta, "schema_version") is None:

@@ -11,7 +11,7 @@ def open_together(kind: str, urls: list[str], barrier, errors) -> None:
     from backend.store import ConfigStore
 
     for url in urls:
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=600)  # the first wait also covers the others importing torch
         try:
             if kind == "tuner":
                 open_study(TuneRequest(model=ModelSpec("resnet18"), storage=url))

@@ -133,7 +133,7 @@ def test_tuners_stores_and_readers_opening_one_new_store_together_all_join(tmp_p
     for process in racing:
         process.start()
     for process in racing:
-        process.join(timeout=300)
+        process.join(timeout=900)
     failures = []
     while not errors.empty():
         failures.append(errors.get())
