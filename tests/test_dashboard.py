@@ -100,6 +100,7 @@ def _has_study(db, name):
         return False
 
 
+@pytest.mark.slow
 def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     db = tmp_path / "live.db"
     url = f"sqlite:///{db}"

@@ -25,6 +25,7 @@ def workers_import_test_models(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
 
 
+@pytest.mark.slow
 def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgres_url):
     trials = 6
     env = {**os.environ, "FAULT_PLAN": "1:hang"}  # whoever takes trial 1 hangs there
@@ -127,6 +128,7 @@ def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
     assert sorted(taken[0] + taken[1]) == list(range(60))
 
 
+@pytest.mark.slow
 def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick", trials=4,
                           timeout_s=None, storage=f"sqlite:///{tmp_path / 'jobs.db'}", seed=0,

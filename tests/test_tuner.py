@@ -34,6 +34,7 @@ def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
     return request
 
 
+@pytest.mark.slow
 def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winner(tmp_path, monkeypatch):
     # six distinct configs enqueued, so no trial is skipped as a duplicate; 1-4 each die a
     # different way, 0 and 5 are fine
@@ -61,6 +62,7 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     assert result.winner is not None and result.stored_ids
 
 
+@pytest.mark.slow
 def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winner(tmp_path):
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
@@ -190,6 +192,7 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
     assert _stored(other) == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path):
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
