@@ -412,8 +412,9 @@ class ConfigStore:
             version = session.scalar(select(_Meta.value).where(_Meta.key == "schema_version"))
         if version is not None and not re.fullmatch(r"\d+", version.strip()):
             raise StoreError(f"config store {self._shown_url} has a damaged schema version "
-                             f"{version!r} (expected a whole number up to {SCHEMA_VERSION}); "
-                             "export what it holds or tune into a new store")
+                             f"{version!r} (expected a whole number up to {SCHEMA_VERSION}); set "
+                             "autotune_meta.schema_version back to a number, or tune into a new "
+                             "store (--storage)")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise StoreError(
                 f"config store {self._shown_url} was written by a newer ipex-autotune (schema "
