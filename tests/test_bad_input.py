@@ -121,7 +121,7 @@ def test_import_of_a_binary_file_is_a_clear_error(exported, tmp_path, capsys):
 def test_tuners_stores_and_readers_opening_one_new_store_together_all_join(tmp_path):
     # Without the retry this failed every round ("table autotune_meta already exists", and with
     # our tables in place "table studies already exists" from optuna's).
-    rounds = 6
+    rounds = 4
     urls = [f"sqlite:///{tmp_path / f'race{i}.db'}" for i in range(rounds)]
     for url in urls[rounds // 2:]:
         ConfigStore(url).close()  # these rounds race on optuna's tables alone
