@@ -455,7 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at exit
+        return code
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2
@@ -463,9 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nautotune: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # the reader (`| head`) has what it wanted; send the rest, and the exit's flush, nowhere
+        # the reader (`| head`) stopped reading: send the rest, and the exit's flush, nowhere, and
+        # exit as a process ended by SIGPIPE does (128 + 13), so a pipeline never counts a
+        # command cut short as a success
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 141
 
 
 if __name__ == "__main__":

@@ -188,7 +188,8 @@ def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tenso
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         hint = ""
-        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+        if isinstance(exc, ModuleNotFoundError) and exc.name and (
+                exc.name == module_name or module_name.startswith(exc.name + ".")):
             hint = (f"; run autotune from the folder that holds {exc.name.partition('.')[0]!r}, "
                     "add that folder to PYTHONPATH, or pip install its package")
         raise ModelError(f"model {spec.name!r}: cannot import module {module_name!r} ({exc}){hint}; "

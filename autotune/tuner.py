@@ -491,8 +491,8 @@ class Tuner:
         """Where the study stands, from one read of its trials."""
         trials = study.get_trials(deepcopy=False)
         # a trial lost with a killed tuner is replaced, so it does not count against the budget
-        done = len([t for t in trials if t.state.is_finished()
-                    and t.user_attrs.get("failure_kind") not in LOST])
+        done = len([t for t in trials if t.state.is_finished() and not (
+            t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in LOST)])
         total = max(self.request.trials, done)  # a rerun may ask for fewer than the study has
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         default_id = self.default_config().config_id

@@ -161,7 +161,9 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
     if not isinstance(data, Mapping):
         raise RecordError(f"got {type(data).__name__}; expected a mapping of record fields")
     fields = {f.name for f in dataclasses.fields(TunedRecord)}
-    optional = {"id", "created_at"}
+    optional = {"id", "created_at", "config_id"}  # recomputed, so a hand-written file may omit it
+    if recompute_hardware_key:
+        optional.add("hardware_key")
     unknown = sorted(set(map(str, data)) - fields)
     if unknown:
         raise RecordError(f"unknown field(s) {', '.join(unknown)}; valid fields: "
@@ -169,8 +171,13 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
     missing = sorted(fields - optional - set(data))
     if missing:
         raise RecordError(f"missing field(s) {', '.join(missing)}")
-    values = dict(data)
+    values = {"config_id": "", "hardware_key": "", **data}
+    if not recompute_hardware_key and (not isinstance(values["hardware_key"], str)
+                                       or not values["hardware_key"]):
+        raise RecordError(f"hardware_key: got {values['hardware_key']!r}; expected text")
     for name in _TEXT_FIELDS:
+        if name in ("config_id", "hardware_key"):
+            continue  # recomputed below, or checked above
         if not isinstance(values[name], str) or (not values[name] and name != "family_key"):
             raise RecordError(f"{name}: got {values[name]!r}; expected text")
     if not values["workload_key"].startswith("wl-"):

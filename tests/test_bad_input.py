@@ -169,9 +169,10 @@ def test_a_missing_package_is_a_clear_error(command, capsys):
 
 # -- 5. --jobs outside 1..cores ------------------------------------------------------------------
 
-@pytest.mark.parametrize("jobs", ["0", "-1", "64"])
+@pytest.mark.parametrize("jobs", ["0", "-1", "too many"])
 def test_jobs_outside_the_usable_cores_are_refused_alike(jobs, tmp_path, capsys):
     cores = len(os.sched_getaffinity(0))
+    jobs = str(cores + 1) if jobs == "too many" else jobs
     code = cli.main(["run", "--model", "user_models:module_only", "--input-shape", "1,3,8,8",
                      "--trials", "1", "--jobs", jobs, "--storage", f"sqlite:///{tmp_path / 's.db'}"])
     assert code == 2
@@ -187,13 +188,15 @@ def test_jobs_outside_the_usable_cores_are_refused_alike(jobs, tmp_path, capsys)
 def test_every_command_can_be_piped_into_head(command, tmp_path):
     url = f"sqlite:///{tmp_path / 'many.db'}"
     with ConfigStore(url) as store:  # far more than a pipe's 64 KiB buffer
-        store.put_many([good_record(f"wl-{i:04d}") for i in range(400)])
+        store.put_many([good_record(f"wl-{i:04d}") for i in range(2000)])
     process = subprocess.Popen([AUTOTUNE, *command, "--storage", url], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline()
     process.stdout.close()  # what `| head -1` does once it has its line
     err = process.stderr.read()
-    assert process.wait(timeout=120) == 0, err
+    code = process.wait(timeout=120)
+    # 128 + SIGPIPE, as `yes | head` ends; export's one large write may end before the close
+    assert code == 141 or (command == ["export"] and code == 0), (code, err)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 

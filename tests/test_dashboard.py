@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -92,14 +91,6 @@ def test_dashboard_serves_the_study_and_its_trials_read_only(study_db, tmp_path)
     assert len(optuna.load_study(study_name=study.study_name, storage=url).trials) == len(study.trials)
 
 
-def _has_study(db, name):
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            return bool(conn.execute("select 1 from studies where study_name = ?", (name,)).fetchone())
-    except sqlite3.Error:  # not created yet
-        return False
-
-
 @pytest.mark.slow
 def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     db = tmp_path / "live.db"
@@ -130,6 +121,7 @@ def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
             assert [t["state"] for t in running].count("Running") == 1, running
             (markers / "resume-1").touch()
             while tuner.poll() is None:  # a person looking, not a load test
+                assert time.monotonic() < deadline + 600, "the tuner never finished"
                 _get(base + "/api/studies/1")
                 time.sleep(1)
             output = tuner.communicate(timeout=600)[0]
