@@ -130,8 +130,8 @@ class TunedRecord:
 
 
 HARDWARE_FIELDS = ("cpu", "features", "cores", "sockets", "machine")
-_TEXT_FIELDS = ("workload_key", "hardware_key", "family_key", "model_label", "config_id",
-                "torch_version", "study_name")
+# config_id is recomputed; hardware_key is recomputed or checked on its own
+_TEXT_FIELDS = ("workload_key", "family_key", "model_label", "torch_version", "study_name")
 
 
 def _number(value: Any) -> bool:
@@ -176,8 +176,6 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
                                        or not values["hardware_key"]):
         raise RecordError(f"hardware_key: got {values['hardware_key']!r}; expected text")
     for name in _TEXT_FIELDS:
-        if name in ("config_id", "hardware_key"):
-            continue  # recomputed below, or checked above
         if not isinstance(values[name], str) or (not values[name] and name != "family_key"):
             raise RecordError(f"{name}: got {values[name]!r}; expected text")
     if not values["workload_key"].startswith("wl-"):
