@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import zygote
 from .bench import Stats
 
 # Candidate kinds besides a backend config.
@@ -208,11 +209,7 @@ def _rss_of(pid: int) -> float:
 
 def _child_setup(cpus: list[int] | None) -> None:
     """Runs in the child before exec: die with the tuner, and stay on the assigned cores."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    zygote.die_with_parent()
     if cpus:
         os.sched_setaffinity(0, cpus)
 
@@ -238,7 +235,7 @@ class WorkerProcess:
         self._reply_fd = read_fd
         self._buffer = ""
         try:
-            self.process = subprocess.Popen(
+            self.process = zygote.start_worker(env, cpus, self.log.fileno(), write_fd) or subprocess.Popen(
                 [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE, stdout=self.log,
                 stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,), text=True,
                 start_new_session=True,  # Ctrl-C in the terminal reaches the tuner, which ends us

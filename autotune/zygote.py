@@ -1,0 +1,272 @@
+"""A process that has imported torch once and forks each trial worker from there.
+
+Starting ``python -m autotune.worker`` costs about 8 s here before the worker does anything:
+importing torch, torchvision and Inductor. A tuner starts one worker per trial and per
+confirmation candidate, so that was most of a small model's study. The zygote pays it once; each
+worker is still a fresh process (its own address space, session, cores and limits) forked from an
+interpreter that has only imported modules: no tensor op has run, so no OpenMP pool exists to be
+broken by the fork. The worker then builds the model and compiles as before.
+
+Environment variables can be read at import time (OpenMP, Inductor), so a zygote serves only
+workers whose environment equals its own, apart from the variables ``RUNTIME_VARS`` that the
+worker reads later. ``AUTOTUNE_WORKER_START=exec`` starts every worker with a plain exec instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("autotune")
+
+PRELOAD = ("torch", "torchvision", "torch._dynamo", "torch._inductor.config",
+           "torch._inductor.compile_fx", "backend", "backend.compiler", "autotune.models",
+           "autotune.worker")
+# Read by the worker after the fork, so a zygote can serve any value of them.
+RUNTIME_PREFIXES = ("AUTOTUNE_", "IPEX_AUTOTUNE_")
+RUNTIME_VARS = {"OMP_NUM_THREADS"}
+START_TIMEOUT_S = 300.0
+MAX_MESSAGE = 1 << 20
+
+
+def _is_runtime(name: str) -> bool:
+    return name in RUNTIME_VARS or name.startswith(RUNTIME_PREFIXES)
+
+
+def preload_env(env: dict) -> tuple:
+    """The part of a worker's environment that must equal its zygote's."""
+    return tuple(sorted((k, v) for k, v in env.items() if not _is_runtime(k)))
+
+
+def die_with_parent() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------- zygote side
+
+def _become_worker(request: dict, fds: list[int], inherited: list[int]) -> None:
+    """In the forked child: turn into a worker exactly as an exec'd one would start, run it, exit.
+
+    ``inherited``: the zygote's own descriptors, closed here so that only the zygote holds them."""
+    code = 1
+    try:
+        stdin_fd, log_fd, reply_fd, status_fd = fds
+        for fd in inherited + [status_fd]:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()  # Ctrl-C in the terminal reaches the tuner, which ends us
+        die_with_parent()
+        os.dup2(stdin_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(stdin_fd)
+        os.close(log_fd)
+        sys.stdin = open(0, "r", closefd=False)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["AUTOTUNE_REPLY_FD"] = str(reply_fd)
+        if request["cpus"]:
+            os.sched_setaffinity(0, request["cpus"])
+        _threads_as_if_exec()
+        from . import worker
+        code = worker._child_main()
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _threads_as_if_exec() -> None:
+    """OpenMP and Inductor sized their pools from the zygote's cores and environment at import;
+    size them as a fresh process on this worker's cores would."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
+                          else len(os.sched_getaffinity(0)))
+    inductor_config.compile_threads = inductor_config.decide_compile_threads()
+
+
+def _zygote_main() -> int:
+    control = socket.socket(fileno=int(os.environ.pop("AUTOTUNE_ZYGOTE_FD")))
+    import importlib
+    for name in PRELOAD:
+        importlib.import_module(name)
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wakeup_w)
+    control.sendall(b"ready")
+    quiet = os.open(os.devnull, os.O_WRONLY)  # nobody reads our stderr from here on
+    os.dup2(quiet, 2)
+    os.close(quiet)
+    statuses: dict[int, int] = {}  # worker pid -> the pipe its exit code goes to
+    accepting = True
+    while accepting or statuses:
+        watched = [wakeup_r] + ([control] if accepting else [])
+        try:
+            ready, _, _ = select.select(watched, [], [], 1.0)
+        except InterruptedError:
+            ready = []
+        if wakeup_r in ready:
+            os.read(wakeup_r, 4096)
+        _reap(statuses)
+        if control not in ready:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 4)
+        except OSError:
+            message, fds = b"", []
+        if not message:  # the tuner is gone or done: finish the workers it left, then exit
+            accepting = False
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _become_worker(json.loads(message), fds,
+                           [control.fileno(), wakeup_r, wakeup_w, *statuses.values()])
+        status_fd = fds[3]
+        for fd in fds[:3]:
+            os.close(fd)
+        os.write(status_fd, f"{pid}\n".encode())
+        statuses[pid] = status_fd
+    return 0
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    while statuses:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        status_fd = statuses.pop(pid, None)
+        if status_fd is not None:
+            os.write(status_fd, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+            os.close(status_fd)
+
+
+# -------------------------------------------------------------------------------------- parent side
+
+class ForkedWorker:
+    """The part of ``subprocess.Popen`` that ``WorkerProcess`` uses, for a worker the zygote forked."""
+
+    def __init__(self, pid: int, stdin, status_fd: int):
+        self.pid = pid
+        self.stdin = stdin
+        self.returncode: int | None = None
+        self._status_fd = status_fd
+
+    def poll(self) -> int | None:
+        return self._wait(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._wait(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+        return code
+
+    def _wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None and select.select([self._status_fd], [], [], timeout)[0]:
+            text = os.read(self._status_fd, 64).decode().strip()
+            # no code: the zygote died, and took its workers with it
+            self.returncode = int(text) if text else -signal.SIGKILL
+            os.close(self._status_fd)
+            try:
+                self.stdin.close()
+            except BrokenPipeError:
+                pass
+        return self.returncode
+
+
+class Zygote:
+    def __init__(self, env: dict):
+        parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.env = env
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "autotune.zygote"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**env, "AUTOTUNE_ZYGOTE_FD": str(zygote_end.fileno())},
+            pass_fds=(zygote_end.fileno(),), start_new_session=True, preexec_fn=die_with_parent)
+        zygote_end.close()
+        self.control = parent_end
+        if not select.select([self.control], [], [], START_TIMEOUT_S)[0] or self.control.recv(16) != b"ready":
+            self.close()
+            error = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+            raise OSError(error[-1] if error else f"no answer within {START_TIMEOUT_S:.0f} s")
+        self.process.stderr.close()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def fork(self, env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker:
+        stdin_r, stdin_w = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            request = json.dumps({"env": env, "cpus": cpus}).encode()
+            socket.send_fds(self.control, [request], [stdin_r, log_fd, reply_fd, status_w])
+        finally:
+            os.close(stdin_r)
+            os.close(status_w)
+        line = b""
+        deadline = time.monotonic() + 30
+        while not line.endswith(b"\n"):
+            if not select.select([status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise OSError("the zygote did not fork a worker within 30 s")
+            chunk = os.read(status_r, 1)
+            if not chunk:
+                raise OSError("the zygote died before forking a worker")
+            line += chunk
+        return ForkedWorker(int(line), os.fdopen(stdin_w, "w"), status_r)
+
+    def close(self) -> None:
+        self.control.close()  # the zygote exits once its workers have
+
+
+_zygote: Zygote | None = None
+_zygote_failed = False
+
+
+def start_worker(env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker | None:
+    """A worker forked from a zygote with this environment, or None: then exec one instead."""
+    global _zygote, _zygote_failed
+    if env.get("AUTOTUNE_WORKER_START") == "exec" or _zygote_failed:
+        return None
+    key = preload_env(env)
+    if _zygote is not None and (preload_env(_zygote.env) != key or not _zygote.alive()):
+        _zygote.close()
+        _zygote = None
+    try:
+        if _zygote is None:
+            _zygote = Zygote({k: v for k, v in env.items() if not _is_runtime(k)})
+        return _zygote.fork(env, cpus, log_fd, reply_fd)
+    except OSError as exc:
+        log.warning("autotune: starting workers from a preloaded process failed (%s); "
+                    "each worker imports torch itself from now on", exc)
+        _zygote_failed = True
+        if _zygote is not None:
+            _zygote.close()
+            _zygote = None
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(_zygote_main())
