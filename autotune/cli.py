@@ -14,6 +14,8 @@ import yaml
 from backend.errors import AutotuneError
 from backend.knobs import KNOBS
 
+from . import zygote
+
 log = logging.getLogger("autotune")
 
 
@@ -188,6 +190,7 @@ def cmd_run(args) -> int:
     from .tuner import Tuner
 
     request = _request_from_args(args)
+    zygote.prestart()  # the workers' imports overlap the preflight
     tuner = Tuner(request, progress=_ProgressLine())
     tuner.preflight()
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
@@ -207,6 +210,7 @@ def cmd_compare(args) -> int:
 
     request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
                           storage=args.storage, confirm_rounds=args.rounds)
+    zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure["min_seconds"] = args.measure_seconds
     result = compare(request, on_start=lambda: print(

@@ -208,16 +208,24 @@ class Zygote:
             pass_fds=(zygote_end.fileno(),), start_new_session=True, preexec_fn=die_with_parent)
         zygote_end.close()
         self.control = parent_end
+        self._ready = False
+
+    def _await_ready(self) -> None:
+        """The imports run while the caller does its own start-up; the first fork waits for them."""
+        if self._ready:
+            return
         if not select.select([self.control], [], [], START_TIMEOUT_S)[0] or self.control.recv(16) != b"ready":
             self.close()
             error = self.process.stderr.read().decode(errors="replace").strip().splitlines()
             raise OSError(error[-1] if error else f"no answer within {START_TIMEOUT_S:.0f} s")
         self.process.stderr.close()
+        self._ready = True
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def fork(self, env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker:
+        self._await_ready()
         stdin_r, stdin_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
@@ -245,27 +253,44 @@ _zygote: Zygote | None = None
 _zygote_failed = False
 
 
-def start_worker(env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker | None:
-    """A worker forked from a zygote with this environment, or None: then exec one instead."""
-    global _zygote, _zygote_failed
+def prestart(env: dict | None = None) -> None:
+    """Start the zygote now, so that its imports overlap the caller's own start-up."""
+    try:
+        _zygote_for(dict(os.environ) if env is None else env)
+    except OSError as exc:
+        _give_up(exc)
+
+
+def _zygote_for(env: dict) -> Zygote | None:
+    global _zygote
     if env.get("AUTOTUNE_WORKER_START") == "exec" or _zygote_failed:
         return None
-    key = preload_env(env)
-    if _zygote is not None and (preload_env(_zygote.env) != key or not _zygote.alive()):
+    if _zygote is not None and (preload_env(_zygote.env) != preload_env(env) or not _zygote.alive()):
         _zygote.close()
         _zygote = None
+    if _zygote is None:
+        _zygote = Zygote({k: v for k, v in env.items() if not _is_runtime(k)})
+    return _zygote
+
+
+def start_worker(env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker | None:
+    """A worker forked from a zygote with this environment, or None: then exec one instead."""
     try:
-        if _zygote is None:
-            _zygote = Zygote({k: v for k, v in env.items() if not _is_runtime(k)})
-        return _zygote.fork(env, cpus, log_fd, reply_fd)
+        starter = _zygote_for(env)
+        return starter.fork(env, cpus, log_fd, reply_fd) if starter else None
     except OSError as exc:
-        log.warning("autotune: starting workers from a preloaded process failed (%s); "
-                    "each worker imports torch itself from now on", exc)
-        _zygote_failed = True
-        if _zygote is not None:
-            _zygote.close()
-            _zygote = None
+        _give_up(exc)
         return None
+
+
+def _give_up(exc: OSError) -> None:
+    global _zygote, _zygote_failed
+    log.warning("autotune: starting workers from a preloaded process failed (%s); "
+                "each worker imports torch itself from now on", exc)
+    _zygote_failed = True
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
 
 
 if __name__ == "__main__":

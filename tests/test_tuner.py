@@ -40,7 +40,7 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     # different way, 0 and 5 are fine
     monkeypatch.setenv("FAULT_PLAN", "1:segfault,2:hang,3:raise,4:memory")
     request = quick_request(tmp_path, model="tuner_models:faulty_cnn", trials=6,
-                            trial_timeout_s=25, memory_limit_mb=3000)
+                            trial_timeout_s=15, memory_limit_mb=3000)
     study = open_study(request)
     for prepack, channels_last, threads in [(True, True, 2), (False, True, 2), (True, False, 2),
                                             (False, False, 2), (True, True, 1), (False, True, 1)]:
