@@ -6,13 +6,12 @@ graphs dynamo captures), so they cannot drift from what a serving process does.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -20,7 +19,7 @@ from backend import compiler, lookup
 from backend.config import BackendConfig
 from backend.errors import StoreError
 from backend.fingerprint import hardware_info, hardware_key
-from backend.store import STORAGE_ENV, ConfigStore, TunedRecord, default_storage_url
+from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from .errors import AutotuneError
 from .models import ModelSpec, build
@@ -38,42 +37,27 @@ class GraphPlan:
     record: TunedRecord | None  # the stored record behind a store source
 
 
-@contextlib.contextmanager
-def _storage(url: str | None) -> Iterator[None]:
-    """Read the store a serving process with ``$IPEX_AUTOTUNE_STORAGE=url`` would read."""
-    previous = os.environ.get(STORAGE_ENV)
-    if url:
-        os.environ[STORAGE_ENV] = url
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(STORAGE_ENV, None)
-        else:
-            os.environ[STORAGE_ENV] = previous
-
-
 def plan(spec: ModelSpec, storage: str | None = None) -> list[GraphPlan]:
     """Per graph of the model, what the backend would apply, without compiling anything."""
     model, inputs = build(spec, check=True)  # wrong input shapes: a clear error, not a trace
     plans: list[GraphPlan] = []
+    url = storage or default_storage_url()
 
     def resolve_only(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):
         keys = compiler.graph_keys(gm, example_inputs)
         # models from autotune.models never went through optimize(): no optimize() knobs
-        config, source, _ = compiler.resolve_config(None, None, keys)
-        found = lookup.find(keys, compiler.warn_once)  # cached: the same answer resolve_config got
+        config, source, _ = compiler.resolve_config({"store": url}, None, keys)
+        found = lookup.find(keys, url)  # cached: the same answer resolve_config got
         plans.append(GraphPlan(keys, config, source, found.record if found else None))
         return gm.forward
 
-    with _storage(storage):
-        lookup.clear_cache()  # answer from the store as it is now, not as this process saw it
-        torch._dynamo.reset()  # graphs compiled earlier in this process would skip the backend
-        try:
-            with torch.no_grad():
-                torch.compile(model, backend=resolve_only)(*inputs)
-        finally:
-            torch._dynamo.reset()
+    lookup.clear_cache()  # answer from the store as it is now, not as this process saw it
+    torch._dynamo.reset()  # graphs compiled earlier in this process would skip the backend
+    try:
+        with torch.no_grad():
+            torch.compile(model, backend=resolve_only)(*inputs)
+    finally:
+        torch._dynamo.reset()
     return plans
 
 

@@ -115,7 +115,7 @@ def _prepare(spec: WorkerSpec) -> dict:
         fn = torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.candidate == EAGER_BF16)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast, compiler.recording() as graphs:
         start = time.perf_counter()
         output = fn(*inputs)
         compile_s = time.perf_counter() - start
@@ -140,7 +140,6 @@ def _prepare(spec: WorkerSpec) -> dict:
         with torch.no_grad(), autocast:
             fn(*inputs)
 
-    graphs = [dict(g) for g in compiler.compiled_graphs]
     report = {"compile_s": compile_s, "error": error, "graphs": graphs,
               "threads": torch.get_num_threads(), "cpus": sorted(os.sched_getaffinity(0)),
               "torch_version": torch.__version__}
@@ -235,7 +234,8 @@ class WorkerProcess:
         self._reply_fd = read_fd
         self._buffer = ""
         try:
-            self.process = zygote.start_worker(env, cpus, self.log.fileno(), write_fd) or subprocess.Popen(
+            self.process = zygote.start_worker("autotune.worker:_child_main", env, cpus,
+                                               self.log.fileno(), write_fd) or subprocess.Popen(
                 [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE, stdout=self.log,
                 stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,), text=True,
                 start_new_session=True,  # Ctrl-C in the terminal reaches the tuner, which ends us

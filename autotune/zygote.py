@@ -14,6 +14,7 @@ worker reads later. ``AUTOTUNE_WORKER_START=exec`` starts every worker with a pl
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -80,8 +81,8 @@ def _become_worker(request: dict, fds: list[int], inherited: list[int]) -> None:
         if request["cpus"]:
             os.sched_setaffinity(0, request["cpus"])
         _threads_as_if_exec()
-        from . import worker
-        code = worker._child_main()
+        module, _, function = request["entry"].partition(":")
+        code = getattr(importlib.import_module(module), function)()
     except BaseException:
         import traceback
         traceback.print_exc()
@@ -107,7 +108,6 @@ def _threads_as_if_exec() -> None:
 
 def _zygote_main() -> int:
     control = socket.socket(fileno=int(os.environ.pop("AUTOTUNE_ZYGOTE_FD")))
-    import importlib
     for name in PRELOAD:
         importlib.import_module(name)
     wakeup_r, wakeup_w = os.pipe()
@@ -224,12 +224,14 @@ class Zygote:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def fork(self, env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker:
+    def fork(self, entry: str, env: dict, cpus: list[int] | None, log_fd: int,
+             reply_fd: int) -> ForkedWorker:
+        """Fork a worker that runs ``entry`` ("module:function", its exit code)."""
         self._await_ready()
         stdin_r, stdin_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
-            request = json.dumps({"env": env, "cpus": cpus}).encode()
+            request = json.dumps({"entry": entry, "env": env, "cpus": cpus}).encode()
             socket.send_fds(self.control, [request], [stdin_r, log_fd, reply_fd, status_w])
         finally:
             os.close(stdin_r)
@@ -273,11 +275,13 @@ def _zygote_for(env: dict) -> Zygote | None:
     return _zygote
 
 
-def start_worker(env: dict, cpus: list[int] | None, log_fd: int, reply_fd: int) -> ForkedWorker | None:
-    """A worker forked from a zygote with this environment, or None: then exec one instead."""
+def start_worker(entry: str, env: dict, cpus: list[int] | None, log_fd: int,
+                 reply_fd: int) -> ForkedWorker | None:
+    """A worker running ``entry`` forked from a zygote with this environment, or None: then
+    exec one instead."""
     try:
         starter = _zygote_for(env)
-        return starter.fork(env, cpus, log_fd, reply_fd) if starter else None
+        return starter.fork(entry, env, cpus, log_fd, reply_fd) if starter else None
     except OSError as exc:
         _give_up(exc)
         return None

@@ -2,40 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from . import lookup, paths
 from .config import BackendConfig
-from .errors import KnobError, first_line
-from . import lookup
+from .errors import KnobError, PathUnavailable, first_line
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
-from .inductor import compile_inductor
 from .knobs import INDUCTOR, KNOBS, SUPERSEDES, TORCHSCRIPT, get_knob
-from .torchscript import OneDnnGraphUnavailable, TorchScriptUnavailable, compile_torchscript
+from .notices import warn_once
+from .optimize import OPTIMIZE_MARK
+from .store import default_storage_url
 
 log = logging.getLogger("backend")
 
-# Options that steer the backend itself rather than name a knob.
-CONTROL_OPTIONS = ("autotune",)
-# Set by optimize() on every parameter of the model it returns.
-OPTIMIZE_MARK = "_ipex_optimize_knobs"
+# Options that steer the backend itself rather than name a knob: "autotune" (False: no store
+# lookup) and "store" (the store's URL, instead of $IPEX_AUTOTUNE_STORAGE or the default).
+CONTROL_OPTIONS = ("autotune", "store")
 
 _state = threading.local()
-# Every graph this process compiled: its keys and what was applied (the tuner records these).
-compiled_graphs: list[dict[str, Any]] = []
+_recorders: list[list[dict[str, Any]]] = []
 _default_path = TORCHSCRIPT
-_said_once: set[str] = set()
 
 
-def warn_once(key: str, message: str) -> None:
-    if key not in _said_once:
-        _said_once.add(key)
-        log.warning(message)
+@contextlib.contextmanager
+def recording() -> Iterator[list[dict[str, Any]]]:
+    """Collect, while the block runs, a record per graph compiled: its keys and what was applied.
+
+    Only while asked: a serving process that compiles for days keeps nothing."""
+    graphs: list[dict[str, Any]] = []
+    _recorders.append(graphs)
+    try:
+        yield graphs
+    finally:
+        _recorders.remove(graphs)
 
 
 def set_compiler_backend(path: str) -> None:
@@ -85,7 +91,7 @@ def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[st
     explicit = any(k not in CONTROL_OPTIONS for k in (options or {}))
     if explicit or not (options or {}).get("autotune", True):
         return fallback, source, None
-    found = lookup.find(dict(keys), warn_once)
+    found = lookup.find(dict(keys), (options or {}).get("store") or default_storage_url())
     if found is None:
         return fallback, source, None
     return found.config, found.describe(), fallback
@@ -119,33 +125,29 @@ def _trains(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                   config: BackendConfig) -> tuple[Callable, BackendConfig]:
-    """Compile with ``config``; fall back (one warning per reason) rather than fail the model."""
+    """Compile with ``config``'s path, else along its fallbacks (one warning per reason) rather
+    than fail the model. Returns the callable and the config it actually applied."""
     _check_runtime(config)
     _apply_process_knobs(config)
     if needs_output_cast(config.dtype):
         gm = cast_float_outputs_to_float32(gm)
-    if config.path == TORCHSCRIPT:
-        if _trains(gm, example_inputs):
-            warn_once("ts-training", "ipex backend: the TorchScript path is inference-only and this "
-                      "graph needs gradients; compiling it with the Inductor path instead")
-            config = config.replace(path=INDUCTOR)
+    while True:
+        path = paths.get(config.path)
+        if path.inference_only and _trains(gm, example_inputs):
+            key, why = f"{path.name}-training", "is inference-only and this graph needs gradients"
+            if path.fallback is None:
+                raise PathUnavailable(f"the {path.title} path {why}")
         else:
             try:
-                try:
-                    return compile_torchscript(gm, example_inputs, config), config
-                except OneDnnGraphUnavailable as exc:
-                    plain = config.replace(onednn_fusion=False)
-                    compiled = compile_torchscript(gm, example_inputs, plain)
-                    # said only once the retry worked; keyed by kind, not by the message's numbers
-                    kind = type(exc.__cause__).__name__ if exc.__cause__ else "disagreement"
-                    warn_once(f"llga-fail:{kind}", f"ipex backend: {exc}; compiled this graph on "
-                              "the TorchScript path without oneDNN Graph")
-                    return compiled, plain
-            except TorchScriptUnavailable as exc:
-                warn_once(f"ts-fail:{exc}", f"ipex backend: TorchScript path unavailable for this "
-                          f"graph ({exc}); compiling it with the Inductor path instead")
-                config = config.replace(path=INDUCTOR)
-    return compile_inductor(gm, example_inputs, config), config
+                return path.compile(gm, example_inputs, config)
+            except PathUnavailable as exc:
+                if path.fallback is None:
+                    raise
+                key, why = f"{path.name}-fail:{exc}", f"is unavailable for this graph ({exc})"
+        fallback = paths.get(path.fallback)
+        warn_once(key, f"ipex backend: the {path.title} path {why}; compiling it with the "
+                  f"{fallback.title} path instead")
+        config = config.replace(path=fallback.name)
 
 
 def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
@@ -165,11 +167,12 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
                   "using the default config")
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"
-    compiled_graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
-                            "dtype": used.dtype, "source": source})
+    for graphs in _recorders:
+        graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
+                       "dtype": used.dtype, "source": source})
     log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
              used.config_id, used.non_default(), source)
-    _state.last = {"config": used, "source": source}
+    _state.last = {"config": used, "source": source, **keys}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
 
@@ -190,5 +193,6 @@ def _batch_size(example_inputs: Sequence[Any], mask: Sequence[bool]) -> int | No
 
 
 def last_compile() -> dict[str, Any] | None:
-    """What the most recent compile on this thread applied: ``{"config", "source"}``."""
+    """What the most recent compile on this thread applied: ``{"config", "source"}`` and the
+    graph's keys (``workload_key``, ``family_key``, ``batch_size``)."""
     return getattr(_state, "last", None)

@@ -25,3 +25,7 @@ def first_line(error: BaseException) -> str:
     """``Type: first line of the message``: Inductor's and TorchScript's errors run to pages."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class PathUnavailable(Exception):
+    """A compile path cannot take this graph; the reason says why. The dispatcher falls back."""

@@ -8,6 +8,9 @@ import torch
 
 from .config import BackendConfig
 from .graph import compute_autocast, intra_op_threads, lift_constants
+from .knobs import INDUCTOR
+from .notices import warn_once
+from .paths import CompilePath, register
 
 
 def inductor_patches(config: BackendConfig) -> dict[str, Any]:
@@ -49,14 +52,18 @@ def _note_weight_prepack(wanted: bool) -> None:
         already = cache_info is not None and cache_info().currsize > 0
         _prepack_registered = torch._inductor.config.cpp.weight_prepack if already else wanted
     if _prepack_registered != wanted:
-        from .compiler import warn_once
         warn_once("prepack", f"ipex backend: weights_prepack={wanted} cannot take effect on the "
                   f"Inductor path in this process (Inductor fixed it to {_prepack_registered} at the "
                   "first frozen compile); run the model in its own process to change it")
 
 
 def compile_inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
-                     config: BackendConfig) -> Callable:
+                     config: BackendConfig) -> tuple[Callable, BackendConfig]:
+    return _compile(gm, example_inputs, config), config
+
+
+def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+             config: BackendConfig) -> Callable:
     from torch._inductor.compile_fx import compile_fx
 
     positions = None
@@ -77,3 +84,6 @@ def compile_inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         with intra_op_threads(threads):
             return compiled(*args)
     return run
+
+
+register(CompilePath(INDUCTOR, "Inductor", compile_inductor))

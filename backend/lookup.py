@@ -10,7 +10,8 @@ from typing import Any
 from .config import BackendConfig
 from .errors import AutotuneError, StoreError
 from .fingerprint import hardware_key
-from .store import ConfigStore, TunedRecord, default_storage_url
+from .notices import warn_once
+from .store import ConfigStore, TunedRecord
 
 log = logging.getLogger("backend")
 
@@ -50,14 +51,13 @@ def clear_cache() -> None:
         _stores.clear()
 
 
-def find(keys: dict[str, Any], warn_once) -> Found | None:
+def find(keys: dict[str, Any], url: str) -> Found | None:
     """The stored config for this graph on this hardware: exact key, else the nearest batch size.
 
     A missing store is silent: that is every process before the first ``autotune run``. Any other
     problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
     version cannot build) costs one warning and leaves the defaults in place.
     """
-    url = default_storage_url()
     cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"])
     if cache_key in _cache:
         return _cache[cache_key]

@@ -9,10 +9,12 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .compiler import OPTIMIZE_MARK
 from .config import BackendConfig
 
 log = logging.getLogger("backend")
+
+# Set on every parameter of the model optimize() returns; the backend reads the knobs from it.
+OPTIMIZE_MARK = "_ipex_optimize_knobs"
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", "float32": "float32",
            "bfloat16": "bfloat16"}

@@ -9,15 +9,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import BackendConfig
-from .errors import first_line
+from .errors import PathUnavailable, first_line
 from .graph import (ambient_autocast_dtype, compute_autocast, constant_mask, outputs_close,
                     intra_op_threads)
+from .knobs import INDUCTOR, TORCHSCRIPT
+from .notices import warn_once
+from .paths import CompilePath, register
 
 # The profiling executor optimizes (and fuses) on the second call; warm up past it at compile time.
 PROFILING_RUNS = 3
 
 
-class TorchScriptUnavailable(Exception):
+class TorchScriptUnavailable(PathUnavailable):
     """This graph cannot take the TorchScript path; the reason says why."""
 
 
@@ -138,7 +141,22 @@ def trace_and_freeze(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
 
 def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
-                        config: BackendConfig) -> Callable:
+                        config: BackendConfig) -> tuple[Callable, BackendConfig]:
+    """The TorchScript path; where oneDNN Graph fails on a graph, the path without it."""
+    try:
+        return _compile(gm, example_inputs, config), config
+    except OneDnnGraphUnavailable as exc:
+        plain = config.replace(onednn_fusion=False)
+        compiled = _compile(gm, example_inputs, plain)
+        # said only once the retry worked; keyed by kind, not by the message's numbers
+        kind = type(exc.__cause__).__name__ if exc.__cause__ else "disagreement"
+        warn_once(f"llga-fail:{kind}", f"ipex backend: {exc}; compiled this graph on "
+                  "the TorchScript path without oneDNN Graph")
+        return compiled, plain
+
+
+def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+             config: BackendConfig) -> Callable:
     frozen, mask = trace_and_freeze(gm, example_inputs, config)
     user_positions = [i for i, c in enumerate(mask) if not c]
     user_inputs = [example_inputs[i] for i in user_positions]
@@ -174,3 +192,7 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
     run.frozen_module = frozen
     return run
+
+
+register(CompilePath(TORCHSCRIPT, "TorchScript", compile_torchscript, fallback=INDUCTOR,
+                     inference_only=True))

@@ -48,13 +48,13 @@ def _first_call_s(model, inputs, options) -> float:
     return time.perf_counter() - start
 
 
-def _lookup_ms(keys: dict, repeats: int, cold: bool) -> float:
+def _lookup_ms(keys: dict, url: str, repeats: int, cold: bool) -> float:
     times = []
     for _ in range(repeats):
         if cold:
             lookup.clear_cache()
         start = time.perf_counter()
-        lookup.find(keys, compiler.warn_once)
+        lookup.find(keys, url)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     folder = tempfile.mkdtemp(prefix="lookup-cost-")
     stores = {"hit": f"sqlite:///{folder}/hit.db", "miss": f"sqlite:///{folder}/miss.db"}
     os.environ[STORAGE_ENV] = stores["miss"]
-    _first_call_s(model, inputs, {"autotune": False})  # warm-up; records this model's graphs
-    graphs = list(compiler.compiled_graphs)
+    with compiler.recording() as graphs:
+        _first_call_s(model, inputs, {"autotune": False})  # warm-up; records this model's graphs
     config = BackendConfig({})  # what options={"autotune": False} compiles with
     with ConfigStore(stores["hit"]) as hit, ConfigStore(stores["miss"]) as miss:
         for keys in graphs:
@@ -96,16 +96,14 @@ def main(argv=None) -> int:
             compile_s[name].append(_first_call_s(model, inputs, options))
             if options is None:
                 expected = "store (exact" if name == "lookup hit" else "default"
-                assert compiler.compiled_graphs[-1]["source"].startswith(expected), name
+                assert compiler.last_compile()["source"].startswith(expected), name
 
     keys = graphs[0]
     lookup_ms = {}
     for name in ("hit", "miss"):
-        os.environ[STORAGE_ENV] = stores[name]
-        lookup_ms[f"{name}, first in process"] = _lookup_ms(keys, 50, cold=True)
-        lookup_ms[f"{name}, cached"] = _lookup_ms(keys, 1000, cold=False)
-    os.environ[STORAGE_ENV] = f"sqlite:///{folder}/missing.db"
-    lookup_ms["no store file"] = _lookup_ms(keys, 50, cold=True)
+        lookup_ms[f"{name}, first in process"] = _lookup_ms(keys, stores[name], 50, cold=True)
+        lookup_ms[f"{name}, cached"] = _lookup_ms(keys, stores[name], 1000, cold=False)
+    lookup_ms["no store file"] = _lookup_ms(keys, f"sqlite:///{folder}/missing.db", 50, cold=True)
 
     os.environ[STORAGE_ENV] = stores["hit"]
     torch._dynamo.reset()
@@ -114,9 +112,9 @@ def main(argv=None) -> int:
     explicit = torch.compile(model, backend="ipex", options=config.to_dict())
     with torch.no_grad():
         applied(*inputs)
-        assert compiler.compiled_graphs[-1]["source"].startswith("store (exact")
+        assert compiler.last_compile()["source"].startswith("store (exact")
         explicit(*inputs)
-        assert compiler.compiled_graphs[-1]["source"] == "options"
+        assert compiler.last_compile()["source"] == "options"
         stats = interleaved({"lookup-applied": lambda: applied(*inputs),
                              "explicit options": lambda: explicit(*inputs)},
                             rounds=args.rounds, runs_per_round=args.runs_per_round)

@@ -106,7 +106,7 @@ def test_training_gradients_match_eager(path, caplog):
     expected = _grads(model, x)
     torch._dynamo.reset()
     caplog.set_level(logging.WARNING, logger="backend")
-    ipex.compiler._said_once.clear()
+    ipex.notices._said.clear()
     compiled = torch.compile(model, backend="ipex", options={"path": path})
     actual = _grads(compiled, x)
     for e, a in zip(expected, actual):
@@ -134,7 +134,7 @@ def test_onednn_fusion_runs_a_resnet_with_weights_prepack_on():
 def test_a_graph_onednn_graph_fails_on_runs_on_torchscript_without_it(caplog):
     model, (x,) = tiny_swin()  # oneDNN Graph (the default) fails on it
     caplog.set_level(logging.WARNING, logger="backend")
-    ipex.compiler._said_once.clear()
+    ipex.notices._said.clear()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="ipex", options={"autotune": False})
     with torch.no_grad():
@@ -174,13 +174,13 @@ def test_untraceable_graph_falls_back_with_one_warning(caplog):
     # dynamic=True hands the backend symbolic sizes, which a trace would bake in as constants
     model, _ = build("linear_bn")
     caplog.set_level(logging.WARNING, logger="backend")
-    ipex.compiler._said_once.clear()
+    ipex.notices._said.clear()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="ipex", dynamic=True)
     with torch.no_grad():
         for batch in (3, 5, 7):
             x = torch.randn(batch, 32)
             torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
-    warnings = [r.message for r in caplog.records if "TorchScript path unavailable" in r.message]
+    warnings = [r.message for r in caplog.records if "TorchScript path is unavailable" in r.message]
     assert len(warnings) == 1 and "non-tensor inputs" in warnings[0]
     assert not [r for r in caplog.records if "oneDNN Graph" in r.message], "not its failure"

@@ -17,6 +17,7 @@ knob's wiring taken out of its compile path, its probe fails.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -33,6 +34,7 @@ import backend
 import backend.compiler
 import backend.config
 import backend.inductor
+import backend.paths
 from backend.errors import UnsupportedOnThisCPU
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
 
@@ -576,11 +578,11 @@ def disable_wiring(knob_name: str, path: str, monkeypatch) -> None:
         monkeypatch.setattr(backend.inductor, "inductor_patches",
                             lambda config: {k: v for k, v in patches(config).items() if k not in keys})
     else:
-        # the path compiles (and runs) as if the knob were at its default
-        name = "compile_torchscript" if path == TORCHSCRIPT else "compile_inductor"
-        compile_path = getattr(backend.compiler, name)
-        monkeypatch.setattr(backend.compiler, name, lambda gm, inputs, config: compile_path(
-            gm, inputs, config.replace(**{knob_name: knob.default})))
+        # the path compiles (and runs) as if the knob were at its default, yet reports it applied
+        registered = backend.paths.get(path)
+        monkeypatch.setitem(backend.paths._registry, path, dataclasses.replace(
+            registered, compile=lambda gm, inputs, config: (registered.compile(
+                gm, inputs, config.replace(**{knob_name: knob.default}))[0], config)))
     monkeypatch.setitem(globals(), "_mutation", (knob_name, path))
 
 

@@ -23,10 +23,10 @@ from autotune import cli
 from autotune.explain import find_allocators, plan
 from autotune.models import ModelSpec
 from autotune.tuner import Tuner, TuneRequest
-from backend import compiler, lookup
+from backend import compiler, lookup, notices
 from backend.config import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key
-from backend.store import ConfigStore, TunedRecord
+from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from models import SmallCNN, _init, build
 from tuner_models import small_cnn
@@ -41,7 +41,7 @@ SMALL_CNN = "tuner_models:small_cnn"
 def fresh_lookup():
     """Every test starts like a fresh process: no cached lookups, no warning said yet."""
     lookup.clear_cache()
-    compiler._said_once.clear()
+    notices._said.clear()
     torch._dynamo.reset()
     yield
     lookup.clear_cache()
@@ -50,9 +50,9 @@ def fresh_lookup():
 def compile_once(model, x, options=None):
     """(output, what the backend recorded for the graph) of one fresh compile and call."""
     torch._dynamo.reset()
-    with torch.no_grad():
+    with torch.no_grad(), compiler.recording() as graphs:
         out = torch.compile(model, backend="ipex", options=options)(x)
-    return out, compiler.compiled_graphs[-1]
+    return out, graphs[-1]
 
 
 def backend_messages(caplog, level):
@@ -68,7 +68,7 @@ KEY_CHILD = textwrap.dedent("""
     model, x = build("cnn")
     with torch.no_grad():
         torch.compile(model, backend="ipex")(x)
-    print(compiler.compiled_graphs[-1]["workload_key"])
+    print(compiler.last_compile()["workload_key"])
 """)
 
 
@@ -135,10 +135,10 @@ APPLY_CHILD = textwrap.dedent("""
     logging.getLogger("backend").setLevel(logging.INFO)
 
     model, inputs = build(ModelSpec("tuner_models:small_cnn"))
-    with torch.no_grad():
+    with torch.no_grad(), compiler.recording() as graphs:
         out = torch.compile(model, backend="ipex")(*inputs)
         error = (out - model(*inputs)).abs().max().item()
-    print(json.dumps({"graphs": compiler.compiled_graphs, "log": lines, "error": error,
+    print(json.dumps({"graphs": graphs, "log": lines, "error": error,
                       "config": backend.last_compile()["config"].to_dict()}))
 """)
 
@@ -182,7 +182,7 @@ def test_the_fastest_record_wins_and_its_knobs_take_effect(tuned, tmp_path, monk
         return "oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
 
     assert not fusion_groups(None)
-    assert compiler.compiled_graphs[-1]["config_id"] == plain.config_id
+    assert compiler.last_compile()["config"].config_id == plain.config_id
     assert fusion_groups({"autotune": False})
 
 
@@ -238,7 +238,7 @@ def cnn_keys():
 def compile_under_fault(name, caplog):
     """(warnings on logger "backend", where the config came from, compile seconds)."""
     lookup.clear_cache()
-    compiler._said_once.clear()
+    notices._said.clear()
     caplog.clear()
     caplog.set_level(logging.WARNING, logger="backend")
     model, x = build(name)
@@ -316,7 +316,7 @@ def test_a_locked_store_costs_one_warning_and_well_under_a_second(cnn_keys, tmp_
         # the lookup alone, timed: a compile's own time swings by seconds on a loaded machine
         lookup.clear_cache()
         start = time.perf_counter()
-        found = lookup.find(cnn_keys, lambda key, message: None)
+        found = lookup.find(cnn_keys, default_storage_url())
         lookup_s = time.perf_counter() - start
     finally:
         db.execute("ROLLBACK")

@@ -83,7 +83,7 @@ def test_a_zygote_that_cannot_start_falls_back_to_exec_with_one_warning(tmp_path
             worker.wait_ready(120)
             assert parent_of(worker.process.pid) == os.getpid()
         # the next worker does not try again: it is exec'd at once, without a second warning
-        assert zygote.start_worker(dict(os.environ), None, 1, 1) is None and zygote._zygote is None
+        assert zygote.start_worker("autotune.worker:_child_main", dict(os.environ), None, 1, 1) is None and zygote._zygote is None
     warnings = [r.getMessage() for r in caplog.records if "preloaded process" in r.getMessage()]
     assert len(warnings) == 1 and "torchvision broken on purpose" in warnings[0], warnings
 
