@@ -555,24 +555,35 @@ class Tuner:
                             after_round: Callable[[], None] | None = None) -> None:
         """Each candidate compiled once in its own fresh process, then timed in rotating rounds
         so that drift on a shared machine hits all of them alike. Fills stats or failure.
-        ``after_round`` runs between rounds, for measurements that should share their drift."""
+        ``after_round`` runs between rounds, for measurements that should share their drift.
+
+        Nothing is timed until every candidate is ready, so they compile side by side, one per
+        core: the confirmation's start-up then takes about a core-count-th of the time."""
         request = self.request
         workers: dict[str, WorkerProcess] = {}
+        starting: dict[str, WorkerProcess] = {}
+        waiting = list(candidates.items())
+        side_by_side = max(1, len(request.cpus or os.sched_getaffinity(0)))
         try:
-            for name, cand in candidates.items():
-                kind = cand.config.to_dict() if cand.config is not None else cand.kind
-                dtype = cand.config.dtype if cand.config is not None else cand.dtype
-                worker = self._worker(self._spec(kind, dtype))
+            while waiting or starting:
+                while waiting and len(starting) < side_by_side:
+                    name, cand = waiting.pop(0)
+                    kind = cand.config.to_dict() if cand.config is not None else cand.kind
+                    dtype = cand.config.dtype if cand.config is not None else cand.dtype
+                    try:
+                        starting[name] = self._worker(self._spec(kind, dtype))
+                    except TrialFailure as failure:
+                        cand.failure = failure.reason
+                if not starting:
+                    continue
+                name = next(iter(starting))  # in starting until ready: an interrupt kills it
                 try:
-                    cand.graphs = worker.wait_ready(request.trial_timeout_s).get("graphs", [])
-                    workers[name] = worker
+                    ready = starting[name].wait_ready(request.trial_timeout_s)
+                    candidates[name].graphs = ready.get("graphs", [])
+                    workers[name] = starting.pop(name)
                 except TrialFailure as failure:
-                    cand.failure = failure.reason
-                    worker.close()
-                except BaseException:
-                    worker.kill()
-                    worker.close()
-                    raise
+                    candidates[name].failure = failure.reason
+                    starting.pop(name).close()
             samples: dict[str, list[float]] = {name: [] for name in workers}
             order = list(workers)
             for round_ in range(request.confirm_rounds):
@@ -590,8 +601,12 @@ class Tuner:
                     after_round()
             for name in order:
                 candidates[name].stats = Stats.of(samples[name])
+        except BaseException:
+            for worker in [*starting.values(), *workers.values()]:
+                worker.kill()
+            raise
         finally:
-            for worker in workers.values():
+            for worker in [*starting.values(), *workers.values()]:
                 worker.close()
 
     # ------------------------------------------------------------------------------ the whole job
