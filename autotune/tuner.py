@@ -266,20 +266,29 @@ def _tuner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _alive(pid: int) -> bool:
+    """A process that exists and has not exited: a killed tuner its parent has not reaped yet
+    (a zombie) is dead, though signals still reach its pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc to tell: signals reach it, so take it as alive
+
+
 def fail_orphaned_trials(study: optuna.Study) -> int:
     """RUNNING trials whose tuner (on this host) is gone: fail them now rather than after the grace period."""
     host = socket.gethostname()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, _, pid = trial.user_attrs.get("tuner", "").partition(":")
-        if owner_host != host or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         storage = _storage_of(study)
         storage.set_trial_user_attr(trial._trial_id, "failure_kind", "orphaned")

@@ -2,8 +2,13 @@
 the accuracy gate (a wrong config is a failed trial, never a winner), the winner rule, pruning,
 and the heartbeat that fails the trials of a tuner that went silent on another host."""
 
+import os
 import re
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 import types
 
 import pytest
@@ -14,6 +19,7 @@ from autotune.bench import Stats
 from autotune.models import ModelSpec
 from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, LOST, TOLERANCES, Candidate,
                             Tuner, TuneRequest, TuneResult, _clearly_faster, fail_dead_trials,
+                            fail_orphaned_trials,
                             open_study)
 from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
 from backend import BackendConfig
@@ -258,3 +264,30 @@ def test_a_trial_whose_tuner_on_another_host_went_silent_is_failed_as_orphaned(t
     assert "orphaned" in LOST
     Tuner(request).fill_budget(study)
     assert [t.state for t in study.get_trials(deepcopy=False)][2:] == [TrialState.WAITING]
+
+
+def test_a_trial_whose_tuner_on_this_host_died_unreaped_is_failed_at_once(tmp_path):
+    # a SIGKILLed tuner stays a zombie until its parent reaps it; a pid check alone calls it
+    # alive, and the trial would wait out the heartbeat grace period
+    request = quick_request(tmp_path, trials=2)
+    study = open_study(request)
+    dead, alive = study.ask(), study.ask()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while _process_state(zombie.pid) != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    try:
+        dead.set_user_attr("tuner", f"{socket.gethostname()}:{zombie.pid}")
+        alive.set_user_attr("tuner", f"{socket.gethostname()}:{os.getpid()}")
+        assert fail_orphaned_trials(study) == 1
+    finally:
+        zombie.wait()
+    dead, alive = study.get_trials(deepcopy=False)
+    assert dead.state == TrialState.FAIL and dead.user_attrs["failure_kind"] == "orphaned"
+    assert alive.state == TrialState.RUNNING
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

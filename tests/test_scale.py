@@ -26,28 +26,24 @@ def workers_import_test_models(monkeypatch):
 
 
 @pytest.mark.slow
-def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgres_url):
+def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgres_url, tmp_path):
     trials = 6
-    env = {**os.environ, "FAULT_PLAN": "1:hang"}  # whoever takes trial 1 hangs there
+    # whoever takes trial 1 hangs there, and says so with a marker file
+    env = {**os.environ, "FAULT_PLAN": "1:hang", "FAULT_MARKER_DIR": str(tmp_path)}
     tuners = [subprocess.Popen(tuner_argv(postgres_url, "fleet", trials), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
     try:
         # find the tuner holding trial 1 and SIGKILL it mid-trial
         deadline = time.monotonic() + 300
-        victim = None
-        while victim is None:
+        while not (tmp_path / "hanging-1").exists():
             assert time.monotonic() < deadline, "no tuner ever started trial 1"
-            time.sleep(1)
-            try:
-                study = optuna.load_study(study_name="fleet", storage=postgres_url)
-            except KeyError:
-                continue
-            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-                if trial.number == 1 and "tuner" in trial.user_attrs:
-                    host, _, pid = trial.user_attrs["tuner"].partition(":")
-                    assert host == socket.gethostname()
-                    victim = next(t for t in tuners if t.pid == int(pid))
-        time.sleep(2)
+            time.sleep(0.1)
+        study = optuna.load_study(study_name="fleet", storage=postgres_url)
+        [trial] = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if t.number == 1]
+        host, _, pid = trial.user_attrs["tuner"].partition(":")
+        assert host == socket.gethostname()
+        victim = next(t for t in tuners if t.pid == int(pid))
+        # not reaped until its turn below: the survivors must see a zombie as dead
         victim.send_signal(signal.SIGKILL)
         outputs = {t.pid: t.communicate(timeout=600) for t in tuners}
     finally:
@@ -63,8 +59,9 @@ def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgr
     assert all(t.state.is_finished() for t in study.trials)
     killed = study.trials[1]
     assert killed.state == optuna.trial.TrialState.FAIL
-    # found by its dead pid (same host), or by its stale heartbeat if the survivors were slower
     assert killed.user_attrs["failure_kind"] == "orphaned"
+    # found by its dead pid (same host), not after the heartbeat's grace period
+    assert f"the tuner (pid {victim.pid}) died" in killed.user_attrs["failure_reason"]
     # confirmation ran once: one tuner stored, the other says who did
     stored = [t for t in survivors if "stored in" in outputs[t.pid][0]]
     deferred = [t for t in survivors if "is run by" in outputs[t.pid][0]]
