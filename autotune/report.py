@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 from backend.knobs import KNOBS
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
+from . import trial_attrs as attrs
 from .reading import find_study, read_only_storage
 from .tuner import BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
@@ -90,8 +91,7 @@ def _value(trial: FrozenTrial) -> float | None:
 
 def _stats(trial: FrozenTrial) -> dict:
     """A trial's latency statistics; a duplicate config has only the value it copied."""
-    stats = {k: trial.user_attrs[k] for k in ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs")
-             if k in trial.user_attrs}
+    stats = {k: trial.user_attrs[k] for k in attrs.STATS_KEYS if k in trial.user_attrs}
     return stats if "median_ms" in stats else {"median_ms": _value(trial)}
 
 
@@ -103,7 +103,7 @@ def _is_static(trial: FrozenTrial) -> bool:
 def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     """Rows of {label, stats, role, config}: the winner first, then what it is compared with."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    configs = {f"trial #{t.number}": t.user_attrs.get("config") for t in trials}  # pruned too
+    configs = {f"trial #{t.number}": t.user_attrs.get(attrs.CONFIG) for t in trials}  # pruned too
     winner = study.user_attrs.get("winner")
     if winner:  # confirmed: everything measured in the same interleaved rounds
         baselines = winner.get("baselines", {})
@@ -125,7 +125,7 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     for t in complete:
         if _is_static(t) and t is not best:
             rows.append({"label": f"static recipe (trial #{t.number})", "stats": _stats(t),
-                         "role": "static", "config": t.user_attrs.get("config")})
+                         "role": "static", "config": t.user_attrs.get(attrs.CONFIG)})
     return [r for r in rows if r["stats"].get("median_ms")]
 
 
@@ -191,7 +191,7 @@ def _winner_section(study: optuna.Study, rows: list[dict]) -> str:
     config = winner["config"] if winner else None
     if config is None:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        config = min(complete, key=lambda t: t.value).user_attrs.get("config") if complete else None
+        config = min(complete, key=lambda t: t.value).user_attrs.get(attrs.CONFIG) if complete else None
     config_html = ""
     if config:
         names = list(config)
@@ -217,7 +217,7 @@ def _history(trials: list[FrozenTrial]) -> str:
             fig.add_trace(go.Scatter(
                 x=[t.number for t in group], y=[_value(t) for t in group], mode="markers",
                 name=name, marker=dict(symbol=symbol, size=9, color=color),
-                customdata=[_knobs_text(t.user_attrs.get("config")) for t in group],
+                customdata=[_knobs_text(t.user_attrs.get(attrs.CONFIG)) for t in group],
                 hovertemplate="trial %{x}: %{y:.2f} ms<br>%{customdata}<extra></extra>"))
     best, xs, ys = None, [], []
     for t in sorted(trials, key=lambda t: t.number):
@@ -308,11 +308,11 @@ def _failures(trials: list[FrozenTrial]) -> str:
         return _note("No trial failed.") + text
     rows = []
     for t in failed:
-        reason = " ".join(str(t.user_attrs.get("failure_reason", "no reason recorded")).split())
-        rows.append([f"#{t.number}", t.user_attrs.get("failure_kind", "-"),
+        reason = " ".join(str(t.user_attrs.get(attrs.FAILURE_REASON, "no reason recorded")).split())
+        rows.append([f"#{t.number}", t.user_attrs.get(attrs.FAILURE_KIND, "-"),
                      reason if len(reason) <= 400 else reason[:400] + " ...",
-                     _knobs_text(t.user_attrs.get("config")),
-                     f"{t.user_attrs['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in t.user_attrs else "-"])
+                     _knobs_text(t.user_attrs.get(attrs.CONFIG)),
+                     f"{t.user_attrs[attrs.PEAK_RSS_MB]:.0f} MB" if attrs.PEAK_RSS_MB in t.user_attrs else "-"])
     return _table(["trial", "kind", "reason", "config", "peak memory"], rows, numeric=(4,)) + text
 
 
@@ -355,13 +355,13 @@ def _version(package: str) -> str:
 
 
 def _machine(study: optuna.Study) -> str:
-    attrs = study.user_attrs
-    hw = attrs.get("hardware") or {}
+    study_attrs = study.user_attrs
+    hw = study_attrs.get("hardware") or {}
     rows = [["CPU", hw.get("cpu", "-")], ["usable cores", hw.get("cores", "-")],
             ["sockets", hw.get("sockets", "-")], ["architecture", hw.get("machine", "-")],
             ["ISA features", ", ".join(hw.get("features", [])) or "-"],
-            ["hardware key", attrs.get("hardware_key", "-")],
-            ["torch (tuned with)", attrs.get("torch_version", "-")],
+            ["hardware key", study_attrs.get("hardware_key", "-")],
+            ["torch (tuned with)", study_attrs.get("torch_version", "-")],
             ["optuna", optuna.__version__], ["plotly", plotly.__version__],
             ["optuna-dashboard", _version("optuna-dashboard")],
             ["ipex-autotune", _version("ipex-autotune")],

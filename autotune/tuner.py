@@ -24,10 +24,12 @@ from backend import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key, usable_cores
 from backend.store import ConfigStore, TunedRecord, default_storage_url, retry_creation_race
 
+from . import trial_attrs as attrs
 from .bench import Stats
 from .errors import AutotuneError, StudyError
 from .models import ModelSpec, build, module_origin
 from .space import SearchSpace, load_space
+from .trial_attrs import DETERMINISTIC, LOST, FailureKind
 from .worker import EAGER, PRUNE_RUNS, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("autotune")
@@ -35,8 +37,6 @@ log = logging.getLogger("autotune")
 BACKEND_DEFAULT = "backend default"
 BEST_STATIC = "best static recipe"
 STATIC_RECIPE = "static recipe"
-LOST = ("interrupted", "orphaned")  # failures of the tuner, not of the trial's config
-DETERMINISTIC_FAILURES = ("exception", "accuracy", "crash", "config")  # same config, same end
 MIN_GAIN = 0.01  # a winner must beat the default's median by this much...
 
 
@@ -44,7 +44,7 @@ def _clearly_faster(a: "Candidate", b: "Candidate") -> bool:
     """...and be faster in every interleaved round: drift hits both alike within a round."""
     rounds = list(zip(a.round_medians, b.round_medians))
     return (a.stats.median_ms <= b.stats.median_ms * (1 - MIN_GAIN) and bool(rounds)
-            and all(x < y for x, y in rounds))  # failures of the tuner, not of the trial's config
+            and all(x < y for x, y in rounds))
 TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
 HEARTBEAT_INTERVAL_S = 10  # a running trial's tuner records a heartbeat this often...
 GRACE_PERIOD_S = 60        # ...and its trial is failed as orphaned after this long without one
@@ -247,12 +247,12 @@ def fail_stale_trials(study: optuna.Study) -> int:
         return 0
     failed = 0
     for trial_id in storage._get_stale_trial_ids(study._study_id):
-        owner = storage.get_trial(trial_id).user_attrs.get("tuner", "")
+        owner = storage.get_trial(trial_id).user_attrs.get(attrs.TUNER, "")
         host, _, pid = owner.partition(":")
         who = f"its tuner (pid {pid} on host {host})" if pid else "its tuner"
         try:
-            storage.set_trial_user_attr(trial_id, "failure_kind", "orphaned")
-            storage.set_trial_user_attr(trial_id, "failure_reason",
+            storage.set_trial_user_attr(trial_id, attrs.FAILURE_KIND, FailureKind.ORPHANED)
+            storage.set_trial_user_attr(trial_id, attrs.FAILURE_REASON,
                                         f"{who} sent no heartbeat for over {GRACE_PERIOD_S} s: "
                                         "it died during this trial, or its host did")
             if storage.set_trial_state_values(trial_id, TrialState.FAIL):
@@ -287,12 +287,12 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     host = socket.gethostname()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = trial.user_attrs.get("tuner", "").partition(":")
+        owner_host, _, pid = trial.user_attrs.get(attrs.TUNER, "").partition(":")
         if owner_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         storage = _storage_of(study)
-        storage.set_trial_user_attr(trial._trial_id, "failure_kind", "orphaned")
-        storage.set_trial_user_attr(trial._trial_id, "failure_reason",
+        storage.set_trial_user_attr(trial._trial_id, attrs.FAILURE_KIND, FailureKind.ORPHANED)
+        storage.set_trial_user_attr(trial._trial_id, attrs.FAILURE_REASON,
                                     f"the tuner (pid {pid}) died during this trial")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         failed += 1
@@ -398,7 +398,7 @@ class Tuner:
         """
         request = self.request
         lost = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                    if t.user_attrs.get("failure_kind") in LOST])
+                    if t.user_attrs.get(attrs.FAILURE_KIND) in LOST])
         missing = request.trials + lost - len(study.trials)
         if missing <= 0:
             return
@@ -413,27 +413,27 @@ class Tuner:
             study.enqueue_trial(params)
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, best_ms: float | None) -> str:
-        trial.set_user_attr("tuner", _tuner_id())
+        trial.set_user_attr(attrs.TUNER, _tuner_id())
         try:
             config = BackendConfig(self.space.suggest(trial))
         except AutotuneError as exc:  # a sampled combination the knobs refuse: not a crash
-            trial.set_user_attr("failure_kind", "config")
-            trial.set_user_attr("failure_reason", str(exc))
+            trial.set_user_attr(attrs.FAILURE_KIND, FailureKind.CONFIG)
+            trial.set_user_attr(attrs.FAILURE_REASON, str(exc))
             study.tell(trial, state=TrialState.FAIL)
             return f"#{trial.number} invalid config"
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("config_id", config.config_id)
+        trial.set_user_attr(attrs.CONFIG, config.to_dict())
+        trial.set_user_attr(attrs.CONFIG_ID, config.config_id)
         for previous in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if previous.user_attrs.get("config_id") != config.config_id:
+            if previous.user_attrs.get(attrs.CONFIG_ID) != config.config_id:
                 continue
             if previous.state == TrialState.COMPLETE:
-                trial.set_user_attr("duplicate_of", previous.number)
+                trial.set_user_attr(attrs.DUPLICATE_OF, previous.number)
                 study.tell(trial, previous.value)
                 return f"#{trial.number} same config as #{previous.number}"
-            if previous.user_attrs.get("failure_kind") in DETERMINISTIC_FAILURES:
+            if previous.user_attrs.get(attrs.FAILURE_KIND) in DETERMINISTIC:
                 # the same config fails the same way: don't spend a process on it again
-                trial.set_user_attr("duplicate_of", previous.number)
-                for key in ("failure_kind", "failure_reason"):
+                trial.set_user_attr(attrs.DUPLICATE_OF, previous.number)
+                for key in (attrs.FAILURE_KIND, attrs.FAILURE_REASON):
                     trial.set_user_attr(key, previous.user_attrs[key])
                 study.tell(trial, state=TrialState.FAIL)
                 return f"#{trial.number} same failing config as #{previous.number}"
@@ -446,25 +446,25 @@ class Tuner:
             measured = worker.measure(self.request.trial_timeout_s, prune_above_ms=prune_above,
                                       **self.request.measure)
         except TrialFailure as failure:
-            trial.set_user_attr("failure_kind", failure.kind)
-            trial.set_user_attr("failure_reason", failure.reason[:2000])
-            trial.set_user_attr("peak_rss_mb", round(worker.peak_rss_mb, 1))
+            trial.set_user_attr(attrs.FAILURE_KIND, failure.kind)
+            trial.set_user_attr(attrs.FAILURE_REASON, failure.reason[:2000])
+            trial.set_user_attr(attrs.PEAK_RSS_MB, round(worker.peak_rss_mb, 1))
             study.tell(trial, state=TrialState.FAIL)
             return f"#{trial.number} failed ({failure.kind})"
         except BaseException:
             worker.kill()
-            trial.set_user_attr("failure_kind", "interrupted")
-            trial.set_user_attr("failure_reason", "the tuner was interrupted during this trial")
+            trial.set_user_attr(attrs.FAILURE_KIND, FailureKind.INTERRUPTED)
+            trial.set_user_attr(attrs.FAILURE_REASON, "the tuner was interrupted during this trial")
             study.tell(trial, state=TrialState.FAIL)
             raise
         finally:
             worker.close()
         stats = measured["stats"]
-        for key in ("compile_s", "error", "graphs", "threads", "cpus"):
+        for key in attrs.READY_KEYS:
             trial.set_user_attr(key, ready[key])
         for key, value in stats.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("peak_rss_mb", round(max(worker.peak_rss_mb, measured["peak_rss_mb"]), 1))
+        trial.set_user_attr(attrs.PEAK_RSS_MB, round(max(worker.peak_rss_mb, measured["peak_rss_mb"]), 1))
         if measured["pruned"]:
             study.tell(trial, state=TrialState.PRUNED)
             return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after {PRUNE_RUNS} runs)"
@@ -501,12 +501,12 @@ class Tuner:
         trials = study.get_trials(deepcopy=False)
         # a trial lost with a killed tuner is replaced, so it does not count against the budget
         done = len([t for t in trials if t.state.is_finished() and not (
-            t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in LOST)])
+            t.state == TrialState.FAIL and t.user_attrs.get(attrs.FAILURE_KIND) in LOST)])
         total = max(self.request.trials, done)  # a rerun may ask for fewer than the study has
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         default_id = self.default_config().config_id
         default_ms = next((t.value for t in complete
-                           if t.user_attrs.get("config_id") == default_id), None)
+                           if t.user_attrs.get(attrs.CONFIG_ID) == default_id), None)
         best_ms = min((t.value for t in complete), default=None)
         elapsed = time.monotonic() - start
         left = None
@@ -527,12 +527,12 @@ class Tuner:
         complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                           key=lambda t: t.value)
         for t in complete:
-            cid = t.user_attrs.get("config_id")
+            cid = t.user_attrs.get(attrs.CONFIG_ID)
             if cid in seen or cid == default_id:
                 continue
             seen.add(cid)
             candidates[f"trial #{t.number}"] = Candidate(f"trial #{t.number}",
-                                                         BackendConfig(t.user_attrs["config"]))
+                                                         BackendConfig(t.user_attrs[attrs.CONFIG]))
             if len(candidates) == request.confirm_top:
                 break
         # every warm-start recipe, also one a noisy search-phase run pruned: the winner must be
@@ -540,12 +540,12 @@ class Tuner:
         recipe_ids = {BackendConfig(r).config_id for r in self.space.static_recipes(request.dtypes)}
         statics: list[str] = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            cid = t.user_attrs.get("config_id")
+            cid = t.user_attrs.get(attrs.CONFIG_ID)
             if cid not in recipe_ids or cid == default_id or cid in statics:
                 continue
             statics.append(cid)
             top = next((n for n, c in candidates.items() if c.config.config_id == cid), None)
-            cand = candidates.pop(top) if top else Candidate("", BackendConfig(t.user_attrs["config"]))
+            cand = candidates.pop(top) if top else Candidate("", BackendConfig(t.user_attrs[attrs.CONFIG]))
             cand.name = f"{STATIC_RECIPE} (trial #{t.number})"
             candidates[cand.name] = cand
         candidates[BACKEND_DEFAULT] = Candidate(BACKEND_DEFAULT, self.default_config())

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from . import zygote
 from .bench import Stats
+from .trial_attrs import FailureKind
 
 # Candidate kinds besides a backend config.
 EAGER = "eager"
@@ -30,11 +31,11 @@ IPEX_LOOKUP = "ipex backend with store lookup"  # what a user's plain torch.comp
 
 
 class TrialFailure(Exception):
-    """A candidate that could not be measured; ``kind`` is crash, timeout, memory, exception or accuracy."""
+    """A candidate that could not be measured, and why."""
 
-    def __init__(self, kind: str, reason: str):
+    def __init__(self, kind: FailureKind | str, reason: str):
         super().__init__(reason)
-        self.kind = kind
+        self.kind = FailureKind(kind)
         self.reason = reason
 
 
@@ -66,7 +67,7 @@ def _child_main() -> int:
         spec = WorkerSpec(**json.loads(sys.stdin.readline()))
         state = _prepare(spec)
     except Exception as exc:  # anything the model or compiler raises is the trial's failure
-        send(status="error", kind=getattr(exc, "kind", "exception"),
+        send(status="error", kind=getattr(exc, "kind", FailureKind.EXCEPTION),
              reason=f"{type(exc).__name__}: {exc}"[:2000])
         return 1
     send(status="ready", **state["report"])
@@ -79,7 +80,7 @@ def _child_main() -> int:
             try:
                 send(status="measured", **_measure(state["call"], command, warmed))
             except Exception as exc:  # the compiled model failing while being timed
-                send(status="error", kind="exception", reason=f"{type(exc).__name__}: {exc}"[:2000])
+                send(status="error", kind=FailureKind.EXCEPTION, reason=f"{type(exc).__name__}: {exc}"[:2000])
                 return 1
             warmed = True
     return 0
@@ -128,12 +129,12 @@ def _prepare(spec: WorkerSpec) -> dict:
             os.replace(tmp, spec.reference_path)
         reference = torch.load(spec.reference_path, weights_only=True)
         if output.shape != reference.shape:
-            raise TrialFailure("accuracy", f"output shape {tuple(output.shape)} differs from the "
+            raise TrialFailure(FailureKind.ACCURACY, f"output shape {tuple(output.shape)} differs from the "
                                f"eager reference {tuple(reference.shape)}")
         scale = reference.abs().max().item() or 1.0
         error = (output.float() - reference).abs().max().item() / scale
     if not error <= spec.tolerance:  # also catches NaN
-        raise TrialFailure("accuracy", f"relative error {error:.3g} exceeds the tolerance "
+        raise TrialFailure(FailureKind.ACCURACY, f"relative error {error:.3g} exceeds the tolerance "
                            f"{spec.tolerance:g}")
 
     def call():
@@ -244,7 +245,7 @@ class WorkerProcess:
             for fd in (read_fd, write_fd):
                 os.close(fd)
             self.log.close()
-            raise TrialFailure("crash", f"could not start a worker process: {exc}") from None
+            raise TrialFailure(FailureKind.CRASH, f"could not start a worker process: {exc}") from None
         os.close(write_fd)
         self._send(spec.__dict__)  # a worker that died at once shows up on receive
 
@@ -271,7 +272,7 @@ class WorkerProcess:
                 message = json.loads(line)
                 if message.get("status") == "error":
                     self.kill()
-                    raise TrialFailure(message.get("kind", "exception"), message["reason"])
+                    raise TrialFailure(message.get("kind", FailureKind.EXCEPTION), message["reason"])
                 return message
             rss = _rss_of(self.process.pid)
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
@@ -282,11 +283,11 @@ class WorkerProcess:
                                      f"{self.memory_limit_mb:.0f} MB limit)")
                     raise death
                 self.kill()
-                raise TrialFailure("memory", f"out of memory: {rss:.0f} MB resident, over the "
+                raise TrialFailure(FailureKind.MEMORY, f"out of memory: {rss:.0f} MB resident, over the "
                                    f"{self.memory_limit_mb:.0f} MB limit")
             if time.monotonic() > deadline:
                 self.kill()
-                raise TrialFailure("timeout", f"timeout: no answer within {timeout_s:.0f} s")
+                raise TrialFailure(FailureKind.TIMEOUT, f"timeout: no answer within {timeout_s:.0f} s")
             if self.heartbeat and time.monotonic() - last_beat > 5:
                 self.heartbeat()
                 last_beat = time.monotonic()
@@ -302,8 +303,8 @@ class WorkerProcess:
     def _death(self) -> TrialFailure:
         code = self.process.returncode
         if code is not None and code < 0:
-            return TrialFailure("crash", f"crashed: {_signal_name(code)}; log tail: {self.log_tail(300)}")
-        return TrialFailure("crash", f"exited with code {code} without an answer; log tail: "
+            return TrialFailure(FailureKind.CRASH, f"crashed: {_signal_name(code)}; log tail: {self.log_tail(300)}")
+        return TrialFailure(FailureKind.CRASH, f"exited with code {code} without an answer; log tail: "
                             f"{self.log_tail(300)}")
 
     def log_tail(self, chars: int = 2000) -> str:

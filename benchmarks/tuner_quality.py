@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 from autotune.errors import AutotuneError
 from autotune.models import ModelSpec
 from autotune.space import load_space
-from autotune.tuner import LOST, Tuner, TuneRequest, make_sampler, open_study
+from autotune.trial_attrs import LOST
+from autotune.tuner import Tuner, TuneRequest, make_sampler, open_study
 from backend.config import BackendConfig
 from backend.fingerprint import usable_cores
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, superseded

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from autotune import bench, cli
 from autotune.bench import Stats
 from autotune.models import ModelSpec
-from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, LOST, TOLERANCES, Candidate,
+from autotune.trial_attrs import LOST
+from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, TOLERANCES, Candidate,
                             Tuner, TuneRequest, TuneResult, _clearly_faster, fail_dead_trials,
                             fail_orphaned_trials,
                             open_study)
