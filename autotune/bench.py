@@ -9,6 +9,28 @@ from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)
+class MeasureSettings:
+    """How a candidate is timed: warm-up by count and time, then timed runs by count and time.
+    The one set of defaults: a trial's; the confirmation halves the timed part."""
+
+    warmup_count: int = 3
+    warmup_seconds: float = 1.0
+    min_runs: int = 20
+    min_seconds: float = 2.0
+
+    @classmethod
+    def of(cls, command: Mapping) -> "MeasureSettings":
+        """The settings in a worker command; what it leaves out keeps its default."""
+        return cls(**{k: command[k] for k in asdict(cls()) if k in command})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CONFIRM_MEASURE = MeasureSettings(min_runs=10, min_seconds=1.0)
+
+
+@dataclass(frozen=True)
 class Stats:
     median_ms: float
     p10_ms: float

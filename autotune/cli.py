@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 import yaml
@@ -120,8 +121,8 @@ def _request_from_args(args):
     if args.memory_limit:
         request.memory_limit_mb = args.memory_limit
     if args.measure_seconds:
-        request.measure["min_seconds"] = args.measure_seconds
-        request.confirm_measure["min_seconds"] = args.measure_seconds / 2
+        request.measure = replace(request.measure, min_seconds=args.measure_seconds)
+        request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds / 2)
     if args.confirm_rounds:
         request.confirm_rounds = args.confirm_rounds
     if args.confirm_top:
@@ -212,7 +213,7 @@ def cmd_compare(args) -> int:
                           storage=args.storage, confirm_rounds=args.rounds)
     zygote.prestart()
     if args.measure_seconds:
-        request.confirm_measure["min_seconds"] = args.measure_seconds
+        request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds)
     result = compare(request, on_start=lambda: print(
         f"comparing {request.model.name} (batch {request.model.batch_size}, {request.threads} "
         f"threads), {args.rounds} interleaved rounds in fresh processes...", file=sys.stderr))

@@ -25,12 +25,13 @@ from backend.fingerprint import hardware_info, hardware_key, usable_cores
 from backend.store import ConfigStore, TunedRecord, default_storage_url, retry_creation_race
 
 from . import trial_attrs as attrs
-from .bench import Stats
+from .bench import CONFIRM_MEASURE, MeasureSettings, Stats
 from .errors import AutotuneError, StudyError
 from .models import ModelSpec, build, module_origin
 from .space import SearchSpace, load_space
 from .trial_attrs import DETERMINISTIC, LOST, FailureKind
-from .worker import EAGER, PRUNE_RUNS, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess, WorkerSpec
+from .worker import (EAGER, PRUNE_RUNS, TOLERANCES, TORCH_COMPILE_DEFAULT, TrialFailure, WorkerProcess,
+                     WorkerSpec)
 
 log = logging.getLogger("autotune")
 
@@ -45,7 +46,6 @@ def _clearly_faster(a: "Candidate", b: "Candidate") -> bool:
     rounds = list(zip(a.round_medians, b.round_medians))
     return (a.stats.median_ms <= b.stats.median_ms * (1 - MIN_GAIN) and bool(rounds)
             and all(x < y for x, y in rounds))
-TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
 HEARTBEAT_INTERVAL_S = 10  # a running trial's tuner records a heartbeat this often...
 GRACE_PERIOD_S = 60        # ...and its trial is failed as orphaned after this long without one
 
@@ -66,10 +66,8 @@ class TuneRequest:
     prune_ratio: float = 1.3                # a trial this much slower than the best after 5 runs stops
     confirm_top: int = 3
     confirm_rounds: int = 4
-    measure: dict = field(default_factory=lambda: {
-        "warmup_count": 3, "warmup_seconds": 1.0, "min_runs": 20, "min_seconds": 2.0})
-    confirm_measure: dict = field(default_factory=lambda: {
-        "warmup_count": 3, "warmup_seconds": 1.0, "min_runs": 10, "min_seconds": 1.0})
+    measure: MeasureSettings = MeasureSettings()
+    confirm_measure: MeasureSettings = CONFIRM_MEASURE
     cpus: list[int] | None = None           # pin workers here; threads default to their count
     jobs: int = 1                           # parallel workers on disjoint core slices
     store_winner: bool = True
@@ -444,7 +442,7 @@ class Tuner:
             ready = worker.wait_ready(self.request.trial_timeout_s)
             prune_above = best_ms * self.request.prune_ratio if best_ms else None
             measured = worker.measure(self.request.trial_timeout_s, prune_above_ms=prune_above,
-                                      **self.request.measure)
+                                      **self.request.measure.to_dict())
         except TrialFailure as failure:
             trial.set_user_attr(attrs.FAILURE_KIND, failure.kind)
             trial.set_user_attr(attrs.FAILURE_REASON, failure.reason[:2000])
@@ -600,7 +598,7 @@ class Tuner:
                 for name in order[shift:] + order[:shift]:
                     try:
                         measured = workers[name].measure(request.trial_timeout_s,
-                                                         **request.confirm_measure)
+                                                         **request.confirm_measure.to_dict())
                         samples[name] += measured["samples"]
                         candidates[name].round_medians.append(measured["stats"]["median_ms"])
                     except TrialFailure as failure:

@@ -30,6 +30,10 @@ TORCH_COMPILE_DEFAULT = "torch.compile default"
 IPEX_LOOKUP = "ipex backend with store lookup"  # what a user's plain torch.compile gets
 
 
+# Relative error allowed against the eager float32 output, per dtype (README; --tolerance).
+TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
+
+
 class TrialFailure(Exception):
     """A candidate that could not be measured, and why."""
 
@@ -44,7 +48,7 @@ class WorkerSpec:
     model: dict                       # autotune.models.ModelSpec.to_dict()
     candidate: dict | str             # knob values, or EAGER / TORCH_COMPILE_DEFAULT
     reference_path: str               # eager float32 output; written by the first worker if absent
-    tolerance: float = 1e-3           # max |out - ref| / max |ref|
+    tolerance: float = TOLERANCES["float32"]  # max |out - ref| / max |ref|
     threads: int = 0                  # intra-op threads for baselines (configs carry their own)
     env: dict = field(default_factory=dict)
 
@@ -162,18 +166,18 @@ def should_prune(first_runs_ms: list[float], prune_above_ms: float | None) -> bo
 
 
 def _measure(call: Callable[[], Any], command: dict, warmed: bool) -> dict:
-    from .bench import sample, warm_up
+    from .bench import MeasureSettings, sample, warm_up
 
+    settings = MeasureSettings.of(command)
     if not warmed:
-        warm_up(call, count=command.get("warmup_count", 3), seconds=command.get("warmup_seconds", 0.5))
+        warm_up(call, count=settings.warmup_count, seconds=settings.warmup_seconds)
     prune_above = command.get("prune_above_ms")
     samples: list[float] = []
     if prune_above:
         samples = sample(call, min_runs=PRUNE_RUNS, min_seconds=0.0, max_runs=PRUNE_RUNS)
         if should_prune(samples, prune_above):
             return {"pruned": True, "stats": Stats.of(samples).to_dict(), "peak_rss_mb": _rss_mb()}
-    samples += sample(call, min_runs=command.get("min_runs", 10),
-                      min_seconds=command.get("min_seconds", 1.0))
+    samples += sample(call, min_runs=settings.min_runs, min_seconds=settings.min_seconds)
     return {"pruned": False, "stats": Stats.of(samples).to_dict(), "samples": samples,
             "peak_rss_mb": _rss_mb()}
 

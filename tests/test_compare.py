@@ -80,7 +80,7 @@ def test_peaks_are_sampled_between_the_rounds_they_share_drift_with(tmp_path, mo
     monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick",
                           storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=3,
-                          confirm_measure=dict(QUICK_MEASURE))
+                          confirm_measure=QUICK_MEASURE)
     tuner = Tuner(request)
     tuner.ensure_reference()
     candidates = {EAGER: Candidate(EAGER, None, kind=EAGER),

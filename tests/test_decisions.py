@@ -38,8 +38,8 @@ def workers_import_test_models(monkeypatch):
 def quick_request(tmp_path, **overrides):
     request = TuneRequest(model=ModelSpec(MODEL), space="quick", trials=1, timeout_s=None,
                           storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="decisions",
-                          seed=0, trial_timeout_s=120, measure=dict(QUICK_MEASURE),
-                          confirm_measure=dict(QUICK_MEASURE), confirm_rounds=1)
+                          seed=0, trial_timeout_s=120, measure=QUICK_MEASURE,
+                          confirm_measure=QUICK_MEASURE, confirm_rounds=1)
     for key, value in overrides.items():
         setattr(request, key, value)
     return request
@@ -83,7 +83,7 @@ def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path
         "--study-name", request.study_name, "--trials", "3", "--tolerance", "5e-3"])
     loose = cli._request_from_args(args)
     assert loose.tolerance == 5e-3
-    loose.measure, loose.confirm_measure, loose.confirm_top = dict(QUICK_MEASURE), dict(QUICK_MEASURE), 3
+    loose.measure, loose.confirm_measure, loose.confirm_top = QUICK_MEASURE, QUICK_MEASURE, 3
     loose_tuner = Tuner(loose)
     study.enqueue_trial(LOOSE)
     loose_tuner.search(open_study(loose))

@@ -111,8 +111,8 @@ def tuned(tmp_path_factory):
     """The one tuner run of this module: small_cnn, quick space, 4 trials."""
     url = f"sqlite:///{tmp_path_factory.mktemp('tuned') / 'store.db'}"
     request = TuneRequest(model=ModelSpec(SMALL_CNN), space="quick", trials=4, timeout_s=None,
-                          storage=url, seed=0, measure=dict(QUICK_MEASURE),
-                          confirm_measure=dict(QUICK_MEASURE), confirm_rounds=2, confirm_top=1)
+                          storage=url, seed=0, measure=QUICK_MEASURE,
+                          confirm_measure=QUICK_MEASURE, confirm_rounds=2, confirm_top=1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", worker_pythonpath())  # workers import tuner_models
         result = Tuner(request).run()

@@ -129,7 +129,7 @@ def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
 def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick", trials=4,
                           timeout_s=None, storage=f"sqlite:///{tmp_path / 'jobs.db'}", seed=0,
-                          measure=dict(QUICK_MEASURE), confirm_measure=dict(QUICK_MEASURE),
+                          measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
                           confirm_rounds=2, confirm_top=1, jobs=2, cpus=[0, 1])
     result = Tuner(request).run()
     assert result.winner is not None and result.trials_total == 4

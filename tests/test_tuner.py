@@ -27,7 +27,7 @@ def workers_import_test_models(monkeypatch):
 def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
     request = TuneRequest(model=ModelSpec(model), space="quick", trials=4, timeout_s=None,
                           storage=f"sqlite:///{tmp_path / 'study.db'}", seed=0,
-                          measure=dict(QUICK_MEASURE), confirm_measure=dict(QUICK_MEASURE),
+                          measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
                           confirm_rounds=2, confirm_top=1)
     for key, value in overrides.items():
         setattr(request, key, value)

@@ -9,9 +9,11 @@ import time
 
 import pytest
 
+from autotune.bench import MeasureSettings
+
 TESTS = os.path.dirname(__file__)
 # Short measurements: these tests check behaviour, not speed.
-QUICK_MEASURE = {"warmup_count": 2, "warmup_seconds": 0.1, "min_runs": 5, "min_seconds": 0.2}
+QUICK_MEASURE = MeasureSettings(warmup_count=2, warmup_seconds=0.1, min_runs=5, min_seconds=0.2)
 
 
 def worker_pythonpath() -> str:
