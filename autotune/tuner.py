@@ -260,6 +260,17 @@ def fail_stale_trials(study: optuna.Study) -> int:
     return failed
 
 
+def _available_mb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0  # unknown: one at a time
+
+
 def _tuner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -564,16 +575,23 @@ class Tuner:
         so that drift on a shared machine hits all of them alike. Fills stats or failure.
         ``after_round`` runs between rounds, for measurements that should share their drift.
 
-        Nothing is timed until every candidate is ready, so they compile side by side, one per
-        core: the confirmation's start-up then takes about a core-count-th of the time."""
+        Nothing is timed until every candidate is ready, so they start side by side, one per core
+        (the imports and most of a compile are single-threaded), as many as the memory limit
+        allows; a max-autotune config starts alone, since its compile times kernels to pick one."""
         request = self.request
         workers: dict[str, WorkerProcess] = {}
         starting: dict[str, WorkerProcess] = {}
         waiting = list(candidates.items())
-        side_by_side = max(1, len(request.cpus or os.sched_getaffinity(0)))
+        side_by_side = max(1, min(len(request.cpus or os.sched_getaffinity(0)),
+                                  int(_available_mb() // request.memory_limit_mb)))
+
+        def alone(cand: Candidate) -> bool:
+            return cand.config is not None and cand.config.max_autotune
+
         try:
             while waiting or starting:
-                while waiting and len(starting) < side_by_side:
+                while waiting and len(starting) < side_by_side and not (
+                        starting and (alone(waiting[0][1]) or any(alone(candidates[n]) for n in starting))):
                     name, cand = waiting.pop(0)
                     kind = cand.config.to_dict() if cand.config is not None else cand.kind
                     dtype = cand.config.dtype if cand.config is not None else cand.dtype

@@ -264,7 +264,7 @@ class WorkerProcess:
         try:
             self.process.stdin.write(json.dumps(message) + "\n")
             self.process.stdin.flush()
-        except BrokenPipeError:
+        except (BrokenPipeError, ValueError):  # ValueError: its stdin is closed, it has ended
             pass  # the receive that follows reports how it died
 
     def _receive(self, timeout_s: float) -> dict:
@@ -305,6 +305,9 @@ class WorkerProcess:
                 raise self._death()
 
     def _death(self) -> TrialFailure:
+        if getattr(self.process, "zygote_died", False):
+            # not the config's doing: a lost trial, which a rerun replaces
+            return TrialFailure(FailureKind.INTERRUPTED, "the zygote that started this worker died")
         code = self.process.returncode
         if code is not None and code < 0:
             return TrialFailure(FailureKind.CRASH, f"crashed: {_signal_name(code)}; log tail: {self.log_tail(300)}")

@@ -30,9 +30,13 @@ log = logging.getLogger("autotune")
 PRELOAD = ("torch", "torchvision", "torch._dynamo", "torch._inductor.config",
            "torch._inductor.compile_fx", "backend", "backend.compiler", "autotune.models",
            "autotune.worker")
-# Read by the worker after the fork, so a zygote can serve any value of them.
+# Read by the worker after the fork, so a zygote can serve any value of them (it is started
+# without them).
 RUNTIME_PREFIXES = ("AUTOTUNE_", "IPEX_AUTOTUNE_")
 RUNTIME_VARS = {"OMP_NUM_THREADS"}
+# OpenMP binds threads to places it works out from the CPU mask when it loads, in the zygote:
+# with these set, a worker on its own cores needs its own process.
+EXEC_ONLY_VARS = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
 START_TIMEOUT_S = 300.0
 MAX_MESSAGE = 1 << 20
 
@@ -56,19 +60,22 @@ def die_with_parent() -> None:
 
 # --------------------------------------------------------------------------------------- zygote side
 
-def _become_worker(request: dict, fds: list[int], inherited: list[int]) -> None:
-    """In the forked child: turn into a worker exactly as an exec'd one would start, run it, exit.
+def _become_worker(request: dict, fds: list[int], inherited: list[int], zygote_pid: int) -> None:
+    """In the forked child: set up as an exec'd worker starts (session, descriptors, environment,
+    cores, thread pools), run the entry point, exit with its code.
 
     ``inherited``: the zygote's own descriptors, closed here so that only the zygote holds them."""
     code = 1
     try:
         stdin_fd, log_fd, reply_fd, status_fd = fds
+        signal.set_wakeup_fd(-1)
         for fd in inherited + [status_fd]:
             os.close(fd)
-        signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()  # Ctrl-C in the terminal reaches the tuner, which ends us
         die_with_parent()
+        if os.getppid() != zygote_pid:  # the zygote died before we asked to die with it
+            os._exit(1)
         os.dup2(stdin_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -83,15 +90,19 @@ def _become_worker(request: dict, fds: list[int], inherited: list[int]) -> None:
         _threads_as_if_exec()
         module, _, function = request["entry"].partition(":")
         code = getattr(importlib.import_module(module), function)()
+    except SystemExit as exit_:
+        code = exit_.code
     except BaseException:
         import traceback
         traceback.print_exc()
     finally:
         try:
+            import atexit
+            atexit._run_exitfuncs()  # as at an exec'd worker's exit: e.g. Inductor's compile pool
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code)
+            os._exit(code if isinstance(code, int) else 1)
 
 
 def _threads_as_if_exec() -> None:
@@ -135,19 +146,33 @@ def _zygote_main() -> int:
             message, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 4)
         except OSError:
             message, fds = b"", []
-        if not message:  # the tuner is gone or done: finish the workers it left, then exit
+        if not message or len(fds) != 4:  # the tuner is gone or done: finish its workers, exit
+            for fd in fds:
+                os.close(fd)
             accepting = False
+            control.close()
             continue
-        pid = os.fork()
-        if pid == 0:
-            _become_worker(json.loads(message), fds,
-                           [control.fileno(), wakeup_r, wakeup_w, *statuses.values()])
-        status_fd = fds[3]
-        for fd in fds[:3]:
-            os.close(fd)
-        os.write(status_fd, f"{pid}\n".encode())
-        statuses[pid] = status_fd
+        try:
+            _fork_worker(json.loads(message), fds, statuses,
+                         [control.fileno(), wakeup_r, wakeup_w, *statuses.values()])
+        except OSError:  # e.g. out of processes: the parent sees the status pipe close
+            pass
+        finally:
+            for fd in fds:
+                if fd not in statuses.values():
+                    os.close(fd)
     return 0
+
+
+def _fork_worker(request: dict, fds: list[int], statuses: dict[int, int], inherited: list[int]) -> None:
+    sys.stdout.flush()  # nothing buffered here may be written again by the child
+    sys.stderr.flush()
+    zygote_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _become_worker(request, fds, inherited, zygote_pid)
+    statuses[pid] = fds[3]
+    os.write(fds[3], f"{pid}\n".encode())
 
 
 def _reap(statuses: dict[int, int]) -> None:
@@ -173,6 +198,7 @@ class ForkedWorker:
         self.pid = pid
         self.stdin = stdin
         self.returncode: int | None = None
+        self.zygote_died = False  # then the worker's end says nothing about its config
         self._status_fd = status_fd
 
     def poll(self) -> int | None:
@@ -188,6 +214,7 @@ class ForkedWorker:
         if self.returncode is None and select.select([self._status_fd], [], [], timeout)[0]:
             text = os.read(self._status_fd, 64).decode().strip()
             # no code: the zygote died, and took its workers with it
+            self.zygote_died = not text
             self.returncode = int(text) if text else -signal.SIGKILL
             os.close(self._status_fd)
             try:
@@ -215,8 +242,9 @@ class Zygote:
         if self._ready:
             return
         if not select.select([self.control], [], [], START_TIMEOUT_S)[0] or self.control.recv(16) != b"ready":
-            self.close()
+            self.kill()  # a hung import must not hang us reading its stderr
             error = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+            self.process.stderr.close()
             raise OSError(error[-1] if error else f"no answer within {START_TIMEOUT_S:.0f} s")
         self.process.stderr.close()
         self._ready = True
@@ -233,19 +261,31 @@ class Zygote:
         try:
             request = json.dumps({"entry": entry, "env": env, "cpus": cpus}).encode()
             socket.send_fds(self.control, [request], [stdin_r, log_fd, reply_fd, status_w])
+            line = b""
+            deadline = time.monotonic() + 30
+            while not line.endswith(b"\n"):
+                if not select.select([status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    raise OSError("the zygote did not fork a worker within 30 s")
+                chunk = os.read(status_r, 1)
+                if not chunk:
+                    raise OSError("the zygote failed to fork a worker")
+                line += chunk
+        except OSError:
+            # whatever it forked dies with it, and holds no copy of the caller's pipes
+            self.kill()
+            os.close(stdin_w)
+            os.close(status_r)
+            raise
         finally:
             os.close(stdin_r)
             os.close(status_w)
-        line = b""
-        deadline = time.monotonic() + 30
-        while not line.endswith(b"\n"):
-            if not select.select([status_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                raise OSError("the zygote did not fork a worker within 30 s")
-            chunk = os.read(status_r, 1)
-            if not chunk:
-                raise OSError("the zygote died before forking a worker")
-            line += chunk
         return ForkedWorker(int(line), os.fdopen(stdin_w, "w"), status_r)
+
+    def kill(self) -> None:
+        self.control.close()
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def close(self) -> None:
         self.control.close()  # the zygote exits once its workers have
@@ -265,7 +305,8 @@ def prestart(env: dict | None = None) -> None:
 
 def _zygote_for(env: dict) -> Zygote | None:
     global _zygote
-    if env.get("AUTOTUNE_WORKER_START") == "exec" or _zygote_failed:
+    if env.get("AUTOTUNE_WORKER_START") == "exec" or _zygote_failed or any(
+            name in env for name in EXEC_ONLY_VARS):
         return None
     if _zygote is not None and (preload_env(_zygote.env) != preload_env(env) or not _zygote.alive()):
         _zygote.close()

@@ -125,3 +125,20 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_worker_whose_zygote_died_is_a_lost_trial_not_a_failing_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAULT_PLAN", "0:hang")
+    monkeypatch.setenv("FAULT_MARKER_DIR", str(tmp_path))
+    with WorkerProcess(spec(tmp_path, env={"AUTOTUNE_TRIAL_NUMBER": "0"})) as worker:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "hanging-0").exists():
+            assert time.monotonic() < deadline, "the worker never reached its hang"
+            time.sleep(0.1)
+        zygote._zygote.process.kill()  # e.g. the kernel's OOM killer chose it
+        with pytest.raises(TrialFailure, match="zygote that started this worker died") as failure:
+            worker.wait_ready(60)
+    assert failure.value.kind == "interrupted", "a crash would mark the config as failing for good"
+    # the next worker gets a new zygote
+    with WorkerProcess(spec(tmp_path, env={"AUTOTUNE_TRIAL_NUMBER": "1"})) as worker:
+        worker.wait_ready(120)
