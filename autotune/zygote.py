@@ -90,8 +90,8 @@ def _become_worker(request: dict, fds: list[int], inherited: list[int], zygote_p
         _threads_as_if_exec()
         module, _, function = request["entry"].partition(":")
         code = getattr(importlib.import_module(module), function)()
-    except SystemExit as exit_:
-        code = exit_.code
+    except SystemExit as exit_:  # as an exec'd process exits: sys.exit() is 0, a message is 1
+        code = 0 if exit_.code is None else exit_.code
     except BaseException:
         import traceback
         traceback.print_exc()
