@@ -2,8 +2,7 @@
 
 A knob declares its type, its allowed values (``choices``) or integer range, its default,
 the compile paths it applies to, the CPU features it needs for particular values, and one line
-of documentation. ``apply`` says where the value lands, so the compile paths stay honest:
-every knob here is read by exactly one place in backend/.
+of documentation; ``applies_at`` says when its value takes effect (compile, call, process).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from .errors import KnobError, UnsupportedOnThisCPU
 TORCHSCRIPT = "torchscript"
 INDUCTOR = "inductor"
 PATHS = (TORCHSCRIPT, INDUCTOR)
-BOTH = frozenset(PATHS)
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,8 @@ class Knob:
     type: type
     default: Any
     doc: str
-    paths: frozenset = BOTH
+    # the paths it applies to, named one by one: a new path takes on a shared knob only by choice
+    paths: frozenset
     choices: tuple | None = None
     low: int | None = None
     high: int | None = None
@@ -92,17 +91,18 @@ class Knob:
 
 _KNOB_LIST = [
     # --- both paths -------------------------------------------------------------------------
-    Knob("path", str, TORCHSCRIPT, choices=PATHS,
+    Knob("path", str, TORCHSCRIPT, paths=frozenset(PATHS), choices=PATHS,
          doc="Compile path: TorchScript trace+freeze (inference only) or TorchInductor."),
-    Knob("dtype", str, "float32", choices=("float32", "bfloat16"),
+    Knob("dtype", str, "float32", paths=frozenset({TORCHSCRIPT, INDUCTOR}),
+         choices=("float32", "bfloat16"),
          requires={"bfloat16": ("mkldnn_bf16",)},
          doc="Compute dtype; bfloat16 runs the graph under CPU autocast, outputs stay float32."),
-    Knob("weights_prepack", bool, True,
+    Knob("weights_prepack", bool, True, paths=frozenset({TORCHSCRIPT, INDUCTOR}),
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
              "(TorchScript: MKLDNN conversion pass, skipped under onednn_fusion, which packs its "
              "own; Inductor: cpp.weight_prepack with freezing, fixed per process at its first "
              "frozen compile)."),
-    Knob("channels_last", bool, True,
+    Knob("channels_last", bool, True, paths=frozenset({TORCHSCRIPT, INDUCTOR}),
          doc="NHWC activations for convolutions (TorchScript: weights and 4-D inputs converted; "
              "Inductor: layout_optimization)."),
     # --- TorchScript path ---------------------------------------------------------------------
@@ -147,9 +147,10 @@ _KNOB_LIST = [
          choices=("auto", "1,1,2", "1,2,1", "2,1,1", "1,1,4", "1,2,2", "2,2,1", "4,1,1"),
          doc="C++ GEMM template: threads split over M,N,K (product must equal threads; with max_autotune)."),
     # --- runtime ------------------------------------------------------------------------------
-    Knob("threads", int, 0, low=0, high=1024, applies_at="call",
+    Knob("threads", int, 0, paths=frozenset({TORCHSCRIPT, INDUCTOR}), low=0, high=1024, applies_at="call",
          doc="Intra-op threads used by the compiled graph (0: leave torch's setting alone)."),
-    Knob("interop_threads", int, 0, low=0, high=1024, applies_at="process",
+    Knob("interop_threads", int, 0, paths=frozenset({TORCHSCRIPT, INDUCTOR}), low=0, high=1024,
+         applies_at="process",
          doc="Inter-op threads (0: torch's default); fixed at process start, so set by the launcher."),
 ]
 
