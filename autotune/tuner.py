@@ -25,6 +25,7 @@ from backend.fingerprint import hardware_info, hardware_key, usable_cores
 from backend.store import ConfigStore, TunedRecord, default_storage_url, retry_creation_race
 
 from . import trial_attrs as attrs
+from . import zygote
 from .bench import CONFIRM_MEASURE, MeasureSettings, Stats
 from .errors import AutotuneError, StudyError
 from .models import ModelSpec, build, module_origin
@@ -342,7 +343,10 @@ def _search_slice(request: TuneRequest, cpus: list[int]) -> bool:
               file=sys.stderr, flush=True)
 
     tuner = Tuner(request, progress)
-    return tuner.search(open_study(request))
+    try:
+        return tuner.search(open_study(request))
+    finally:
+        zygote.shutdown()  # joblib keeps this process for a while: its zygote need not stay
 
 
 class Tuner:

@@ -303,6 +303,14 @@ def prestart(env: dict | None = None) -> None:
         _give_up(exc)
 
 
+def shutdown() -> None:
+    """Let this process's zygote go (it exits once its workers have)."""
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
+
+
 def _zygote_for(env: dict) -> Zygote | None:
     global _zygote
     if env.get("AUTOTUNE_WORKER_START") == "exec" or _zygote_failed or any(
