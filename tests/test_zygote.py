@@ -142,3 +142,37 @@ def test_a_worker_whose_zygote_died_is_a_lost_trial_not_a_failing_config(tmp_pat
     # the next worker gets a new zygote
     with WorkerProcess(spec(tmp_path, env={"AUTOTUNE_TRIAL_NUMBER": "1"})) as worker:
         worker.wait_ready(120)
+
+
+def _pipes_and_sockets(pid: int) -> set[str]:
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("pipe:", "socket:")):
+            held.add(target)
+    return held
+
+
+def test_a_worker_holds_no_pipe_of_the_zygote_or_of_another_worker(tmp_path, monkeypatch):
+    # a stray copy of another worker's stdin or reply pipe would keep its EOF from arriving: a
+    # crash would read as a timeout, and a closed tuner would leave the worker waiting forever
+    monkeypatch.setenv("FAULT_PLAN", "0:hang,1:hang")
+    monkeypatch.setenv("FAULT_MARKER_DIR", str(tmp_path))
+    with WorkerProcess(spec(tmp_path, env={"AUTOTUNE_TRIAL_NUMBER": "0"})) as first, \
+            WorkerProcess(spec(tmp_path, env={"AUTOTUNE_TRIAL_NUMBER": "1"})) as second:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"hanging-{n}").exists() for n in (0, 1)):
+            assert time.monotonic() < deadline, "the workers never reached their hang"
+            time.sleep(0.1)
+        zygote_held = _pipes_and_sockets(zygote._zygote.process.pid)
+        first_held = _pipes_and_sockets(first.process.pid)
+        second_held = _pipes_and_sockets(second.process.pid)
+        assert first_held and second_held, "each has its stdin and reply pipes"
+        assert not second_held & zygote_held, "the zygote's socket, wakeup or status pipes leaked"
+        assert not first_held & zygote_held
+        assert not first_held & second_held, "one worker holds another's pipes"
+        first.kill()
+        second.kill()
