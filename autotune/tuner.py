@@ -49,6 +49,7 @@ def _clearly_faster(a: "Candidate", b: "Candidate") -> bool:
             and all(x < y for x, y in rounds))
 HEARTBEAT_INTERVAL_S = 10  # a running trial's tuner records a heartbeat this often...
 GRACE_PERIOD_S = 60        # ...and its trial is failed as orphaned after this long without one
+QUEUE_WAIT_S = 60          # how long a tuner joining a study waits for another to queue its trials
 
 
 @dataclass
@@ -412,11 +413,17 @@ class Tuner:
         request = self.request
         lost = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                     if t.user_attrs.get(attrs.FAILURE_KIND) in LOST])
-        missing = request.trials + lost - len(study.trials)
+        target = request.trials + lost
+        missing = target - len(study.trials)
         if missing <= 0:
             return
         with ConfigStore(request.storage_url) as store:
             if not store.claim(f"budget:{study.study_name}:{request.trials}:{lost}", _tuner_id()):
+                # another tuner is queueing them right now: a search before it is done would
+                # find nothing to take, and this tuner would end with "no trial completed"
+                deadline = time.monotonic() + QUEUE_WAIT_S
+                while len(study.get_trials(deepcopy=False)) < target and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 return
         queue = []
         if not study.trials:

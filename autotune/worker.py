@@ -71,7 +71,8 @@ def _child_main() -> int:
         spec = WorkerSpec(**json.loads(sys.stdin.readline()))
         state = _prepare(spec)
     except Exception as exc:  # anything the model or compiler raises is the trial's failure
-        send(status="error", kind=getattr(exc, "kind", FailureKind.EXCEPTION),
+        # only our own failures carry a kind: a model's exception may have a `kind` of its own
+        send(status="error", kind=exc.kind if isinstance(exc, TrialFailure) else FailureKind.EXCEPTION,
              reason=f"{type(exc).__name__}: {exc}"[:2000])
         return 1
     send(status="ready", **state["report"])

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -24,6 +25,7 @@ from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, TOLERANCES, Candida
                             open_study)
 from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
 from backend import BackendConfig
+from backend.store import ConfigStore
 from tuning import QUICK_MEASURE, worker_pythonpath
 
 MODEL = "tuner_models:faulty_cnn"  # FAULT_PLAN "N:wrong=E": trial N's outputs are off by E
@@ -292,3 +294,22 @@ def test_a_trial_whose_tuner_on_this_host_died_unreaped_is_failed_at_once(tmp_pa
 def _process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_tuner_joining_while_another_queues_the_budget_waits_for_the_whole_queue(tmp_path):
+    # seen in the fleet test: the joiner found the queue still empty, searched nothing, and
+    # ended with "no trial completed" while the others tuned
+    request = quick_request(tmp_path, trials=3)
+    study = open_study(request)
+    with ConfigStore(request.storage_url) as store:
+        assert store.claim(f"budget:{study.study_name}:3:0", "other-host:1")
+    joiner = threading.Thread(target=Tuner(request).fill_budget, args=(study,))
+    joiner.start()
+    for _ in range(2):
+        study.enqueue_trial({})
+    joiner.join(1.0)
+    assert joiner.is_alive(), "it went on to search a queue still being filled"
+    study.enqueue_trial({})
+    joiner.join(30)
+    assert not joiner.is_alive()
+    assert len(study.trials) == 3, "the joiner queued nothing of its own"
