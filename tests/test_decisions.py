@@ -26,7 +26,7 @@ from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, TOLERANCES, Candida
 from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
 from backend import BackendConfig
 from backend.store import ConfigStore
-from tuning import QUICK_MEASURE, worker_pythonpath
+from tuning import QUICK_MEASURE, process_state, worker_pythonpath
 
 MODEL = "tuner_models:faulty_cnn"  # FAULT_PLAN "N:wrong=E": trial N's outputs are off by E
 ERROR = re.compile(r"relative error (\S+) exceeds the tolerance (\S+)$")
@@ -277,7 +277,7 @@ def test_a_trial_whose_tuner_on_this_host_died_unreaped_is_failed_at_once(tmp_pa
     dead, alive = study.ask(), study.ask()
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
-    while _process_state(zombie.pid) != "Z":
+    while process_state(zombie.pid) != "Z":
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.05)
     try:
@@ -289,11 +289,6 @@ def test_a_trial_whose_tuner_on_this_host_died_unreaped_is_failed_at_once(tmp_pa
     dead, alive = study.get_trials(deepcopy=False)
     assert dead.state == TrialState.FAIL and dead.user_attrs["failure_kind"] == "orphaned"
     assert alive.state == TrialState.RUNNING
-
-
-def _process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_tuner_joining_while_another_queues_the_budget_waits_for_the_whole_queue(tmp_path):

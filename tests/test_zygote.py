@@ -13,7 +13,7 @@ import pytest
 from autotune import zygote
 from autotune.models import ModelSpec
 from autotune.worker import EAGER, TrialFailure, WorkerProcess, WorkerSpec
-from tuning import worker_pythonpath
+from tuning import process_state, worker_pythonpath
 
 MODEL = ModelSpec("tuner_models:faulty_cnn").to_dict()
 
@@ -110,21 +110,14 @@ def test_workers_and_their_zygote_die_with_a_killed_tuner(tmp_path, monkeypatch)
         assert tuner.poll() is None and time.monotonic() < deadline, "the worker never reached its hang"
         time.sleep(0.1)
     started = [int(pid) for pid in (tmp_path / "pids.tmp").read_text().split()]
-    assert all(_state(pid) not in ("Z", "gone") for pid in started)
+    assert all(process_state(pid) not in ("Z", "gone") for pid in started)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     deadline = time.monotonic() + 30
-    while any(_state(pid) not in ("Z", "gone") for pid in started):
+    while any(process_state(pid) not in ("Z", "gone") for pid in started):
         assert time.monotonic() < deadline, "a worker or the zygote outlived the tuner"
         time.sleep(0.1)
 
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
 
 
 def test_a_worker_whose_zygote_died_is_a_lost_trial_not_a_failing_config(tmp_path, monkeypatch):

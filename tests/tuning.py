@@ -66,3 +66,12 @@ def assert_file_line_error(error_type, load, path, line, pieces):
     assert message.startswith(f"{path}:{line}: "), message
     for piece in pieces:
         assert piece in message, message
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/<pid>/stat ("Z": exited, not reaped), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
