@@ -13,7 +13,7 @@ from typing import Sequence
 import yaml
 
 from backend.errors import AutotuneError
-from backend.knobs import KNOBS
+from backend.knobs import KNOBS, markdown_table
 
 from . import zygote
 
@@ -66,70 +66,30 @@ def _parse_dtypes(text: str) -> tuple[str, ...]:
     return dtypes
 
 
-def _model_spec(args, study: dict | None = None):
-    """The model to build: every flag the user gave wins over the study file, which wins over
-    the defaults. ``--input-shape`` (one per input) includes the batch dimension."""
-    from .models import ModelSpec
+def _options(args):
+    """The flags a subcommand was given, as the library's RunOptions (None: not given)."""
+    from .study_file import RunOptions
 
-    study = study or {}
-    shapes = args.input_shape or []
-    batches = sorted({shape[0] for shape in shapes})
-    if args.batch_size is not None:
-        batch = args.batch_size
-    elif len(batches) > 1:
-        raise AutotuneError(f"--input-shape: the inputs have different batch sizes "
-                            f"({', '.join(map(str, batches))}); give each the same first "
-                            "dimension, or set it with --batch-size")
-    else:
-        batch = batches[0] if batches else study.get("batch_size", 1)
-    per_sample = tuple(shape[1:] for shape in shapes) or study.get("input_shape")
-    return ModelSpec(name=args.model, batch_size=batch, input_shapes=per_sample,
-                     checkpoint=args.checkpoint or study.get("checkpoint"))
+    flags = vars(args)
+    return RunOptions(
+        model=args.model, batch_size=args.batch_size, input_shapes=tuple(args.input_shape or ()),
+        checkpoint=args.checkpoint, dtypes=flags.get("dtype"), trials=flags.get("trials"),
+        timeout=flags.get("timeout"), trial_timeout=flags.get("trial_timeout"),
+        memory_limit_mb=flags.get("memory_limit"), tolerance=flags.get("tolerance"),
+        space=flags.get("space"), storage=flags.get("storage"), study_name=flags.get("study_name"),
+        seed=flags.get("seed"), measure_seconds=flags.get("measure_seconds"),
+        confirm_rounds=flags.get("confirm_rounds"), confirm_top=flags.get("confirm_top"),
+        cpus=flags.get("cpus"), jobs=flags.get("jobs") or 1)
+
+
+def _model_spec(args):
+    from .study_file import model_spec
+    return model_spec(_options(args))
 
 
 def _request_from_args(args):
-    from .study_file import load_study_file, parse_duration
-    from .tuner import TuneRequest
-
-    study: dict = {}
-    if args.study:
-        study = load_study_file(args.study)
-        if args.model:
-            raise AutotuneError("give either --model or --study, not both")
-        args.model = study["model"]
-        args.dtype = args.dtype or tuple(study.get("dtypes", ["float32"]))
-        budget = study.get("budget", {})
-        args.trials = args.trials or budget.get("trials")
-        args.timeout = args.timeout or budget.get("timeout")
-        args.space = args.space or study.get("space")
-    if not args.model:
-        raise AutotuneError("no model: give --model NAME (see `autotune models`) or --study FILE")
-    timeout = args.timeout
-    if isinstance(timeout, str):
-        timeout = parse_duration(timeout)
-    request = TuneRequest(model=_model_spec(args, study), dtypes=args.dtype or ("float32",),
-                          space=args.space or "default", storage=args.storage,
-                          study_name=args.study_name, seed=args.seed)
-    if args.trials:
-        request.trials = int(args.trials)
-    if timeout:
-        request.timeout_s = float(timeout)
-    if args.tolerance:
-        request.tolerance = args.tolerance
-    if args.trial_timeout:
-        request.trial_timeout_s = parse_duration(args.trial_timeout)
-    if args.memory_limit:
-        request.memory_limit_mb = args.memory_limit
-    if args.measure_seconds:
-        request.measure = replace(request.measure, min_seconds=args.measure_seconds)
-        request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds / 2)
-    if args.confirm_rounds:
-        request.confirm_rounds = args.confirm_rounds
-    if args.confirm_top:
-        request.confirm_top = args.confirm_top
-    request.jobs = args.jobs
-    request.cpus = args.cpus
-    return request
+    from .study_file import tune_request
+    return tune_request(_options(args), args.study)
 
 
 class _ProgressLine:
@@ -155,7 +115,7 @@ class _ProgressLine:
 
 
 def _print_result(result, out=sys.stdout) -> None:
-    from .tuner import BACKEND_DEFAULT
+    from .confirmation import BACKEND_DEFAULT
     from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
     print(file=out)
@@ -206,7 +166,8 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import compare, named_for
-    from .tuner import BEST_STATIC, TuneRequest
+    from .confirmation import BEST_STATIC
+    from .tuner import TuneRequest
     from .worker import EAGER
 
     request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
@@ -249,8 +210,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_knobs(args) -> int:
+    if args.markdown:
+        sys.stdout.write(markdown_table())
+        return 0
     for knob in KNOBS.values():
-        print(f"{knob.name:28s} {knob.valid_values_text():40s} default {knob.default!r:12s} "
+        print(f"{knob.name:28s} {knob.valid_values_text():40s} default {knob.dump(knob.default)!r:12s} "
               f"[{'/'.join(sorted(knob.paths))}] {knob.doc}")
     return 0
 
@@ -411,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=cmd_compare)
 
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)
-    sub.add_parser("knobs", help="list the knobs").set_defaults(func=cmd_knobs)
+    knobs = sub.add_parser("knobs", help="list the knobs")
+    knobs.add_argument("--markdown", action="store_true", help="as the README's table")
+    knobs.set_defaults(func=cmd_knobs)
     ls = sub.add_parser("ls", help="list tuned configs in the store")
     ls.set_defaults(func=cmd_ls)
     show = sub.add_parser("show", help="show the stored configs of a model")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from backend.errors import KnobError
 from backend.fingerprint import cpu_features, usable_cores
-from backend.knobs import INDUCTOR, KNOBS, SUPERSEDES, TORCHSCRIPT, Knob, get_knob, superseded
+from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, Knob, get_knob, superseded
 
 from .errors import AutotuneError, SpaceError
 
@@ -206,15 +205,14 @@ def _dimension(doc: YamlFile, knob: Knob, node: Node) -> Dimension:
 
 def _say_overridden(knobs: Mapping[str, Dimension]) -> None:
     """A searched knob that an unlisted, default-on knob overrides is not searched on its path."""
-    for boss, ruled in SUPERSEDES.items():
-        boss_knob = KNOBS[boss]
-        paths = [p for p in knobs.get("path", ()) if p in boss_knob.paths]
-        searched = [name for name in ruled if _is_sampled(knobs.get(name, ()))
+    for boss in KNOBS.values():
+        paths = [p for p in knobs.get("path", ()) if p in boss.paths]
+        searched = [name for name in boss.supersedes if _is_sampled(knobs.get(name, ()))
                     and any(p in KNOBS[name].paths for p in paths)]
-        if boss not in knobs and boss_knob.default and searched:
+        if boss.name not in knobs and boss.default and searched:
             log.info("search space: %s not searched on the %s path: %s is on there (its default, "
                      "not listed) and overrides them; list %s: [true, false] to search them",
-                     ", ".join(searched), "/".join(paths), boss, boss)
+                     ", ".join(searched), "/".join(paths), boss.name, boss.name)
 
 
 def _valid_values(knob: Knob) -> str:
@@ -251,12 +249,12 @@ class SearchSpace:
             if dim:
                 knobs[name] = dim
         knobs["threads"] = _clip_threads(self.knobs.get("threads"), cores)
-        if "gemm_thread_factors" in knobs:
-            factors = _drop_unmatched_factors(knobs["gemm_thread_factors"], knobs["threads"])
-            if factors:
-                knobs["gemm_thread_factors"] = factors
+        for name in [n for n in knobs if KNOBS[n].threads_used]:
+            kept = _drop_unmatched_threads(KNOBS[name], knobs[name], knobs["threads"])
+            if kept:
+                knobs[name] = kept
             else:
-                del knobs["gemm_thread_factors"]
+                del knobs[name]
         _say_overridden(knobs)
         ordered = {name: knobs[name] for name in KNOBS if name in knobs}
         return dataclasses.replace(self, knobs=ordered, dtypes=allowed_dtypes)
@@ -270,15 +268,15 @@ class SearchSpace:
         config = {"path": _pick(trial, "path", self.knobs["path"]),
                   "dtype": _pick(trial, "dtype", self.dtypes)}
         names = [name for name in self.knobs if name != "path" and config["path"] in KNOBS[name].paths]
-        names.sort(key=lambda name: name not in SUPERSEDES)  # deciders first: no wasted samples
+        names.sort(key=lambda name: not KNOBS[name].supersedes)  # deciders first: no wasted samples
         for name in names:
             # a knob the config ignores takes its default, so equal compiles are equal configs
             config[name] = (KNOBS[name].default if name in superseded(config)
                             else _pick(trial, name, self.knobs[name]))
         config = {name: config[name] for name in ("path", "dtype", *self.knobs) if name in config}
-        factors = config.get("gemm_thread_factors", "auto")
-        if factors != "auto" and _product(factors) != config.get("threads"):
-            config["gemm_thread_factors"] = "auto"  # factors must multiply to the thread count
+        for name, value in config.items():
+            if not KNOBS[name].fits_threads(value, config["threads"]):
+                config[name] = KNOBS[name].default  # e.g. GEMM thread factors for other threads
         return config
 
     def static_recipes(self, dtypes: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -298,7 +296,7 @@ class SearchSpace:
         knobs with a single value here are set, not sampled, so they are left out."""
         dims = {"dtype": self.dtypes, **self.knobs}
         ignored = superseded(config)
-        return {name: value for name, value in config.items()
+        return {name: KNOBS[name].dump(KNOBS[name].validate(value)) for name, value in config.items()
                 if name in dims and _is_sampled(dims[name]) and name not in ignored}
 
     def _complete(self, recipe: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -324,8 +322,8 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "description": self.description,
                 "dtypes": list(self.dtypes),
-                "knobs": {name: dim.to_dict() if isinstance(dim, IntRange) else list(dim)
-                          for name, dim in self.knobs.items()}}
+                "knobs": {name: dim.to_dict() if isinstance(dim, IntRange)
+                          else [KNOBS[name].dump(v) for v in dim] for name, dim in self.knobs.items()}}
 
 
 def _is_sampled(dim: Dimension) -> bool:
@@ -337,29 +335,22 @@ def _pick(trial: Any, name: str, dim: Dimension) -> Any:
         return dim[0]
     if isinstance(dim, IntRange):
         return trial.suggest_int(name, dim.low, dim.high, log=dim.log)
-    return trial.suggest_categorical(name, list(dim))
+    knob = KNOBS[name]  # Optuna keeps plain values: (1, 1, 2) is asked for as "1,1,2"
+    return knob.validate(trial.suggest_categorical(name, [knob.dump(v) for v in dim]))
 
 
 def _largest(dim: Dimension) -> int:
     return dim.high if isinstance(dim, IntRange) else max(dim)
 
 
-def _product(factors: str) -> int:
-    return math.prod(int(f) for f in factors.split(","))
-
-
-def _needs(knob: Knob, value: Any, features: frozenset[str]) -> list[str]:
-    return [f for f in knob.requires.get(value, ()) if f not in features]
-
-
 def _drop_unsupported(knob: Knob, values: tuple, features: frozenset[str]) -> tuple:
-    kept = tuple(v for v in values if not _needs(knob, v, features))
+    kept = tuple(v for v in values if not knob.missing_features(v, features))
     dropped = [v for v in values if v not in kept]
     if dropped:
-        needs = sorted({f for v in dropped for f in _needs(knob, v, features)})
+        needs = sorted({f for v in dropped for f in knob.missing_features(v, features)})
         rest = "" if kept else f"; {knob.name} stays at its default {knob.default!r}"
         log.info("search space: dropped %s=%s (needs %s)%s", knob.name,
-                 "/".join(map(str, dropped)), ", ".join(needs), rest)
+                 "/".join(str(knob.dump(v)) for v in dropped), ", ".join(needs), rest)
     return kept
 
 
@@ -372,9 +363,9 @@ def _restrict_dtypes(dtypes: Sequence[str], features: frozenset[str]) -> tuple[s
         raise SpaceError(f"dtypes: {exc}") from None
     if not wanted:
         raise SpaceError(f"dtypes: none given; valid values: {knob.valid_values_text()}")
-    kept = tuple(d for d in wanted if not _needs(knob, d, features))
+    kept = tuple(d for d in wanted if not knob.missing_features(d, features))
     if not kept:
-        needs = sorted({f for d in wanted for f in _needs(knob, d, features)})
+        needs = sorted({f for d in wanted for f in knob.missing_features(d, features)})
         raise SpaceError(f"dtypes {', '.join(wanted)}: none runs on this CPU (needs "
                          f"{', '.join(needs)}); valid here: "
                          f"{', '.join(knob.supported_values(features))}")
@@ -400,11 +391,13 @@ def _clip_threads(dim: Dimension | None, cores: int) -> Dimension:
     return kept or (cores,)
 
 
-def _drop_unmatched_factors(factors: tuple, threads: Dimension) -> tuple:
-    kept = tuple(f for f in factors if f == "auto" or _product(f) in threads)
-    dropped = [f for f in factors if f not in kept]
+def _drop_unmatched_threads(knob: Knob, values: tuple, threads: Dimension) -> tuple:
+    """Values that fit some thread count this space tries (GEMM thread factors)."""
+    counts = range(threads.low, threads.high + 1) if isinstance(threads, IntRange) else threads
+    kept = tuple(v for v in values if any(knob.fits_threads(v, t) for t in counts))
+    dropped = [str(knob.dump(v)) for v in values if v not in kept]
     if dropped:
-        rest = "" if kept else "; gemm_thread_factors stays at its default 'auto'"
-        log.info("search space: dropped gemm_thread_factors=%s (product matches no threads "
-                 "value in the space)%s", "/".join(dropped), rest)
+        rest = "" if kept else f"; {knob.name} stays at its default {knob.dump(knob.default)!r}"
+        log.info("search space: dropped %s=%s (uses a thread count no threads value in the space "
+                 "has)%s", knob.name, "/".join(dropped), rest)
     return kept

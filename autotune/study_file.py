@@ -8,12 +8,15 @@
     objective: latency
     budget: {trials: 60, timeout: 30m}
     space: default             # shipped name, or a path relative to the study file
+
+and ``tune_request``, which merges one with the options a user gave into a TuneRequest.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ from backend.errors import KnobError
 from backend.knobs import KNOBS
 
 from .errors import StudyError
+from .models import ModelSpec
 from .space import YamlFile, looks_like_path
+from .tuner import TuneRequest
 
 STUDY_KEYS = ("model", "batch_size", "input_shape", "checkpoint", "dtypes", "objective",
               "budget", "space", "description")
@@ -161,3 +166,79 @@ def _text(doc: YamlFile, text: Any, node: Node | None) -> str:
     if not isinstance(text, str):
         doc.fail(node, f"description {text!r}: expected text")
     return text
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user gave for a run (command-line flags); None means not given, so the study
+    file, then the defaults decide."""
+    model: str | None = None
+    batch_size: int | None = None
+    input_shapes: tuple[tuple[int, ...], ...] = ()  # full shapes, with the batch dimension
+    checkpoint: str | None = None
+    dtypes: tuple[str, ...] | None = None
+    trials: int | None = None
+    timeout: str | float | None = None             # "20m" or seconds
+    trial_timeout: str | float | None = None
+    memory_limit_mb: float | None = None
+    tolerance: float | None = None
+    space: str | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int | None = None
+    measure_seconds: float | None = None           # per trial; confirmation rounds take half
+    confirm_rounds: int | None = None
+    confirm_top: int | None = None
+    cpus: list[int] | None = None
+    jobs: int = 1
+
+
+def model_spec(options: RunOptions, study: dict[str, Any] | None = None) -> ModelSpec:
+    """The model to build: options win over the study file, which wins over the defaults.
+    Each of ``options.input_shapes`` includes the batch dimension."""
+    study = study or {}
+    batches = sorted({shape[0] for shape in options.input_shapes})
+    if options.batch_size is not None:
+        batch = options.batch_size
+    elif len(batches) > 1:
+        raise StudyError(f"--input-shape: the inputs have different batch sizes "
+                         f"({', '.join(map(str, batches))}); give each the same first "
+                         "dimension, or set it with --batch-size")
+    else:
+        batch = batches[0] if batches else study.get("batch_size", 1)
+    per_sample = tuple(shape[1:] for shape in options.input_shapes) or study.get("input_shape")
+    return ModelSpec(name=options.model or study["model"], batch_size=batch,
+                     input_shapes=per_sample, checkpoint=options.checkpoint or study.get("checkpoint"))
+
+
+def _seconds(value: str | float) -> float:
+    return parse_duration(value) if isinstance(value, str) else float(value)
+
+
+def tune_request(options: RunOptions, study_path: str | os.PathLike | None = None) -> TuneRequest:
+    """The TuneRequest for a run: the study file (if any) merged under the given options."""
+    study: dict[str, Any] = {}
+    if study_path:
+        if options.model:
+            raise StudyError("give either --model or --study, not both")
+        study = load_study_file(study_path)
+    elif not options.model:
+        raise StudyError("no model: give --model NAME (see `autotune models`) or --study FILE")
+    budget = study.get("budget", {})
+    given = {
+        "dtypes": options.dtypes or tuple(study.get("dtypes", ["float32"])),
+        "space": options.space or study.get("space") or "default",
+        "trials": options.trials or budget.get("trials"),
+        "timeout_s": _seconds(options.timeout) if options.timeout else budget.get("timeout"),
+        "trial_timeout_s": options.trial_timeout and _seconds(options.trial_timeout),
+        "memory_limit_mb": options.memory_limit_mb, "tolerance": options.tolerance,
+        "confirm_rounds": options.confirm_rounds, "confirm_top": options.confirm_top,
+    }
+    request = TuneRequest(model=model_spec(options, study), storage=options.storage,
+                          study_name=options.study_name, seed=options.seed, cpus=options.cpus,
+                          jobs=options.jobs, **{k: v for k, v in given.items() if v})
+    if options.measure_seconds:
+        request.measure = replace(request.measure, min_seconds=options.measure_seconds)
+        request.confirm_measure = replace(request.confirm_measure,
+                                          min_seconds=options.measure_seconds / 2)
+    return request

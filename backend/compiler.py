@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -15,7 +14,7 @@ from .config import BackendConfig
 from .errors import KnobError, PathUnavailable, first_line
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
-from .knobs import INDUCTOR, KNOBS, SUPERSEDES, TORCHSCRIPT, get_knob
+from .knobs import TORCHSCRIPT, check_threads, get_knob, turned_off_by_request
 from .notices import warn_once
 from .optimize import OPTIMIZE_MARK
 from .store import default_storage_url
@@ -68,13 +67,7 @@ def fallback_config(options: Mapping[str, Any] | None,
     """The config without the store: explicit options over optimize() knobs over defaults."""
     explicit = {k: v for k, v in (options or {}).items() if k not in CONTROL_OPTIONS}
     path = explicit.get("path", _default_path)
-    for boss, ruled in SUPERSEDES.items():
-        # asking for a non-default value of a knob that a default-on knob overrides means
-        # "not that one": options={"optimize_for_inference": True} turns oneDNN Graph off
-        if boss not in explicit and path in KNOBS[boss].paths and any(
-                name in explicit and KNOBS[name].validate(explicit[name]) != KNOBS[name].default
-                for name in ruled):
-            explicit[boss] = False
+    explicit.update(turned_off_by_request(explicit, path))
     explicit_config = BackendConfig({"path": path, **explicit})  # strict: bad options fail here
     values = {"path": explicit_config.path, **(optimize_knobs or {}), **explicit}
     source = "options" if explicit else ("optimize()" if optimize_knobs else "default")
@@ -98,16 +91,6 @@ def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[st
     return found.config, found.describe(), fallback
 
 
-def _check_runtime(config: BackendConfig) -> None:
-    factors = config.gemm_thread_factors
-    if config.path == INDUCTOR and factors != "auto":
-        threads = config.threads or torch.get_num_threads()
-        product = math.prod(int(f) for f in factors.split(","))
-        if product != threads:
-            raise KnobError(f"knob 'gemm_thread_factors'={factors!r} uses {product} threads, but the "
-                            f"graph runs on {threads}; choose factors whose product is {threads} or 'auto'")
-
-
 def _apply_process_knobs(config: BackendConfig) -> None:
     wanted = config.interop_threads
     if wanted and torch.get_num_interop_threads() != wanted:
@@ -128,7 +111,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                   config: BackendConfig) -> tuple[Callable, BackendConfig]:
     """Compile with ``config``'s path, else along its fallbacks (one warning per reason) rather
     than fail the model. Returns the callable and the config it actually applied."""
-    _check_runtime(config)
+    check_threads(config, config.threads or torch.get_num_threads())
     _apply_process_knobs(config)
     if needs_output_cast(config.dtype):
         gm = cast_float_outputs_to_float32(gm)

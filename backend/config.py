@@ -8,15 +8,41 @@ from typing import Any, Iterator, Mapping
 
 from .errors import KnobError
 from .fingerprint import cpu_features
-from .knobs import KNOBS, get_knob
+from .knobs import KNOBS, check_threads, get_knob
 
 
 class BackendConfig(Mapping[str, Any]):
     """Knob values for one compile. Validated at construction; immutable; hashable.
 
     Only knobs that apply to the chosen path are kept, so two configs that compile the same
-    way compare equal and share one ``config_id``.
+    way compare equal and share one ``config_id``. A knob of the other path reads as its
+    default. Values have their real types (``simdlen`` 256, ``gemm_thread_factors`` (1, 1, 2));
+    ``to_dict`` gives their plain JSON form.
     """
+
+    # one typed attribute per knob (tests/test_knobs.py checks these against KNOBS)
+    path: str
+    dtype: str
+    weights_prepack: bool
+    channels_last: bool
+    conv_bn_folding: bool
+    linear_bn_folding: bool
+    optimize_for_inference: bool
+    onednn_fusion: bool
+    freezing: bool
+    max_autotune: bool
+    gemm_backends: str
+    epilogue_fusion: bool
+    pattern_matcher: bool
+    simdlen: int | str
+    tiling_heuristics: bool
+    min_chunk_size: int
+    max_horizontal_fusion_size: int
+    cpp_wrapper: bool
+    gemm_max_k_slices: int
+    gemm_thread_factors: tuple[int, ...] | str
+    threads: int
+    interop_threads: int
 
     __slots__ = ("_values",)
 
@@ -42,18 +68,12 @@ class BackendConfig(Mapping[str, Any]):
             elif path in knob.paths:
                 resolved[name] = knob.default
         resolved["path"] = path
+        if resolved["threads"]:
+            check_threads(resolved, resolved["threads"])
         object.__setattr__(self, "_values", resolved)
 
     def __setattr__(self, name, value):
         raise AttributeError("BackendConfig is immutable; use .replace(...)")
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            if name in KNOBS:  # a knob of the other path
-                return KNOBS[name].default
-            raise AttributeError(name) from None
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
@@ -85,11 +105,12 @@ class BackendConfig(Mapping[str, Any]):
         return len(KNOBS[name].paths) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        """Plain values (JSON, YAML, Optuna params); ``BackendConfig(to_dict())`` is equal."""
+        return {name: KNOBS[name].dump(value) for name, value in self._values.items()}
 
     def non_default(self) -> dict[str, Any]:
-        return {k: v for k, v in self._values.items()
-                if k == "path" or v != KNOBS[k].default}
+        return {k: v for k, v in self.to_dict().items()
+                if k == "path" or v != KNOBS[k].dump(KNOBS[k].default)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], **kwargs: Any) -> "BackendConfig":
@@ -97,5 +118,17 @@ class BackendConfig(Mapping[str, Any]):
 
     @property
     def config_id(self) -> str:
-        blob = json.dumps(self._values, sort_keys=True).encode()
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return "cfg-" + hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _knob_reader(name: str) -> property:
+    default = KNOBS[name].default
+
+    def read(self: BackendConfig) -> Any:
+        return self._values.get(name, default)
+    return property(read, doc=KNOBS[name].doc)
+
+
+for _name in KNOBS:
+    setattr(BackendConfig, _name, _knob_reader(_name))

@@ -8,33 +8,20 @@ import torch
 
 from .config import BackendConfig
 from .graph import compute_autocast, intra_op_threads, lift_constants
-from .knobs import INDUCTOR
+from .knobs import INDUCTOR, UNSET, InductorOption, knobs_for_path
 from .notices import warn_once
 from .paths import CompilePath, register
 
 
 def inductor_patches(config: BackendConfig) -> dict[str, Any]:
-    """torch._inductor.config entries for this config; the only reader of Inductor knobs."""
-    patches: dict[str, Any] = {
-        "freezing": config.freezing,
-        "cpp.weight_prepack": config.weights_prepack,
-        "layout_optimization": config.channels_last,
-        "epilogue_fusion": config.epilogue_fusion,
-        "pattern_matcher": config.pattern_matcher,
-        "cpp.simdlen": None if config.simdlen == "auto" else int(config.simdlen),
-        "cpp.enable_tiling_heuristics": config.tiling_heuristics,
-        "cpp.min_chunk_size": config.min_chunk_size,
-        "cpp.max_horizontal_fusion_size": config.max_horizontal_fusion_size,
-        "cpp_wrapper": config.cpp_wrapper,
-        "cpp.gemm_max_k_slices": config.gemm_max_k_slices,
-        "cpp.gemm_thread_factors": None if config.gemm_thread_factors == "auto"
-        else config.gemm_thread_factors,
-    }
-    if config.max_autotune:
-        patches["max_autotune"] = True
-        patches["max_autotune_gemm_backends"] = config.gemm_backends
-    if config.threads:
-        patches["cpp.threads"] = config.threads
+    """torch._inductor.config entries for this config, as the knobs declare them (``lands``)."""
+    patches: dict[str, Any] = {}
+    for knob in knobs_for_path(INDUCTOR):
+        for landing in knob.lands:
+            if isinstance(landing, InductorOption):
+                value = landing.convert(config[knob.name])
+                if value is not UNSET:
+                    patches[landing.key] = value
     return patches
 
 

@@ -112,7 +112,7 @@ def _run_passes(frozen: torch.jit.ScriptModule, config: BackendConfig) -> None:
     if config.onednn_fusion:
         # oneDNN Graph compiles partitions over the plain aten ops and packs their constant
         # weights itself; on MKLDNN-converted graphs it crashes (resnet50: bad_alloc, vector
-        # range check). knobs.SUPERSEDES declares the knobs this makes irrelevant.
+        # range check). its knob declares (supersedes) the knobs this makes irrelevant.
         return
     if config.optimize_for_inference:
         torch._C._jit_pass_optimize_for_inference(frozen._c, [])

@@ -48,7 +48,7 @@ def test_knob_of_other_path_is_refused():
 def test_strings_from_yaml_or_cli_are_coerced():
     # 256-bit vectors: every x86-64 host these tests run on has AVX2
     config = BackendConfig({"path": "inductor", "simdlen": 256, "threads": "2", "freezing": "false"})
-    assert (config.simdlen, config.threads, config.freezing) == ("256", 2, False)
+    assert (config.simdlen, config.threads, config.freezing) == (256, 2, False)
 
 
 def test_config_identity_is_stable_and_ignores_spelling():
@@ -68,9 +68,9 @@ def test_replace_switches_path_and_drops_knobs_of_the_old_path():
 def test_cpu_feature_missing_is_refused(monkeypatch):
     # Whatever this machine has: a host without AVX-512 must refuse 512-bit vectors asked for.
     monkeypatch.setattr("backend.config.cpu_features", lambda: frozenset({"avx2", "fma"}))
-    with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'='512' needs CPU feature\(s\) avx512f.*'auto', '256'"):
+    with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'=512 needs CPU feature\(s\) avx512f.*'auto', 256"):
         BackendConfig({"path": INDUCTOR, "simdlen": "512"})
-    assert BackendConfig({"path": INDUCTOR, "simdlen": "256"}).simdlen == "256"
+    assert BackendConfig({"path": INDUCTOR, "simdlen": "256"}).simdlen == 256
 
 
 def test_this_cpu_reports_its_features():
@@ -78,3 +78,53 @@ def test_this_cpu_reports_its_features():
     flags = open("/proc/cpuinfo").read()
     assert ("avx512f" in features) == (" avx512f " in flags)
     assert fingerprint.hardware_key() == fingerprint.hardware_key()
+
+
+def test_config_attributes_are_declared_for_every_knob_and_nothing_else():
+    annotated = BackendConfig.__annotations__
+    assert list(annotated) == list(KNOBS)
+    config = BackendConfig({"path": INDUCTOR, "threads": 2})
+    for name in KNOBS:  # a knob of the other path reads as its default
+        assert getattr(config, name) == config.get(name, KNOBS[name].default)
+    assert (config.path, config.threads, config.conv_bn_folding) == (INDUCTOR, 2, True)
+    with pytest.raises(AttributeError):
+        config.simdlenn  # noqa: B018 (a typo is no knob)
+
+
+def test_values_have_their_real_types_and_a_plain_form():
+    config = BackendConfig({"path": INDUCTOR, "threads": 2, "gemm_thread_factors": "1,1,2",
+                            "simdlen": "256"})
+    assert config.gemm_thread_factors == (1, 1, 2) and config.simdlen == 256
+    plain = config.to_dict()
+    assert plain["gemm_thread_factors"] == "1,1,2" and plain["simdlen"] == 256
+    assert BackendConfig(plain) == config
+    assert BackendConfig({**plain, "gemm_thread_factors": [1, 1, 2]}) == config
+
+
+def test_thread_factors_must_use_the_configs_thread_count():
+    with pytest.raises(KnobError, match=r"'gemm_thread_factors'='1,1,2' uses 2 threads, but the "
+                                        r"graph runs on 1"):
+        BackendConfig({"path": INDUCTOR, "threads": 1, "gemm_thread_factors": "1,1,2"})
+    # threads 0 means "whatever torch has when the graph runs": checked at compile time
+    assert BackendConfig({"path": INDUCTOR, "gemm_thread_factors": "1,1,2"}).gemm_thread_factors == (1, 1, 2)
+
+
+def test_every_inductor_key_set_comes_from_a_declared_landing():
+    from backend.inductor import inductor_patches
+    from backend.knobs import InductorOption
+
+    declared = {landing.key for knob in KNOBS.values() for landing in knob.lands
+                if isinstance(landing, InductorOption)}
+    set_keys = inductor_patches(BackendConfig({"path": INDUCTOR, "threads": 2}))
+    assert set(set_keys) == declared
+    assert set(inductor_patches(BackendConfig({"path": INDUCTOR}))) == declared - {"cpp.threads"}
+    assert all(knob.lands for knob in KNOBS.values())
+
+
+def test_readme_knob_table_is_the_declarations():
+    from pathlib import Path
+
+    from backend.knobs import markdown_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate it with `autotune knobs --markdown`"

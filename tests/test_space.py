@@ -81,7 +81,7 @@ def test_to_dict_is_json_friendly():
     ("knobs:\n  path: [torchscript]\n  simdlenn: [auto]\n", 3,
      ["unknown knob 'simdlenn'", "did you mean simdlen", "Valid knobs: path"]),
     ("knobs:\n  path: [torchscript, inductor]\n  simdlen:\n    - auto\n    - 1024\n", 5,
-     ["knob 'simdlen': got 1024", "valid values: 'auto', '256', '512'"]),
+     ["knob 'simdlen': got 1024", "valid values: 'auto', 256, 512"]),
     ("knobs:\n  path: [inductor]\n  freezing: {low: 0, high: 1}\n", 3,
      ["knob 'freezing' takes a list of values (True, False), not a range", "threads"]),
     ("knobs:\n  path: [inductor]\n  max_autotune: []\n", 3,
@@ -125,7 +125,7 @@ def test_values_are_coerced_and_deduplicated(tmp_path):
         min_chunk_size: ["64", 64]
         threads: {low: 2, high: 2}
     """)
-    assert space.knobs["simdlen"] == ("auto", "512")
+    assert space.knobs["simdlen"] == ("auto", 512)
     assert space.knobs["min_chunk_size"] == (64,)
     assert space.knobs["threads"] == (2,)
 
@@ -145,7 +145,7 @@ def test_restrict_drops_unsupported_values_with_one_line_per_knob(tmp_path, capl
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["search space: dropped dtype=bfloat16 (needs mkldnn_bf16)",
                         "search space: dropped simdlen=256/512 (needs avx2, avx512f)"]
-    assert space.knobs["simdlen"] == ("auto", "256", "512")  # the original is untouched
+    assert space.knobs["simdlen"] == ("auto", 256, 512)  # the original is untouched
 
 
 def test_restrict_keeps_supported_values_silently(tmp_path, caplog):
@@ -153,7 +153,7 @@ def test_restrict_keeps_supported_values_silently(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="autotune.space"):
         restricted = space.restrict(features=ALL_FEATURES, cores=2,
                                     dtypes=["float32", "bfloat16"])
-    assert restricted.knobs["simdlen"] == ("auto", "256", "512")
+    assert restricted.knobs["simdlen"] == ("auto", 256, 512)
     assert restricted.dtypes == ("float32", "bfloat16")
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
 
@@ -197,8 +197,8 @@ def test_gemm_thread_factors_that_match_no_thread_count_are_dropped(tmp_path, ca
     """)
     with caplog.at_level(logging.INFO, logger="autotune.space"):
         restricted = space.restrict(features=ALL_FEATURES, cores=2)
-    assert restricted.knobs["gemm_thread_factors"] == ("auto", "1,1,2", "2,1,1")
-    assert "dropped gemm_thread_factors=1,1,4/2,2,1 (product matches no threads" in caplog.text
+    assert restricted.knobs["gemm_thread_factors"] == ("auto", (1, 1, 2), (2, 1, 1))
+    assert "dropped gemm_thread_factors=1,1,4/2,2,1 (uses a thread count no threads value" in caplog.text
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_mismatched_gemm_thread_factors_fall_back_to_auto(tmp_path):
         if config["threads"] == 1:
             assert config["gemm_thread_factors"] == "auto"
         else:
-            assert config["gemm_thread_factors"] == params["gemm_thread_factors"]
+            assert ",".join(map(str, config["gemm_thread_factors"])) == params["gemm_thread_factors"]
     assert {config["threads"] for config, _ in results} == {1, 2}
 
 
