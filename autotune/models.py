@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -179,7 +179,8 @@ def module_origin(spec: ModelSpec) -> str | None:
     return found.origin if found else None
 
 
-def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None]:
+def _resolve_callable(spec: ModelSpec) -> Callable[[], Any]:
+    """The object ``module:attr.path`` names, imported and checked to be callable."""
     module_name, _, attr_path = spec.name.partition(":")
     if not module_name or not attr_path:
         raise ModelError(f"model {spec.name!r}: expected {_CALLABLE_CONTRACT}")
@@ -202,6 +203,11 @@ def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tenso
     if not callable(target):
         raise ModelError(f"model {spec.name!r}: {attr_path!r} is not callable; "
                          f"expected {_CALLABLE_CONTRACT}")
+    return target
+
+
+def _build_callable(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | None]:
+    target = _resolve_callable(spec)
     try:
         result = target()
     except Exception as exc:  # user code: any failure is a model-spec problem

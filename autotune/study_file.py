@@ -78,25 +78,11 @@ def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
     batch_size, node = get("batch_size", 1)
     if not _positive_int(batch_size):
         doc.fail(node, f"batch_size {batch_size!r}: expected a positive integer")
-    input_shape, node = get("input_shape")
-    if input_shape is not None:
-        shapes = input_shape if isinstance(input_shape, list) and input_shape \
-            and all(isinstance(s, list) for s in input_shape) else [input_shape]
-        if not all(isinstance(s, list) and s and all(_positive_int(d) for d in s) for s in shapes):
-            doc.fail(node, f"input_shape {input_shape!r}: expected a list of positive integers "
-                           "per sample, without the batch dimension, e.g. [3, 224, 224], or one "
-                           "such list per input, e.g. [[3, 32, 32], [10]]")
-        input_shape = tuple(tuple(s) for s in shapes)
-    checkpoint, node = get("checkpoint")
-    if checkpoint is not None:
-        if not isinstance(checkpoint, str):
-            doc.fail(node, f"checkpoint {checkpoint!r}: expected the path of a state_dict file")
-        checkpoint = str(here / checkpoint)
     return {
         "model": model,
         "batch_size": batch_size,
-        "input_shape": input_shape,
-        "checkpoint": checkpoint,
+        "input_shape": _input_shapes(doc, *get("input_shape")),
+        "checkpoint": _checkpoint(doc, *get("checkpoint"), here),
         "dtypes": _dtypes(doc, *get("dtypes", ["float32"])),
         "objective": _objective(doc, *get("objective", "latency")),
         "budget": _budget(doc, top["budget"][1]) if "budget" in top
@@ -109,6 +95,26 @@ def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _input_shapes(doc: YamlFile, input_shape: Any, node: Node | None) -> tuple | None:
+    if input_shape is None:
+        return None
+    shapes = input_shape if isinstance(input_shape, list) and input_shape \
+        and all(isinstance(s, list) for s in input_shape) else [input_shape]
+    if not all(isinstance(s, list) and s and all(_positive_int(d) for d in s) for s in shapes):
+        doc.fail(node, f"input_shape {input_shape!r}: expected a list of positive integers "
+                       "per sample, without the batch dimension, e.g. [3, 224, 224], or one "
+                       "such list per input, e.g. [[3, 32, 32], [10]]")
+    return tuple(tuple(s) for s in shapes)
+
+
+def _checkpoint(doc: YamlFile, checkpoint: Any, node: Node | None, here: Path) -> str | None:
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, str):
+        doc.fail(node, f"checkpoint {checkpoint!r}: expected the path of a state_dict file")
+    return str(here / checkpoint)
 
 
 def _dtypes(doc: YamlFile, dtypes: Any, node: Node | None) -> list[str]:

@@ -91,53 +91,72 @@ def _child_main() -> int:
     return 0
 
 
-def _prepare(spec: WorkerSpec) -> dict:
+def _set_threads(spec: WorkerSpec) -> Any:
+    """Set the process's threads as the candidate says, before any parallel work; its config."""
     import torch
 
-    from backend import compiler
     from backend.config import BackendConfig
 
-    from .models import ModelSpec, build
-
     config = None
+    threads = spec.threads
     if isinstance(spec.candidate, dict):
         config = BackendConfig(spec.candidate)
         threads = config.threads
         if config.interop_threads:
             torch.set_num_interop_threads(config.interop_threads)
-    else:
-        threads = spec.threads
     if threads:
         torch.set_num_threads(threads)
+    return config
 
-    model, inputs = build(ModelSpec.from_dict(spec.model))
+
+def _compiled(spec: WorkerSpec, model: Any, config: Any) -> Callable:
+    import torch
+
     if spec.candidate in (EAGER, EAGER_BF16):
-        fn = model
-    elif spec.candidate == TORCH_COMPILE_DEFAULT:
-        fn = torch.compile(model)
-    elif spec.candidate == IPEX_LOOKUP:
-        fn = torch.compile(model, backend="ipex")
-    else:
-        fn = torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
+        return model
+    if spec.candidate == TORCH_COMPILE_DEFAULT:
+        return torch.compile(model)
+    if spec.candidate == IPEX_LOOKUP:
+        return torch.compile(model, backend="ipex")
+    return torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
 
+
+def _relative_error(spec: WorkerSpec, output: Any) -> float:
+    """Max error against the eager float32 reference, relative to its largest magnitude; the
+    eager candidate writes that reference when there is none yet."""
+    import torch
+
+    output = output if isinstance(output, torch.Tensor) else output[0]
+    if not os.path.exists(spec.reference_path):
+        if spec.candidate != EAGER:
+            raise RuntimeError("the reference must come from the eager candidate")
+        tmp = spec.reference_path + f".{os.getpid()}.tmp"
+        torch.save(output.float(), tmp)
+        os.replace(tmp, spec.reference_path)
+    reference = torch.load(spec.reference_path, weights_only=True)
+    if output.shape != reference.shape:
+        raise TrialFailure(FailureKind.ACCURACY, f"output shape {tuple(output.shape)} differs from the "
+                           f"eager reference {tuple(reference.shape)}")
+    scale = reference.abs().max().item() or 1.0
+    return (output.float() - reference).abs().max().item() / scale
+
+
+def _prepare(spec: WorkerSpec) -> dict:
+    import torch
+
+    from backend import compiler
+
+    from .models import ModelSpec, build
+
+    config = _set_threads(spec)
+    model, inputs = build(ModelSpec.from_dict(spec.model))
+    fn = _compiled(spec, model, config)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.candidate == EAGER_BF16)
     with torch.no_grad(), autocast, compiler.recording() as graphs:
         start = time.perf_counter()
         output = fn(*inputs)
         compile_s = time.perf_counter() - start
-        output = output if isinstance(output, torch.Tensor) else output[0]
-        if not os.path.exists(spec.reference_path):
-            if spec.candidate != EAGER:
-                raise RuntimeError("the reference must come from the eager candidate")
-            tmp = spec.reference_path + f".{os.getpid()}.tmp"
-            torch.save(output.float(), tmp)
-            os.replace(tmp, spec.reference_path)
-        reference = torch.load(spec.reference_path, weights_only=True)
-        if output.shape != reference.shape:
-            raise TrialFailure(FailureKind.ACCURACY, f"output shape {tuple(output.shape)} differs from the "
-                               f"eager reference {tuple(reference.shape)}")
-        scale = reference.abs().max().item() or 1.0
-        error = (output.float() - reference).abs().max().item() / scale
+        error = _relative_error(spec, output)
     if not error <= spec.tolerance:  # also catches NaN
         raise TrialFailure(FailureKind.ACCURACY, f"relative error {error:.3g} exceeds the tolerance "
                            f"{spec.tolerance:g}")

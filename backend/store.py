@@ -158,39 +158,9 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
     configs. ``recompute_hardware_key`` also derives the hardware key from the hardware facts,
     for records that come from outside (``autotune import``).
     """
-    if not isinstance(data, Mapping):
-        raise RecordError(f"got {type(data).__name__}; expected a mapping of record fields")
-    fields = {f.name for f in dataclasses.fields(TunedRecord)}
-    optional = {"id", "created_at", "config_id"}  # recomputed, so a hand-written file may omit it
-    if recompute_hardware_key:
-        optional.add("hardware_key")
-    unknown = sorted(set(map(str, data)) - fields)
-    if unknown:
-        raise RecordError(f"unknown field(s) {', '.join(unknown)}; valid fields: "
-                          f"{', '.join(sorted(fields))}")
-    missing = sorted(fields - optional - set(data))
-    if missing:
-        raise RecordError(f"missing field(s) {', '.join(missing)}")
-    values = {"config_id": "", "hardware_key": "", **data}
-    if not recompute_hardware_key and (not isinstance(values["hardware_key"], str)
-                                       or not values["hardware_key"]):
-        raise RecordError(f"hardware_key: got {values['hardware_key']!r}; expected text")
-    for name in _TEXT_FIELDS:
-        if not isinstance(values[name], str) or (not values[name] and name != "family_key"):
-            raise RecordError(f"{name}: got {values[name]!r}; expected text")
-    if not values["workload_key"].startswith("wl-"):
-        raise RecordError(f"workload_key: got {values['workload_key']!r}; expected a graph key "
-                          "starting with 'wl-'")
-    batch = values["batch_size"]
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise RecordError(f"batch_size: got {batch!r}; expected a positive integer or null")
-    if not isinstance(values["config"], Mapping):
-        raise RecordError(f"config: got {values['config']!r}; expected a mapping of knob values")
-    try:
-        config = BackendConfig(values["config"], check_cpu=False)
-    except KnobError as e:
-        raise RecordError(f"config: {e}") from None
-    values["config"], values["config_id"] = config.to_dict(), config.config_id
+    values = _present_fields(data, recompute_hardware_key)
+    _check_keys(values, recompute_hardware_key)
+    values["config"], values["config_id"] = _checked_config(values["config"])
     values["latency"] = _check_stats("latency", values["latency"])
     if not isinstance(values["baselines"], Mapping):
         raise RecordError(f"baselines: got {values['baselines']!r}; expected a mapping of "
@@ -208,18 +178,66 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
             raise RecordError(f"hardware: missing {', '.join(absent)}; expected a mapping with "
                               f"{', '.join(HARDWARE_FIELDS)}")
         values["hardware_key"] = hardware_key_of(dict(values["hardware"]))
-    created = values.get("created_at", datetime.now(timezone.utc))
+    values["created_at"] = _checked_time(values.get("created_at", datetime.now(timezone.utc)))
+    values["id"] = None
+    return TunedRecord(**values)
+
+
+def _present_fields(data: Any, recompute_hardware_key: bool) -> dict[str, Any]:
+    """The record's fields, every required one present and no unknown one."""
+    if not isinstance(data, Mapping):
+        raise RecordError(f"got {type(data).__name__}; expected a mapping of record fields")
+    fields = {f.name for f in dataclasses.fields(TunedRecord)}
+    optional = {"id", "created_at", "config_id"}  # recomputed, so a hand-written file may omit it
+    if recompute_hardware_key:
+        optional.add("hardware_key")
+    unknown = sorted(set(map(str, data)) - fields)
+    if unknown:
+        raise RecordError(f"unknown field(s) {', '.join(unknown)}; valid fields: "
+                          f"{', '.join(sorted(fields))}")
+    missing = sorted(fields - optional - set(data))
+    if missing:
+        raise RecordError(f"missing field(s) {', '.join(missing)}")
+    return {"config_id": "", "hardware_key": "", **data}
+
+
+def _check_keys(values: Mapping[str, Any], recompute_hardware_key: bool) -> None:
+    if not recompute_hardware_key and (not isinstance(values["hardware_key"], str)
+                                       or not values["hardware_key"]):
+        raise RecordError(f"hardware_key: got {values['hardware_key']!r}; expected text")
+    for name in _TEXT_FIELDS:
+        if not isinstance(values[name], str) or (not values[name] and name != "family_key"):
+            raise RecordError(f"{name}: got {values[name]!r}; expected text")
+    if not values["workload_key"].startswith("wl-"):
+        raise RecordError(f"workload_key: got {values['workload_key']!r}; expected a graph key "
+                          "starting with 'wl-'")
+    batch = values["batch_size"]
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise RecordError(f"batch_size: got {batch!r}; expected a positive integer or null")
+
+
+def _checked_config(config: Any) -> tuple[dict[str, Any], str]:
+    """The config's plain, normalised values and its id."""
+    if not isinstance(config, Mapping):
+        raise RecordError(f"config: got {config!r}; expected a mapping of knob values")
+    try:
+        checked = BackendConfig(config, check_cpu=False)
+    except KnobError as e:
+        raise RecordError(f"config: {e}") from None
+    return checked.to_dict(), checked.config_id
+
+
+def _checked_time(created: Any) -> datetime:
+    given = created
     if isinstance(created, str):
         try:
             created = datetime.fromisoformat(created)
         except ValueError:
             created = None
     if not isinstance(created, datetime):
-        raise RecordError(f"created_at: got {values.get('created_at')!r}; expected an ISO 8601 "
+        raise RecordError(f"created_at: got {given!r}; expected an ISO 8601 "
                           "time such as 2026-12-02T10:00:00+00:00")
-    values["created_at"] = _as_utc(created)
-    values["id"] = None
-    return TunedRecord(**values)
+    return _as_utc(created)
 
 
 class _JSONText(TypeDecorator):
