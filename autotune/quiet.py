@@ -1,0 +1,185 @@
+"""Is the machine quiet enough to time on? What else runs on the cores a measurement uses.
+
+Read from /proc: the CPU time each of our cores spent busy, minus what this process and its
+descendants (the zygote, the workers) used, is what other processes took; the kernel's steal
+time is what a hypervisor took. A process outside our tree that used CPU on our cores is named.
+On a shared machine OpenMP threads that lose their core spin against each other and a run
+takes 10-30x longer, so a measurement taken while another process is busy there is no number.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
+BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
+PROBE_S = 0.5        # how long one look at the machine lasts
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    at: float
+    busy: dict[int, int]                      # cpu -> busy ticks (user..softirq, without idle)
+    total: dict[int, int]
+    steal: dict[int, int]
+    processes: dict[int, tuple[str, int, int, int]]  # pid -> (name, ppid, cpu ticks, last cpu)
+
+
+@dataclass(frozen=True)
+class Interference:
+    """What other processes did on our cores during one window."""
+    other_cores: float            # cores' worth of CPU time other processes took, on average
+    steal: float                  # fraction of our cores' time the hypervisor took
+    others: tuple[str, ...] = ()  # "pid 123 (python3)" for each busy process outside our tree
+    seconds: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.other_cores >= BUSY_CORES or self.steal >= BUSY_STEAL
+
+    def describe(self, cpus: Iterable[int]) -> str:
+        where = f"cores {_ranges(cpus)}"
+        parts = []
+        if self.other_cores >= BUSY_CORES:
+            count = len(self.others) or "other"
+            named = f": {', '.join(self.others[:3])}" if self.others else ""
+            plural = "es" if len(self.others) != 1 else ""
+            parts.append(f"{count} other busy process{plural} on {where} "
+                         f"({self.other_cores:.1f} cores' worth){named}")
+        if self.steal >= BUSY_STEAL:
+            parts.append(f"the hypervisor took {100 * self.steal:.0f}% of {where}")
+        return "; ".join(parts) or f"quiet on {where}"
+
+    def to_dict(self) -> dict:
+        return {"other_cores": round(self.other_cores, 3), "steal": round(self.steal, 3),
+                "others": list(self.others), "busy": self.busy}
+
+
+QUIET = Interference(0.0, 0.0)
+
+
+def _ranges(cpus: Iterable[int]) -> str:
+    cpus = sorted(cpus)
+    spans: list[str] = []
+    for cpu in cpus:
+        if spans and cpu == last + 1:
+            spans[-1] = f"{spans[-1].split('-')[0]}-{cpu}"
+        else:
+            spans.append(str(cpu))
+        last = cpu
+    return ",".join(spans)
+
+
+def _read_cpu_times() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    busy, total, steal = {}, {}, {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *fields = line.split()
+            values = [int(v) for v in fields[:8]]
+            cpu = int(name[3:])
+            user, nice, system, idle, iowait, irq, softirq, stolen = values + [0] * (8 - len(values))
+            busy[cpu] = user + nice + system + irq + softirq
+            total[cpu] = busy[cpu] + idle + iowait + stolen
+            steal[cpu] = stolen
+    return busy, total, steal
+
+
+def _read_processes() -> dict[int, tuple[str, int, int, int]]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        # fields[0] is field 3 of proc(5): state, ppid, ..., utime (14), stime, cutime, cstime
+        ticks = sum(int(v) for v in fields[11:15])
+        found[int(entry)] = (name, int(fields[1]), ticks, int(fields[36]))
+    return found
+
+
+def _snapshot() -> _Snapshot:
+    busy, total, steal = _read_cpu_times()
+    return _Snapshot(time.monotonic(), busy, total, steal, _read_processes())
+
+
+def _our_tree(processes: dict[int, tuple[str, int, int, int]]) -> set[int]:
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (_, ppid, _, _) in processes.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return ours
+
+
+def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interference:
+    seconds = max(after.at - before.at, 1e-6)
+    total = sum(after.total.get(c, 0) - before.total.get(c, 0) for c in cpus)
+    if total <= 0:
+        return Interference(0.0, 0.0, seconds=seconds)
+    busy = sum(after.busy.get(c, 0) - before.busy.get(c, 0) for c in cpus)
+    stolen = sum(after.steal.get(c, 0) - before.steal.get(c, 0) for c in cpus)
+    ours = _our_tree(after.processes) | _our_tree(before.processes)
+    own = sum(after.processes[p][2] - before.processes[p][2]
+              for p in ours if p in after.processes and p in before.processes)
+    per_core = total / len(cpus)  # ticks one core had in this window
+    others = []
+    for pid, (name, _, ticks, cpu) in after.processes.items():
+        used = ticks - before.processes.get(pid, (name, 0, ticks, cpu))[2]
+        if pid not in ours and cpu in cpus and used >= 0.1 * per_core:
+            others.append((used, f"pid {pid} ({name})"))
+    others.sort(reverse=True)
+    return Interference(max(0.0, busy - own) / per_core, stolen / total,
+                        tuple(text for _, text in others), seconds)
+
+
+class Watch:
+    """Interference on ``cpus`` from ``start()`` to ``stop()``."""
+
+    def __init__(self, cpus: Iterable[int]):
+        self.cpus = sorted(cpus)
+        self._before: _Snapshot | None = None
+
+    def start(self) -> "Watch":
+        self._before = _snapshot()
+        return self
+
+    def stop(self) -> Interference:
+        return _between(self._before, _snapshot(), self.cpus)
+
+
+def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
+    watch = Watch(cpus).start()
+    time.sleep(seconds)
+    return watch.stop()
+
+
+def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
+                   say: Callable[[str], None] = lambda message: None) -> Interference:
+    """Look until the cores are quiet or ``max_wait_s`` has passed; the last look. ``say`` hears
+    why it waits, once and then every 30 s."""
+    cpus = sorted(cpus)
+    start = time.monotonic()
+    said_at = None
+    while True:
+        seen = look(cpus)
+        waited = time.monotonic() - start
+        if not seen.busy or waited >= max_wait_s:
+            return seen
+        if said_at is None or time.monotonic() - said_at >= 30:
+            said_at = time.monotonic()
+            say(f"waiting for a quiet machine: {seen.describe(cpus)} "
+                f"(up to {max(0, max_wait_s - waited):.0f} s more, then measuring anyway, marked noisy)")
