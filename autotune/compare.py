@@ -11,7 +11,9 @@ from backend import BackendConfig
 
 from .peak import fma_peak_gflops, matmul_gflops, model_gflop
 from .models import build
-from .tuner import BEST_STATIC, Candidate, Tuner, TuneRequest
+from .confirmation import BEST_STATIC
+from .tuner import TuneRequest
+from .workbench import Candidate
 from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 
 
@@ -70,12 +72,11 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
             on_start: Callable[[], None] | None = None) -> Comparison:
     """Measure all candidates interleaved (request.confirm_rounds rounds) and the machine's peaks.
     ``on_start`` runs once the model and the store have been checked, before any measurement."""
-    tuner = Tuner(request)
-    tuner.preflight()
+    bench = request.bench()
+    bench.preflight()
     if on_start:
         on_start()
-    tuner.ensure_reference()
-    candidates = candidates_for(request)
+    bench.ensure_reference()
     # The FMA peak is a limit, so the best of one measurement per round: a busy moment on a
     # shared machine only lowers it (one measurement once put a model at 120% of its "peak").
     fma_samples: dict[str, list[float | None]] = {"float32": [], "bfloat16": []}
@@ -84,7 +85,8 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
         for dtype, samples in fma_samples.items():
             samples.append(fma_peak_gflops(request.threads, dtype))
 
-    tuner.measure_interleaved(candidates, after_round=measure_fma_peaks if with_peaks else None)
+    candidates = bench.measure_interleaved(candidates_for(request),
+                                           after_round=measure_fma_peaks if with_peaks else None)
     model, inputs = build(request.model)
     peaks = {}
     if with_peaks:

@@ -25,7 +25,7 @@ from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from . import trial_attrs as attrs
 from .reading import find_study, read_only_storage
-from .tuner import BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE
+from .confirmation import BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
 MIN_TRIALS_FOR_IMPORTANCE = 4

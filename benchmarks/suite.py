@@ -20,7 +20,8 @@ from autotune.cli import _parse_dtypes
 from autotune.compare import TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, compare, named_for
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
-from autotune.tuner import BEST_STATIC, Tuner, TuneRequest
+from autotune.confirmation import BEST_STATIC
+from autotune.tuner import Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info

@@ -33,7 +33,8 @@ from autotune.errors import AutotuneError
 from autotune.models import ModelSpec
 from autotune.space import load_space
 from autotune.trial_attrs import LOST
-from autotune.tuner import Tuner, TuneRequest, make_sampler, open_study
+from autotune.study_queue import make_sampler
+from autotune.tuner import Tuner, TuneRequest, open_study
 from backend.config import BackendConfig
 from backend.fingerprint import usable_cores
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, superseded
@@ -93,7 +94,7 @@ def measure_grid(args, threads: int) -> tuple[dict[tuple, float], set[tuple]]:
     print(f"reference grid: {len(grid_configs(threads))} configs in study {study.study_name!r}",
           file=sys.stderr, flush=True)
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        tuner.ensure_reference()
+        tuner.bench.ensure_reference()
         tuner.search(study)  # the grid's own medians; no confirmation, nothing stored
     measured, failed = {}, set()
     for t in study.get_trials(deepcopy=False):

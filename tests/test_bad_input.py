@@ -17,7 +17,9 @@ import yaml
 
 from autotune import cli
 from autotune.models import ModelSpec
-from autotune.tuner import BACKEND_DEFAULT, Candidate, Tuner, TuneRequest, TuneResult, open_study
+from autotune.confirmation import BACKEND_DEFAULT, choose_winner, store_winner
+from autotune.tuner import TuneRequest, open_study
+from autotune.workbench import Candidate
 from autotune.bench import Stats
 from backend import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key
@@ -277,8 +279,7 @@ def test_a_winner_with_the_default_config_is_stored_at_speedup_one(tmp_path):
     # second process of the same config, 180 ms: 2.19x was stored, a ratio of noise.
     request = TuneRequest(model=ModelSpec("user_models:module_only", input_shapes=(3, 8, 8)),
                           storage=f"sqlite:///{tmp_path / 'store.db'}", space="quick")
-    tuner = Tuner(request)
-    default = tuner.default_config()
+    default = request.default_config()
 
     def measured(name, config, ms):
         stats = Stats.of([ms] * 10)
@@ -288,11 +289,11 @@ def test_a_winner_with_the_default_config_is_stored_at_speedup_one(tmp_path):
 
     candidates = {"trial #0": measured("trial #0", default, 82.0),
                   BACKEND_DEFAULT: measured(BACKEND_DEFAULT, default, 180.0)}
-    result = TuneResult("s", request.storage_url, 1, 1, 0, 0, 0.0, None, candidates, False, [], False)
-    tuner._choose_winner(result)
-    assert result.winner is candidates[BACKEND_DEFAULT]
+    outcome = choose_winner(candidates)
+    assert outcome.winner is candidates[BACKEND_DEFAULT]
     study = open_study(request)
-    result.stored_ids = tuner._store(study, result)
+    store_winner(study, outcome, storage_url=request.storage_url, hardware=request.hardware,
+                 model_label=request.model.name)
     [record] = ConfigStore(request.storage_url, read_only=True).list()
     assert record.config_id == default.config_id and record.speedup == 1.0
     assert re.search(r"\s1\.00x\s", _ls(request.storage_url))

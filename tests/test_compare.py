@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from autotune.compare import Comparison
 from autotune.peak import fma_peak_gflops, model_gflop
 from autotune.bench import Stats
 from autotune.models import ModelSpec
-from autotune.tuner import Candidate, Tuner, TuneRequest
-from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP
+from autotune.tuner import TuneRequest
+from autotune.workbench import Candidate
+from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP, WorkerProcess
 from backend import BackendConfig
 from backend.fingerprint import cpu_features
 from tuning import QUICK_MEASURE, worker_pythonpath
@@ -81,14 +83,23 @@ def test_peaks_are_sampled_between_the_rounds_they_share_drift_with(tmp_path, mo
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick",
                           storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=3,
                           confirm_measure=QUICK_MEASURE)
-    tuner = Tuner(request)
-    tuner.ensure_reference()
+    bench = request.bench()
+    bench.ensure_reference()
     candidates = {EAGER: Candidate(EAGER, None, kind=EAGER),
                   "default": Candidate("default", BackendConfig({"path": "torchscript"}))}
+    measured_by = []  # the worker of every timed measurement so far
+    real_measure = WorkerProcess.measure
+
+    def measure(worker, *args, **kwargs):
+        measured_by.append(worker)
+        return real_measure(worker, *args, **kwargs)
+
+    monkeypatch.setattr(WorkerProcess, "measure", measure)
     rounds_done_at_each_call = []
-    tuner.measure_interleaved(candidates, after_round=lambda: rounds_done_at_each_call.append(
-        [len(c.round_medians) for c in candidates.values()]))
+    measured = bench.measure_interleaved(candidates, after_round=lambda: rounds_done_at_each_call.append(
+        sorted(Counter(measured_by).values())))
     assert rounds_done_at_each_call == [[1, 1], [2, 2], [3, 3]]
+    assert [len(c.round_medians) for c in measured.values()] == [3, 3]
 
 
 def test_the_suite_names_the_tuned_config_and_says_when_it_is_the_default():
@@ -96,8 +107,8 @@ def test_the_suite_names_the_tuned_config_and_says_when_it_is_the_default():
 
     def comparison(applied: dict, source: str = "store (exact, study s, 1.00x ...)") -> Comparison:
         default = BackendConfig({"path": "torchscript", "threads": 2})
-        lookup = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP)
-        lookup.graphs = [{"config": applied, "source": source}]
+        lookup = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP,
+                           graphs=({"config": applied, "source": source},))
         return Comparison({"TorchScript path default": Candidate("TorchScript path default", default),
                            IPEX_LOOKUP: lookup}, gflop=1.0, peaks={}, tuned_source=source)
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import types
+from dataclasses import replace
 
 import pytest
 from optuna.trial import TrialState
@@ -19,11 +20,12 @@ from autotune import bench, cli
 from autotune.bench import Stats
 from autotune.models import ModelSpec
 from autotune.trial_attrs import LOST
-from autotune.tuner import (BACKEND_DEFAULT, GRACE_PERIOD_S, TOLERANCES, Candidate,
-                            Tuner, TuneRequest, TuneResult, _clearly_faster, fail_dead_trials,
-                            fail_orphaned_trials,
-                            open_study)
-from autotune.worker import EAGER, EAGER_BF16, TORCH_COMPILE_DEFAULT, TrialFailure, _measure, should_prune
+from autotune.confirmation import BACKEND_DEFAULT, _clearly_faster, choose_winner, confirm
+from autotune.study_queue import GRACE_PERIOD_S, fail_dead_trials, fail_orphaned_trials, heartbeat_of
+from autotune.tuner import Tuner, TuneRequest, open_study
+from autotune.workbench import Candidate
+from autotune.worker import (EAGER, EAGER_BF16, TOLERANCES, TORCH_COMPILE_DEFAULT, TrialFailure, _measure,
+                             should_prune)
 from backend import BackendConfig
 from backend.store import ConfigStore
 from tuning import QUICK_MEASURE, process_state, worker_pythonpath
@@ -62,7 +64,7 @@ def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path
     monkeypatch.setenv("FAULT_PLAN", "0:wrong=0.002,2:wrong=0.002")
     request = quick_request(tmp_path)
     tuner = Tuner(request)
-    tuner.ensure_reference()
+    tuner.bench.ensure_reference()
     study = open_study(request)
     study.enqueue_trial(WRONG)
     study.enqueue_trial(WRONG)  # the sampler proposing the failed config again
@@ -98,19 +100,19 @@ def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path
     wrong_id = BackendConfig(failed.user_attrs["config"]).config_id
 
     def measured_so_the_wrong_config_would_win(candidates, after_round=None):
-        for cand in candidates.values():
+        timed = {}
+        for name, cand in candidates.items():
             ms = 3.0 if cand.config is None or cand.name == BACKEND_DEFAULT else 2.0
             if cand.config is not None and cand.config.config_id == wrong_id:
                 ms = 1.0
-            cand.stats, cand.round_medians = Stats.of([ms] * 5), [ms]
+            timed[name] = replace(cand, stats=Stats.of([ms] * 5), round_medians=(ms,))
+        return timed
 
-    monkeypatch.setattr(loose_tuner, "measure_interleaved", measured_so_the_wrong_config_would_win)
-    candidates = loose_tuner.confirm(study)
+    bench = types.SimpleNamespace(measure_interleaved=measured_so_the_wrong_config_would_win)
+    candidates = confirm(study, bench, top=loose.confirm_top, default=loose.default_config(),
+                         recipes=loose_tuner.space.static_recipes(loose.dtypes))
     assert wrong_id not in {c.config.config_id for c in candidates.values() if c.config}
-    result = TuneResult(study.study_name, loose.storage_url, 3, 1, 2, 0, 0.0, None, candidates,
-                        False, [], False)
-    loose_tuner._choose_winner(result)
-    assert result.winner.config.to_dict() == passed.user_attrs["config"]
+    assert choose_winner(candidates).winner.config.to_dict() == passed.user_attrs["config"]
 
 
 def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):
@@ -118,12 +120,12 @@ def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):
     with the tolerance the tuner gives bfloat16: off by 0.06 fails the 5e-2 bound, off by 0.04
     (forty times float32's bound) passes."""
     monkeypatch.setenv("FAULT_PLAN", "0:wrong=0.06,1:wrong=0.04")
-    tuner = Tuner(quick_request(tmp_path))
-    tuner.ensure_reference()
-    specs = [tuner._spec(EAGER_BF16, "bfloat16") for _ in range(2)]  # as confirmation runs it
+    bench = quick_request(tmp_path).bench()
+    bench.ensure_reference()
+    specs = [bench.spec(EAGER_BF16, "bfloat16") for _ in range(2)]  # as confirmation runs it
     for trial, spec in enumerate(specs):
         spec.env["AUTOTUNE_TRIAL_NUMBER"] = str(trial)  # FAULT_PLAN picks faults by trial number
-    over, under = workers = [tuner._worker(spec) for spec in specs]  # both start now: 2 cores
+    over, under = workers = [bench.start(spec) for spec in specs]  # both start now: 2 cores
     try:
         ready = under.wait_ready(120)
         assert TOLERANCES["float32"] < ready["error"] == pytest.approx(0.04, abs=0.008)
@@ -143,7 +145,7 @@ def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):
 
 def _candidate(name, median_ms, rounds, config=None, kind=""):
     return Candidate(name, config, stats=Stats.of([median_ms] * 5), kind=kind,
-                     round_medians=list(rounds))
+                     round_medians=tuple(rounds))
 
 
 DEFAULT_ROUNDS = [10.0, 10.2, 9.8]  # median 10.0
@@ -162,38 +164,30 @@ def test_a_winner_is_at_least_one_percent_faster_in_median_and_faster_in_every_r
     assert _clearly_faster(_candidate("trial #3", median_ms, rounds), default) is wins
 
 
-def _result(*candidates):
-    return TuneResult("s", "sqlite://", 4, 4, 0, 0, 0.0, None, {c.name: c for c in candidates},
-                      False, [], False)
+def _winner_of(*candidates):
+    return choose_winner({c.name: c for c in candidates})
 
 
-@pytest.fixture(scope="module")
-def tuner():
-    return Tuner(TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick"))
-
-
-def test_the_fastest_config_replaces_the_default_only_when_it_is_clearly_faster(tuner):
+def test_the_fastest_config_replaces_the_default_only_when_it_is_clearly_faster():
+    default_config = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick").default_config()
     config = BackendConfig({**WRONG, "threads": 1})
-    default = _candidate(BACKEND_DEFAULT, 10.0, DEFAULT_ROUNDS, tuner.default_config())
+    default = _candidate(BACKEND_DEFAULT, 10.0, DEFAULT_ROUNDS, default_config)
     baselines = [_candidate(EAGER, 5.0, [5.0] * 3, kind=EAGER),  # faster, but not a config
                  _candidate(TORCH_COMPILE_DEFAULT, 5.0, [5.0] * 3, kind=TORCH_COMPILE_DEFAULT)]
     failed = Candidate("trial #2", BackendConfig({**WRONG, "threads": 2}), failure="crashed")
 
-    clear = _result(default, *baselines, failed, _candidate("trial #1", 9.9, [9.9, 9.9, 9.7], config))
-    tuner._choose_winner(clear)
+    clear = _winner_of(default, *baselines, failed, _candidate("trial #1", 9.9, [9.9, 9.9, 9.7], config))
     assert clear.winner.name == "trial #1" and not clear.kept_default
 
     for name, median_ms, rounds in [("0.9% faster", 9.91, [9.9, 9.9, 9.7]),
                                     ("lost a round", 9.0, [9.0, 10.3, 9.0])]:
-        close = _result(default, *baselines, failed, _candidate("trial #1", median_ms, rounds, config))
-        tuner._choose_winner(close)
+        close = _winner_of(default, *baselines, failed, _candidate("trial #1", median_ms, rounds, config))
         assert close.winner is default and close.kept_default, name
         assert "by at least 1% and in every interleaved round" in close.message
 
     # the default's own config in another process: a difference that is noise, not a gain
-    twin = _candidate("trial #0", 9.0, [9.0] * 3, tuner.default_config())
-    same = _result(default, *baselines, twin)
-    tuner._choose_winner(same)
+    twin = _candidate("trial #0", 9.0, [9.0] * 3, default_config)
+    same = _winner_of(default, *baselines, twin)
     assert same.winner is default
 
 
@@ -235,11 +229,12 @@ def test_the_worker_prunes_on_its_first_five_timed_runs(call_ms, pruned, calls, 
 
 # ------------------------------------------------------------------------------ the heartbeat
 
-def _heartbeat_seconds_ago(db, trial_id, seconds):
+def _heartbeat_seconds_ago(db, trial_number, seconds):
     """Set a trial's last heartbeat in the past, on the database's own clock (UTC)."""
     with sqlite3.connect(db) as conn:
-        changed = conn.execute("update trial_heartbeats set heartbeat = datetime('now', ?) "
-                               "where trial_id = ?", (f"-{seconds} seconds", trial_id)).rowcount
+        changed = conn.execute("update trial_heartbeats set heartbeat = datetime('now', ?) where "
+                               "trial_id = (select trial_id from trials where number = ?)",
+                               (f"-{seconds} seconds", trial_number)).rowcount
     assert changed == 1
 
 
@@ -250,10 +245,10 @@ def test_a_trial_whose_tuner_on_another_host_went_silent_is_failed_as_orphaned(t
     silent.set_user_attr("tuner", "gone-host:4242")
     busy.set_user_attr("tuner", "busy-host:77")
     for trial in (silent, busy):
-        study._storage.record_heartbeat(trial._trial_id)
+        heartbeat_of(study, trial)()
     db = tmp_path / "study.db"
-    _heartbeat_seconds_ago(db, silent._trial_id, GRACE_PERIOD_S + 10)
-    _heartbeat_seconds_ago(db, busy._trial_id, GRACE_PERIOD_S - 10)
+    _heartbeat_seconds_ago(db, silent.number, GRACE_PERIOD_S + 10)
+    _heartbeat_seconds_ago(db, busy.number, GRACE_PERIOD_S - 10)
 
     fail_dead_trials(study)
 

@@ -73,7 +73,8 @@ def test_three_tuners_share_a_postgres_study_and_survive_one_being_killed(postgr
 _TAKE_ALL = """
 import json, pathlib, sys, time
 from autotune.models import ModelSpec
-from autotune.tuner import TuneRequest, claim_waiting_trial, open_study
+from autotune.study_queue import claim_waiting_trial
+from autotune.tuner import TuneRequest, open_study
 url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 claimed, other_claimed = pathlib.Path(sys.argv[4]), pathlib.Path(sys.argv[5])
 study = open_study(TuneRequest(model=ModelSpec("resnet18"), storage=url, study_name="race"))

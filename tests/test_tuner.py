@@ -11,7 +11,9 @@ import pytest
 
 from autotune import cli
 from autotune.models import ModelSpec
-from autotune.tuner import BACKEND_DEFAULT, Candidate, Tuner, TuneRequest, TuneResult, open_study
+from autotune.confirmation import BACKEND_DEFAULT, Outcome, store_winner
+from autotune.tuner import Tuner, TuneRequest, open_study
+from autotune.workbench import Candidate
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 from backend.store import ConfigStore, TunedRecord
@@ -104,7 +106,7 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     # every warm-start recipe that ran (not the default, measured as such) was confirmed with it
     recipes = {t.user_attrs["config_id"] for t in study.trials if t.system_attrs.get("fixed_params")
                and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
-    recipes.discard(Tuner(TuneRequest(model=ModelSpec("faulty_cnn"))).default_config().config_id)
+    recipes.discard(TuneRequest(model=ModelSpec("faulty_cnn")).default_config().config_id)
     statics = [name for name in record.baselines if "static recipe (trial #" in name]
     # normally 2 (Inductor default, TorchScript without oneDNN Graph); the old rule confirmed only one
     assert len(statics) == len(recipes) >= 1
@@ -218,19 +220,19 @@ def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path
 def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplog):
     # oneDNN Graph fails on Swin: a record asking for it would fail the same way at every lookup
     request = quick_request(tmp_path, model="tuner_models:tiny_swin", confirm_rounds=1)
-    tuner = Tuner(request)
-    tuner.preflight()
-    tuner.ensure_reference()
+    bench = request.bench()
+    bench.preflight()
+    bench.ensure_reference()
     study = open_study(request)
     asked = BackendConfig({"path": "torchscript", "onednn_fusion": True, "threads": 2})
-    winner = Candidate("trial #0", asked)
-    tuner.measure_interleaved({winner.name: winner})  # in a real worker process
+    candidate = Candidate("trial #0", asked)
+    [winner] = bench.measure_interleaved({candidate.name: candidate}).values()  # in a real worker process
     assert winner.stats is not None, winner.failure
-    candidates = {winner.name: winner, BACKEND_DEFAULT: Candidate(BACKEND_DEFAULT, tuner.default_config())}
-    result = TuneResult(study.study_name, request.storage_url, 1, 1, 0, 0, 0.0, winner, candidates,
-                        False, [], False)
+    candidates = {winner.name: winner, BACKEND_DEFAULT: Candidate(BACKEND_DEFAULT, request.default_config())}
+    outcome = Outcome(candidates=candidates, winner=winner)
     with caplog.at_level(logging.WARNING, logger="autotune"):
-        [record_id] = tuner._store(study, result)
+        [record_id] = store_winner(study, outcome, storage_url=request.storage_url,
+                                   hardware=request.hardware, model_label=request.model.name)
     [graph] = winner.graphs
     ran = BackendConfig(graph["config"]).config_id
     assert [r.getMessage() for r in caplog.records if "(a fallback)" in r.getMessage()] == [
