@@ -79,7 +79,8 @@ def _options(args):
         space=flags.get("space"), storage=flags.get("storage"), study_name=flags.get("study_name"),
         seed=flags.get("seed"), measure_seconds=flags.get("measure_seconds"),
         confirm_rounds=flags.get("confirm_rounds"), confirm_top=flags.get("confirm_top"),
-        cpus=flags.get("cpus"), jobs=flags.get("jobs") or 1)
+        confirm_max_rounds=flags.get("max_confirm_rounds"), max_wait=flags.get("max_wait"),
+        cpus=flags.get("cpus"), jobs=flags.get("jobs", 1))
 
 
 def _model_spec(args):
@@ -167,6 +168,7 @@ def cmd_run(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare, named_for
     from .confirmation import BEST_STATIC
+    from .study_file import parse_duration
     from .tuner import TuneRequest
     from .worker import EAGER
 
@@ -175,11 +177,14 @@ def cmd_compare(args) -> int:
     zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds)
+    if args.max_wait:
+        request.max_wait_s = parse_duration(args.max_wait)
     result = compare(request, on_start=lambda: print(
         f"comparing {request.model.name} (batch {request.model.batch_size}, {request.threads} "
         f"threads), {args.rounds} interleaved rounds in fresh processes...", file=sys.stderr))
     eager = result.candidates[EAGER].stats
-    static = result.candidates[named_for(BEST_STATIC, request.dtypes[0])].stats
+    best_static = result.best_static(request.dtypes[0])
+    static = result.candidates[best_static].stats if best_static else None
     width = max(len(name) for name in result.candidates)
     print(f"{'candidate':{width}s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
           f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
@@ -197,6 +202,9 @@ def cmd_compare(args) -> int:
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v)
           + "; FMA peaks are the best of one measurement per round; % FMA peak is of the "
           "candidate's own dtype")
+    for dtype in request.dtypes:
+        print(f"{named_for(BEST_STATIC, dtype)}: {result.best_static(dtype) or 'every recipe failed'}")
+    print(result.noise_note())
     print(f"tuned config applied by the lookup: {result.tuned_source or 'none'}")
     return 0
 
@@ -230,10 +238,14 @@ def cmd_ls(args) -> int:
     if not records:
         print("no tuned configs in the store")
         return 0
-    print(f"{'model':22s} {'batch':>5s} {'median ms':>10s} {'speedup':>8s} {'config':18s} {'hardware':20s} study")
+    from .evidence import stored_evidence
+
+    print(f"{'model':22s} {'batch':>5s} {'median ms':>10s} {'speedup':>8s} {'config':18s} "
+          f"{'hardware':20s} {'study':24s} evidence")
     for r in records:
         print(f"{r.model_label:22s} {str(r.batch_size):>5s} {r.latency['median_ms']:10.2f} "
-              f"{r.speedup:7.2f}x {r.config_id:18s} {r.hardware_key:20s} {r.study_name}")
+              f"{r.speedup:7.2f}x {r.config_id:18s} {r.hardware_key:20s} {r.study_name:24s} "
+              f"{stored_evidence(r.latency)}")
     return 0
 
 
@@ -354,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--measure-seconds", type=float,
                      help="timed seconds per trial (default 2; confirmation rounds use half)")
-    run.add_argument("--confirm-rounds", type=_positive_int, help="interleaved confirmation rounds (default 4)")
+    run.add_argument("--confirm-rounds", type=_positive_int,
+                     help="interleaved confirmation rounds, at least (default 5); more follow, up "
+                          "to --max-confirm-rounds, until the winner's ratio to the default is decided")
+    run.add_argument("--max-confirm-rounds", type=_positive_int, help="default 12")
+    run.add_argument("--max-wait", help="how long to wait for a quiet machine before measuring, "
+                     "e.g. 3m (the default); after it, measurements are marked noisy and decide nothing")
     run.add_argument("--confirm-top", type=_positive_int,
                      help="best trials re-measured in the confirmation, besides every static "
                           "recipe and the baselines (default 3)")
@@ -372,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--dtype", type=_parse_dtypes, help="dtypes to include, e.g. float32,bfloat16")
     comp.add_argument("--rounds", type=_positive_int, default=5)
     comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
+    comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
+                      "(default 3m)")
     comp.set_defaults(func=cmd_compare)
 
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)

@@ -1,4 +1,5 @@
-"""`autotune compare`: every static recipe and the tuned config, in fresh processes, interleaved."""
+"""`autotune compare`: every static recipe, the baselines and the tuned config, in fresh processes,
+interleaved."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ from typing import Callable
 import torch
 
 from backend import BackendConfig
+from backend.fingerprint import cpu_features
 
 from .peak import fma_peak_gflops, matmul_gflops, model_gflop
 from .models import build
-from .confirmation import BEST_STATIC
+from .confirmation import median_noise
+from .space import STATIC_RECIPES
 from .tuner import TuneRequest
 from .workbench import Candidate
 from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+
+
+NOISY_IQR = 0.10  # a median relative IQR above this: the run's ratios are not to be trusted
 
 
 @dataclass
@@ -36,10 +42,25 @@ class Comparison:
             dtype = cand.graphs[0]["dtype"]
         return self.peaks.get(f"fma {dtype}")
 
+    def noise_note(self) -> str:
+        """Whether this run's ratios can be trusted, and why not."""
+        noise = median_noise(self.candidates)
+        rounds = max((len(c.round_medians) for c in self.candidates.values()), default=0)
+        busy = max((sum(m is None for m in c.round_medians) for c in self.candidates.values()
+                    if c.stats), default=0)
+        if busy == rounds and rounds:
+            return (f"too noisy: every round ran on a busy machine (median IQR {100 * noise:.0f}%); "
+                    "these ratios mean nothing: rerun on a quieter machine")
+        if busy or noise > NOISY_IQR:
+            return (f"noisy: {busy} of {rounds} rounds on a busy machine, median IQR "
+                    f"{100 * noise:.0f}%: ratios within that are not differences")
+        return f"quiet: median IQR {100 * noise:.1f}% over {rounds} rounds"
 
-# the TorchScript path as it was before oneDNN Graph became its default: what that default buys
-WITHOUT_ONEDNN_GRAPH = "TorchScript without oneDNN Graph"
-TORCHSCRIPT_DEFAULT = "TorchScript path default"
+    def best_static(self, dtype: str) -> str | None:
+        """The name of the fastest static recipe measured in ``dtype``."""
+        names = [named_for(name, dtype) for name in STATIC_RECIPES]
+        measured = [n for n in names if self.candidates[n].stats]
+        return min(measured, key=lambda n: self.candidates[n].stats.median_ms, default=None)
 
 
 def named_for(name: str, dtype: str) -> str:
@@ -54,14 +75,8 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         found[EAGER_BF16] = Candidate(EAGER_BF16, None, kind=EAGER_BF16, dtype="bfloat16")
     found[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
     for dtype in request.dtypes:
-        static = {
-            BEST_STATIC: {"path": "inductor", "freezing": True, "max_autotune": True},
-            TORCHSCRIPT_DEFAULT: {"path": "torchscript"},
-            WITHOUT_ONEDNN_GRAPH: {"path": "torchscript", "onednn_fusion": False},
-            "Inductor path default": {"path": "inductor"},
-        }
-        for name, values in static.items():
-            config = BackendConfig({**values, "threads": threads, "dtype": dtype})
+        for name, recipe in STATIC_RECIPES.items():
+            config = BackendConfig({**recipe, "threads": threads, "dtype": dtype})
             found[named_for(name, dtype)] = Candidate(named_for(name, dtype), config)
     # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
     found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])
@@ -93,7 +108,9 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
         peaks = {f"fma {dtype}": max(filter(None, samples), default=None)
                  for dtype, samples in fma_samples.items()}
         peaks["matmul float32"] = matmul_gflops(torch.float32, request.threads)
-        peaks["matmul bfloat16"] = matmul_gflops(torch.bfloat16, request.threads)
+        # without oneDNN bfloat16 a bfloat16 matmul takes a slow reference path: minutes, no peak
+        if "mkldnn_bf16" in cpu_features():
+            peaks["matmul bfloat16"] = matmul_gflops(torch.bfloat16, request.threads)
     lookup = candidates[IPEX_LOOKUP]
     source = lookup.graphs[0]["source"] if lookup.graphs else None
     return Comparison(candidates, model_gflop(model, inputs), peaks, source)

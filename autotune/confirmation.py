@@ -4,6 +4,7 @@ with the baselines in interleaved rounds; the rule that picks the winner; the st
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
@@ -17,6 +18,7 @@ from backend.fingerprint import hardware_key
 from backend.store import ConfigStore, TunedRecord
 
 from . import trial_attrs as attrs
+from .evidence import FASTER, MIN_GAIN, MIN_ROUNDS, SLOWER, UNDECIDED, Verdict, paired_verdict
 from .workbench import Bench, Candidate
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
@@ -25,14 +27,6 @@ log = logging.getLogger("autotune")
 BACKEND_DEFAULT = "backend default"
 BEST_STATIC = "best static recipe"
 STATIC_RECIPE = "static recipe"
-MIN_GAIN = 0.01  # a winner must beat the default's median by this much...
-
-
-def _clearly_faster(a: Candidate, b: Candidate) -> bool:
-    """...and be faster in every interleaved round: drift hits both alike within a round."""
-    rounds = list(zip(a.round_medians, b.round_medians))
-    return (a.stats.median_ms <= b.stats.median_ms * (1 - MIN_GAIN) and bool(rounds)
-            and all(x < y for x, y in rounds))
 
 
 @dataclass(frozen=True)
@@ -42,6 +36,8 @@ class Outcome:
     candidates: dict[str, Candidate] = field(default_factory=dict)
     winner: Candidate | None = None
     kept_default: bool = False
+    verdict: Verdict | None = None   # the winner against the backend default, from paired rounds
+    inconclusive: bool = False       # the rounds could not decide: the machine was too noisy
     stored_ids: tuple[int, ...] = ()
     message: str = ""
     deferred: bool = False     # another worker of the same study confirms and stores
@@ -57,7 +53,7 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
     candidates[BACKEND_DEFAULT] = Candidate(BACKEND_DEFAULT, default)
     candidates[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
     candidates[EAGER] = Candidate(EAGER, None, kind=EAGER)
-    return _name_best_static(bench.measure_interleaved(candidates))
+    return _name_best_static(bench.measure_interleaved(candidates, until=_decided))
 
 
 def _top_trials(study: optuna.Study, top: int, default_id: str) -> dict[str, Candidate]:
@@ -106,21 +102,85 @@ def _name_best_static(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
     return {c.name: c for c in (renamed if c is best else c for c in candidates.values())}
 
 
-def choose_winner(candidates: dict[str, Candidate]) -> Outcome:
-    """The fastest confirmed config, or the backend default when that is not clearly faster."""
+def _leader(candidates: dict[str, Candidate]) -> Candidate | None:
+    """The fastest config in median; the default when it is the default's own config."""
     tuned = [c for c in candidates.values() if c.stats and c.config is not None]
     if not tuned:
-        return Outcome(candidates=candidates,
-                       message="every candidate failed in confirmation: nothing stored")
+        return None
     best = min(tuned, key=lambda c: c.stats.median_ms)
     default = candidates[BACKEND_DEFAULT]
-    if best.config == default.config:
-        best = default  # two processes of one config: their difference is noise, not a gain
-    if best is not default and default.stats and not _clearly_faster(best, default):
-        return Outcome(candidates=candidates, winner=default, kept_default=True, message=(
-            "no config beat the backend default clearly (by at least "
-            f"{100 * MIN_GAIN:.0f}% and in every interleaved round): storing the default"))
-    return Outcome(candidates=candidates, winner=best)
+    return default if best.config == default.config else best
+
+
+def _decided(candidates: dict[str, Candidate]) -> bool:
+    """Whether the rounds so far answer the confirmation's question: is the fastest config
+    faster than the backend default, or not?"""
+    leader, default = _leader(candidates), candidates[BACKEND_DEFAULT]
+    if leader is None or leader is default or not default.stats:
+        return True
+    return paired_verdict(*leader.paired_with(default)).decided
+
+
+def median_noise(candidates: dict[str, Candidate]) -> float:
+    """The candidates' median relative IQR: the noise a ratio between them had to beat."""
+    spreads = [c.stats.spread for c in candidates.values() if c.stats]
+    return statistics.median(spreads) if spreads else 0.0
+
+
+def choose_winner(candidates: dict[str, Candidate]) -> Outcome:
+    """The config the paired rounds favour: the fastest when it is faster than the backend
+    default with confidence, else the default, unless the default itself was shown slower than
+    torch.compile's default or eager, where the fastest config measured is the better bet."""
+    leader, default = _leader(candidates), candidates[BACKEND_DEFAULT]
+    if leader is None:
+        return Outcome(candidates=candidates,
+                       message="every candidate failed in confirmation: nothing stored")
+    if not default.stats or leader is default:
+        return _with_slower_than_baselines(Outcome(candidates=candidates, winner=leader), candidates)
+    verdict = paired_verdict(*leader.paired_with(default))
+    if verdict.outcome == FASTER:
+        return _with_slower_than_baselines(Outcome(
+            candidates=candidates, winner=leader, verdict=verdict,
+            message=f"{leader.name} is {verdict.describe()} than the backend default"), candidates)
+    noise = median_noise(candidates)
+    # undecided on a difference too small to matter is a decision; on too few rounds, not
+    inconclusive = verdict.outcome == UNDECIDED and not (
+        verdict.rounds >= MIN_ROUNDS and abs(1 - verdict.ratio) < MIN_GAIN)
+    if inconclusive:
+        busy = sum(m is None for m in default.round_medians)
+        why = (f"inconclusive: the machine was too noisy (median IQR {100 * noise:.0f}%, {busy} of "
+               f"{len(default.round_medians)} rounds on a busy machine) to decide "
+               f"whether {leader.name} beats the backend default ({verdict.describe()}): rerun on a "
+               "quieter machine")
+    else:
+        why = (f"no config beat the backend default by at least {100 * MIN_GAIN:.0f}% with "
+               f"confidence ({leader.name}: {verdict.describe()})")
+    for name in (TORCH_COMPILE_DEFAULT, EAGER):
+        base = candidates.get(name)
+        versus = paired_verdict(*default.paired_with(base)) if base and base.stats else None
+        if versus and versus.outcome == SLOWER and verdict.outcome != SLOWER:
+            return _with_slower_than_baselines(Outcome(
+                candidates=candidates, winner=leader, verdict=verdict, inconclusive=inconclusive,
+                message=f"{why}; but the backend default is {versus.describe()} than {name}, so "
+                        f"the fastest config measured, {leader.name}, is stored"), candidates)
+    return Outcome(candidates=candidates, winner=default, kept_default=True, verdict=verdict,
+                   inconclusive=inconclusive, message=f"{why}: storing the default")
+
+
+def _with_slower_than_baselines(outcome: Outcome, candidates: dict[str, Candidate]) -> Outcome:
+    """Say so when the paired rounds show the winner slower than torch.compile's default or eager."""
+    notes = []
+    for name in (TORCH_COMPILE_DEFAULT, EAGER):
+        base = candidates.get(name)
+        if base and base.stats and outcome.winner.stats:
+            versus = paired_verdict(*outcome.winner.paired_with(base))
+            if versus.outcome == SLOWER:
+                notes.append(f"{versus.describe()} than {name}")
+    if not notes:
+        return outcome
+    note = (f"the stored config is {' and '.join(notes)}: it is the fastest this backend can "
+            "represent for this model")
+    return replace(outcome, message="; ".join(filter(None, [outcome.message, note])))
 
 
 def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: dict,
@@ -132,9 +192,10 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
     speedup = 1.0  # the default over itself, by definition; else a ratio of one confirmation
     if default.stats and winner.config != default.config:
         speedup = default.stats.median_ms / winner.stats.median_ms
+    latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
     study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
-                                   "stats": winner.stats.to_dict(), "baselines": baselines,
-                                   "kept_default": outcome.kept_default})
+                                   "stats": latency, "baselines": baselines,
+                                   "kept_default": outcome.kept_default, "message": outcome.message})
     ids = []
     with ConfigStore(storage_url) as store:
         for graph in winner.graphs:
@@ -145,9 +206,21 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
                 workload_key=graph["workload_key"], hardware_key=hardware_key(hardware),
                 family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),
                 model_label=model_label, config=applied.to_dict(), config_id=applied.config_id,
-                latency=winner.stats.to_dict(), baselines=baselines, speedup=speedup,
+                latency=latency, baselines=baselines, speedup=speedup,
                 torch_version=torch.__version__, study_name=study.study_name, hardware=hardware)))
     return tuple(ids)
+
+
+def evidence_of(outcome: Outcome) -> dict:
+    """What a stored latency says of its own noise and of its speedup's confidence."""
+    winner = outcome.winner
+    quiet_rounds = sum(m is not None for m in winner.round_medians)
+    return {"noise": {"iqr": round(winner.stats.spread, 4),
+                      "median_iqr": round(median_noise(outcome.candidates), 4),
+                      "rounds": len(winner.round_medians), "quiet_rounds": quiet_rounds,
+                      "noisy": winner.noisy},
+            "speedup_evidence": outcome.verdict.to_dict() if outcome.verdict else None,
+            "inconclusive": outcome.inconclusive}
 
 
 def _config_ran(graph: dict, asked: BackendConfig) -> BackendConfig:

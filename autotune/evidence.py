@@ -7,6 +7,10 @@ slow, and a signed-rank test weighs such a round by its size (7 equal wins and o
 8 rounds: p=0.12), where the sign test counts it as the one round it is (p=0.035).
 A verdict is "faster" or "slower" only when that side's p-value is below ``ALPHA`` and the median
 ratio clears ``MIN_GAIN``; otherwise "undecided", and more rounds may decide it.
+
+The confirmation looks again after every round from ``MIN_ROUNDS`` to ``MAX_ROUNDS``; each look
+is a chance to be fooled, so ``ALPHA`` is set per look such that the whole sequence reaches a
+wrong verdict, when nothing differs, less than 5% of the time each way (``false_verdict_rate``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
-ALPHA = 0.05      # one-sided: a verdict is wrong at most this often when nothing differs
+ALPHA = 0.032     # per look, one-sided: 4.8% over looks at rounds 5..12 (false_verdict_rate)
 MIN_GAIN = 0.01   # and a difference under 1% in median is no difference worth a decision
+MIN_ROUNDS = 5    # the fewest paired rounds that can decide: 5 of 5 gives p = 1/32
+MAX_ROUNDS = 12
+CONFIDENCE_TEXT = "sign test over paired rounds, under 5% chance of a wrong verdict"
 FASTER, SLOWER, UNDECIDED = "faster", "slower", "undecided"
 
 
@@ -72,3 +79,42 @@ def paired_verdict(candidate_ms: Sequence[float], baseline_ms: Sequence[float], 
     if p_slower < alpha and ratio >= 1 + min_gain:
         return Verdict(SLOWER, ratio, p_slower, len(pairs))
     return Verdict(UNDECIDED, ratio, min(p_faster, p_slower), len(pairs))
+
+
+def false_verdict_rate(alpha: float = ALPHA, first: int = MIN_ROUNDS, last: int = MAX_ROUNDS) -> float:
+    """The chance that looking after every round from ``first`` to ``last`` ever says "faster"
+    when each round's sign is a fair coin (by symmetry, the same for "slower")."""
+    alive = {0: 1.0}  # positive signs so far -> probability of getting here undecided
+    wrong = 0.0
+    for n in range(1, last + 1):
+        step: dict[int, float] = {}
+        for positives, p in alive.items():
+            for more in (0, 1):
+                step[positives + more] = step.get(positives + more, 0.0) + p / 2
+        alive = {}
+        for positives, p in step.items():
+            if n >= first and sign_test_p_values([1.0] * positives + [-1.0] * (n - positives))[0] < alpha:
+                wrong += p
+            else:
+                alive[positives] = p
+    return wrong
+
+
+def stored_evidence(latency: Mapping) -> str:
+    """A stored record's noise and the confidence of its speedup, in a few words."""
+    noise = latency.get("noise")
+    if not noise:
+        return "noise not recorded"
+    parts = [f"IQR {100 * noise['iqr']:.0f}%"]
+    if noise.get("noisy"):
+        parts.append("measured on a busy machine")
+    elif noise["quiet_rounds"] < noise["rounds"]:
+        parts.append(f"{noise['rounds'] - noise['quiet_rounds']} of {noise['rounds']} rounds busy")
+    verdict = latency.get("speedup_evidence")
+    if latency.get("inconclusive"):
+        parts.append("inconclusive, the default kept")
+    elif verdict and verdict["outcome"] == FASTER:
+        parts.append(f"speedup at p={verdict['p_value']:.3f} over {verdict['rounds']} rounds")
+    else:
+        parts.append("no speedup claimed")
+    return ", ".join(parts)

@@ -21,6 +21,7 @@ from backend.errors import StoreError
 from backend.fingerprint import hardware_info, hardware_key
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
+from .evidence import stored_evidence
 from .errors import AutotuneError
 from .models import ModelSpec, build
 
@@ -74,7 +75,8 @@ def _why_stored(record: TunedRecord) -> str:
     return (f"record {record.id} of study {record.study_name}, tuned on {record.hardware_key} "
             f"(this host) for batch size {record.batch_size}: median "
             f"{record.latency['median_ms']:.3f} ms, {record.speedup:.2f}x over the backend "
-            f"default when tuned, torch {record.torch_version}{torch_note}")
+            f"default when tuned ({stored_evidence(record.latency)}), torch "
+            f"{record.torch_version}{torch_note}")
 
 
 def _why_not_stored(spec: ModelSpec, url: str, keys: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
 BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
-PROBE_S = 0.5        # how long one look at the machine lasts
+PROBE_S = 0.25       # how long one look at the machine lasts (25 ticks of a 100 Hz clock per core)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,12 +44,12 @@ class Interference:
     def describe(self, cpus: Iterable[int]) -> str:
         where = f"cores {_ranges(cpus)}"
         parts = []
-        if self.other_cores >= BUSY_CORES:
-            count = len(self.others) or "other"
-            named = f": {', '.join(self.others[:3])}" if self.others else ""
+        if self.other_cores >= BUSY_CORES and self.others:
             plural = "es" if len(self.others) != 1 else ""
-            parts.append(f"{count} other busy process{plural} on {where} "
-                         f"({self.other_cores:.1f} cores' worth){named}")
+            parts.append(f"{len(self.others)} other busy process{plural} on {where} "
+                         f"({self.other_cores:.1f} cores' worth): {', '.join(self.others[:3])}")
+        elif self.other_cores >= BUSY_CORES:  # short-lived ones, gone before they could be named
+            parts.append(f"other processes busy on {where} ({self.other_cores:.1f} cores' worth)")
         if self.steal >= BUSY_STEAL:
             parts.append(f"the hypervisor took {100 * self.steal:.0f}% of {where}")
         return "; ".join(parts) or f"quiet on {where}"
@@ -183,3 +183,24 @@ def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
             said_at = time.monotonic()
             say(f"waiting for a quiet machine: {seen.describe(cpus)} "
                 f"(up to {max(0, max_wait_s - waited):.0f} s more, then measuring anyway, marked noisy)")
+
+
+class Gate:
+    """Waits for quiet before each measurement, ``max_wait_s`` at most while the machine stays
+    busy: after that long, later measurements only take a look (and are marked noisy) until the
+    machine is seen quiet again, so a machine that never calms down costs one wait, not one per
+    trial."""
+
+    def __init__(self, cpus: Iterable[int], max_wait_s: float,
+                 say: Callable[[str], None] = lambda message: None):
+        self.cpus, self.max_wait_s, self.say = sorted(cpus), max_wait_s, say
+        self._busy_for = 0.0
+
+    def wait(self) -> Interference:
+        start = time.monotonic()
+        seen = wait_for_quiet(self.cpus, max(0.0, self.max_wait_s - self._busy_for), self.say)
+        self._busy_for = self._busy_for + time.monotonic() - start if seen.busy else 0.0
+        return seen
+
+    def watch(self) -> Watch:
+        return Watch(self.cpus).start()

@@ -26,6 +26,7 @@ from backend.store import ConfigStore, TunedRecord, default_storage_url
 from . import trial_attrs as attrs
 from .reading import find_study, read_only_storage
 from .confirmation import BACKEND_DEFAULT, BEST_STATIC, STATIC_RECIPE
+from .evidence import stored_evidence
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -334,10 +335,10 @@ def _store_section(records: Sequence[TunedRecord], study_name: str) -> str:
             rows.append([r.model_label, r.batch_size or "-", _ms(r.latency.get("median_ms")),
                          _x(r.speedup),
                          *[_x(b / r.latency["median_ms"]) if b else "-" for b in base.values()],
-                         _knobs_text(r.config), r.torch_version, r.study_name,
+                         stored_evidence(r.latency), _knobs_text(r.config), r.torch_version, r.study_name,
                          _as_utc(r.created_at).strftime("%Y-%m-%d %H:%M")])
         parts.append(_table(["model", "batch", "median", "vs backend default",
-                             "vs torch.compile default", "vs eager", "config", "torch", "study",
+                             "vs torch.compile default", "vs eager", "evidence", "config", "torch", "study",
                              "stored (UTC)"], rows, numeric=(1, 2, 3, 4, 5),
                             row_class=["this" if r.study_name == study_name else "" for r in group]))
     return "".join(parts)

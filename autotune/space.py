@@ -30,15 +30,21 @@ log = logging.getLogger(__name__)
 SPACE_KEYS = ("knobs", "description")
 RANGE_KEYS = ("low", "high", "log")
 
-# Known-good configs enqueued before any sampling (warm start), once per allowed dtype.
-STATIC_RECIPES: tuple[dict[str, Any], ...] = (
-    {"path": TORCHSCRIPT},                                   # the backend's default: oneDNN Graph
-    {"path": INDUCTOR},                                      # torch.compile's default compiler
-    {"path": INDUCTOR, "cpp_wrapper": True},                 # no Python between kernels: small batches
-    {"path": INDUCTOR, "max_autotune": True},
-    {"path": TORCHSCRIPT, "onednn_fusion": False, "optimize_for_inference": True},
-    {"path": TORCHSCRIPT, "onednn_fusion": False},           # MKLDNN-converted convs and linears
-)
+# Known-good configs, by the names reports give them: the tuner enqueues them before any
+# sampling (warm start), once per allowed dtype; `autotune compare` measures each of them.
+TORCHSCRIPT_DEFAULT = "TorchScript path default"
+# the TorchScript path as it was before oneDNN Graph became its default: what that default buys
+WITHOUT_ONEDNN_GRAPH = "TorchScript without oneDNN Graph"
+INDUCTOR_DEFAULT = "Inductor path default"
+STATIC_RECIPES: dict[str, dict[str, Any]] = {
+    TORCHSCRIPT_DEFAULT: {"path": TORCHSCRIPT},              # the backend's default: oneDNN Graph
+    INDUCTOR_DEFAULT: {"path": INDUCTOR},                    # torch.compile's compiler, frozen
+    "Inductor with C++ wrapper": {"path": INDUCTOR, "cpp_wrapper": True},  # small batches
+    "Inductor with max-autotune": {"path": INDUCTOR, "max_autotune": True},
+    "TorchScript optimize_for_inference": {"path": TORCHSCRIPT, "onednn_fusion": False,
+                                           "optimize_for_inference": True},
+    WITHOUT_ONEDNN_GRAPH: {"path": TORCHSCRIPT, "onednn_fusion": False},  # MKLDNN-converted ops
+}
 
 
 @dataclass(frozen=True)
@@ -285,7 +291,7 @@ class SearchSpace:
         ``study.enqueue_trial(space.params_for(recipe))``."""
         recipes: list[dict[str, Any]] = []
         for dtype in self.dtypes if dtypes is None else dtypes:
-            for recipe in STATIC_RECIPES:
+            for recipe in STATIC_RECIPES.values():
                 config = self._complete({**recipe, "dtype": dtype})
                 if config is not None and config not in recipes:
                     recipes.append(config)

@@ -16,13 +16,14 @@ class FailureKind(str, Enum):
     CONFIG = "config"            # a sampled combination the knobs refuse
     INTERRUPTED = "interrupted"  # Ctrl-C during the trial
     ORPHANED = "orphaned"        # its tuner died during the trial
+    NOISY = "noisy"              # measured twice, on a busy machine both times: no number
 
     def __str__(self) -> str:
         return self.value
 
 
-# failures of the tuner, not of the trial's config: a rerun replaces them
-LOST = (FailureKind.INTERRUPTED, FailureKind.ORPHANED)
+# failures of the tuner or the machine, not of the trial's config: a rerun replaces them
+LOST = (FailureKind.INTERRUPTED, FailureKind.ORPHANED, FailureKind.NOISY)
 # the same config ends the same way: a resampled one fails without a run
 DETERMINISTIC = (FailureKind.EXCEPTION, FailureKind.ACCURACY, FailureKind.CRASH, FailureKind.CONFIG)
 
@@ -34,5 +35,6 @@ FAILURE_KIND = "failure_kind"      # a FailureKind value
 FAILURE_REASON = "failure_reason"
 DUPLICATE_OF = "duplicate_of"      # a resampled config: the trial number that answered it
 PEAK_RSS_MB = "peak_rss_mb"
+INTERFERENCE = "interference"      # what else ran on its cores while it was timed (quiet.py)
 READY_KEYS = ("compile_s", "error", "graphs", "threads", "cpus")  # from the worker's start
 STATS_KEYS = ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs")   # from its measurement

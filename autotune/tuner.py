@@ -17,12 +17,13 @@ from backend import BackendConfig
 from backend.fingerprint import hardware_info, usable_cores
 from backend.store import default_storage_url
 
-from . import study_queue
+from . import quiet, study_queue
 from . import trial_attrs as attrs
 from . import zygote
 from .bench import CONFIRM_MEASURE, MeasureSettings
 from .confirmation import Outcome, choose_winner, confirm, store_winner
 from .errors import AutotuneError, StudyError
+from .evidence import MAX_ROUNDS, MIN_ROUNDS
 from .models import ModelSpec
 from .space import SearchSpace, load_space
 from .trial_attrs import DETERMINISTIC, LOST, FailureKind
@@ -47,7 +48,9 @@ class TuneRequest:
     memory_limit_mb: float = 8192
     prune_ratio: float = 1.3                # a trial this much slower than the best after 5 runs stops
     confirm_top: int = 3
-    confirm_rounds: int = 4
+    confirm_rounds: int = MIN_ROUNDS        # at least; more until the winner is decided...
+    confirm_max_rounds: int = MAX_ROUNDS    # ...up to this many
+    max_wait_s: float = 180                 # for a quiet machine before a measurement (quiet.py)
     measure: MeasureSettings = MeasureSettings()
     confirm_measure: MeasureSettings = CONFIRM_MEASURE
     cpus: list[int] | None = None           # pin workers here; threads default to their count
@@ -88,7 +91,8 @@ class TuneRequest:
         return Bench(model=self.model, storage_url=self.storage_url, threads=self.threads,
                      cpus=self.cpus, memory_limit_mb=self.memory_limit_mb,
                      timeout_s=self.trial_timeout_s, tolerance=self.tolerance,
-                     rounds=self.confirm_rounds, round_measure=self.confirm_measure)
+                     rounds=self.confirm_rounds, round_measure=self.confirm_measure,
+                     max_rounds=self.confirm_max_rounds, max_wait_s=self.max_wait_s)
 
 
 @dataclass(frozen=True)
@@ -265,8 +269,7 @@ class Tuner:
         try:
             ready = worker.wait_ready(self.request.trial_timeout_s)
             prune_above = best_ms * self.request.prune_ratio if best_ms else None
-            measured = worker.measure(self.request.trial_timeout_s, prune_above_ms=prune_above,
-                                      **self.request.measure.to_dict())
+            measured, seen = self._measure_on_quiet(worker, prune_above)
         except TrialFailure as failure:
             trial.set_user_attr(attrs.PEAK_RSS_MB, round(worker.peak_rss_mb, 1))
             _fail(study, trial, failure.kind, failure.reason[:2000])
@@ -277,8 +280,33 @@ class Tuner:
             raise
         finally:
             worker.close()
+        trial.set_user_attr(attrs.INTERFERENCE, seen.to_dict())
+        if seen.busy:
+            trial.set_user_attr(attrs.PEAK_RSS_MB, round(max(worker.peak_rss_mb, measured["peak_rss_mb"]), 1))
+            for key, value in measured["stats"].items():
+                trial.set_user_attr(key, value)
+            _fail(study, trial, FailureKind.NOISY, f"measured twice on a busy machine "
+                  f"({seen.describe(self.bench.cpus_used)}); a rerun measures it again")
+            return f"#{trial.number} noisy: not counted"
         return _tell_measured(study, trial, ready, measured,
                               peak_rss_mb=max(worker.peak_rss_mb, measured["peak_rss_mb"]))
+
+    def _measure_on_quiet(self, worker, prune_above: float | None) -> tuple[dict, quiet.Interference]:
+        """A trial's timing on a quiet machine, waited for; one taken on a busy machine (which
+        could prune a good config) is taken again, unpruned. Returns it and what else ran."""
+        for attempt in range(2):
+            before = self.bench.gate.wait()
+            watch = self.bench.gate.watch()
+            measured = worker.measure(self.request.trial_timeout_s,
+                                      prune_above_ms=None if before.busy or attempt else prune_above,
+                                      **self.request.measure.to_dict())
+            during = watch.stop()
+            seen = during if during.busy or not before.busy else before
+            if not seen.busy:
+                break
+            log.warning(f"trial measured on a busy machine ({seen.describe(self.bench.cpus_used)})"
+                     + ("; measuring it again" if not attempt else ""))
+        return measured, seen
 
     def _progress(self, study: optuna.Study, start: float, done_at_start: int | None,
                   last: str) -> Progress:

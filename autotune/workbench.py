@@ -6,6 +6,7 @@ trials and its confirmation) and `autotune compare` measure here; the statistics
 from __future__ import annotations
 
 import functools
+import logging
 import hashlib
 import json
 import os
@@ -17,10 +18,13 @@ import torch
 from backend import BackendConfig
 from backend.store import ConfigStore
 
+from . import quiet
 from .bench import MeasureSettings, Stats
 from .errors import StudyError
 from .models import ModelSpec, build, module_origin
 from .worker import EAGER, TOLERANCES, TrialFailure, WorkerProcess, WorkerSpec
+
+log = logging.getLogger("autotune")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,15 @@ class Candidate:
     failure: str | None = None
     kind: str = ""                    # for baselines: EAGER or TORCH_COMPILE_DEFAULT
     dtype: str = "float32"
-    round_medians: tuple[float, ...] = ()  # one per interleaved round
+    # one per interleaved round: None where it failed, or where the machine was busy (quiet.py)
+    round_medians: tuple[float | None, ...] = ()
+    noisy: bool = False               # its stats come from rounds measured on a busy machine
+
+    def paired_with(self, other: "Candidate") -> tuple[list, list]:
+        """Both candidates' medians of the rounds each measured on a quiet machine."""
+        pairs = [(a, b) for a, b in zip(self.round_medians, other.round_medians)
+                 if a is not None and b is not None]
+        return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,19 @@ class Bench:
     memory_limit_mb: float
     timeout_s: float                  # for each answer of a worker: ready, measured
     tolerance: float | None           # relative; default per dtype (TOLERANCES)
-    rounds: int                       # interleaved rounds
+    rounds: int                       # interleaved rounds, at least
     round_measure: MeasureSettings    # one candidate in one round
+    max_rounds: int = 0               # more rounds while ``until`` says undecided, up to this
+    max_wait_s: float = 0.0           # for a quiet machine before each round (quiet.py)
+
+    @property
+    def cpus_used(self) -> list[int]:
+        return sorted(self.cpus or os.sched_getaffinity(0))
+
+    @functools.cached_property
+    def gate(self) -> quiet.Gate:
+        """Every measurement on this bench waits here for a quiet machine."""
+        return quiet.Gate(self.cpus_used, self.max_wait_s, say=log.warning)
 
     @functools.cached_property
     def reference(self) -> str:
@@ -85,15 +108,18 @@ class Bench:
                                  f"failed ({failure.reason}); nothing can be checked against it") from None
 
     def measure_interleaved(self, candidates: dict[str, Candidate],
-                            after_round: Callable[[], None] | None = None) -> dict[str, Candidate]:
+                            after_round: Callable[[], None] | None = None,
+                            until: Callable[[dict[str, Candidate]], bool] | None = None
+                            ) -> dict[str, Candidate]:
         """Each candidate compiled once in its own fresh process, then timed in rotating rounds
         so that drift on a shared machine hits all of them alike: the candidates again, each with
         its stats or its failure. ``after_round`` runs between rounds, for measurements that
-        should share their drift."""
+        should share their drift. Past ``rounds``, rounds go on (up to ``max_rounds``) while
+        ``until`` of the candidates so far says the question is open."""
         workers: dict[str, WorkerProcess] = {}  # every live worker: killed on an error, closed after
         try:
             started = self._start_side_by_side(candidates, workers)
-            return self._time_rounds(started, workers, after_round)
+            return self._time_rounds(started, workers, after_round, until)
         except BaseException:
             for worker in workers.values():
                 worker.kill()
@@ -138,29 +164,74 @@ class Bench:
         return self.spec(candidate.config.to_dict(), candidate.config.dtype)
 
     def _time_rounds(self, candidates: dict[str, Candidate], workers: dict[str, WorkerProcess],
-                     after_round: Callable[[], None] | None) -> dict[str, Candidate]:
-        """Every ready worker measured once a round, each round starting one further along."""
-        samples: dict[str, list[float]] = {name: [] for name in workers}
-        medians: dict[str, list[float]] = {name: [] for name in workers}
-        failures: dict[str, str] = {}
-        order = list(workers)
-        for round_ in range(self.rounds):
-            shift = round_ % max(1, len(order))
-            for name in order[shift:] + order[:shift]:
+                     after_round: Callable[[], None] | None,
+                     until: Callable[[dict[str, Candidate]], bool] | None) -> dict[str, Candidate]:
+        """Every ready worker measured once a round, each round starting one further along; a
+        round the machine was busy for counts for no candidate."""
+        rounds = _Rounds(list(workers))
+        last = max(self.rounds, self.max_rounds if until else 0)
+        while rounds.count < last and rounds.order:
+            seen_before = self.gate.wait()
+            watch = self.gate.watch()
+            measured = {}
+            for name in rounds.rotation():
                 try:
-                    measured = workers[name].measure(self.timeout_s, **self.round_measure.to_dict())
-                    samples[name] += measured["samples"]
-                    medians[name].append(measured["stats"]["median_ms"])
+                    measured[name] = workers[name].measure(self.timeout_s, **self.round_measure.to_dict())
                 except TrialFailure as failure:
-                    failures[name] = failure.reason
-                    order.remove(name)
+                    rounds.fail(name, failure.reason)
+            seen = watch.stop()
+            busy = seen_before.busy or seen.busy
+            if busy:
+                log.warning(f"round {rounds.count + 1} measured on a busy machine ({seen.describe(self.cpus_used)}): "
+                         "it decides nothing")
+            rounds.add(measured, busy)
             if after_round:
                 after_round()
+            if rounds.count >= self.rounds and until and until(rounds.results(candidates)):
+                break
+        return rounds.results(candidates)
+
+
+class _Rounds:
+    """Interleaved rounds so far: each candidate's samples and per-round medians."""
+
+    def __init__(self, names: list[str]):
+        self.order = names
+        self.names = list(names)
+        self.count = 0
+        self.samples: dict[str, list[float]] = {n: [] for n in names}
+        self.quiet_samples: dict[str, list[float]] = {n: [] for n in names}
+        self.medians: dict[str, list[float | None]] = {n: [] for n in names}
+        self.failures: dict[str, str] = {}
+
+    def rotation(self) -> list[str]:
+        shift = self.count % max(1, len(self.order))
+        return self.order[shift:] + self.order[:shift]
+
+    def fail(self, name: str, reason: str) -> None:
+        self.failures[name] = reason
+        self.order.remove(name)
+
+    def add(self, measured: dict[str, dict], busy: bool) -> None:
+        for name in self.names:
+            result = measured.get(name)
+            if result is not None:
+                self.samples[name] += result["samples"]
+                if not busy:
+                    self.quiet_samples[name] += result["samples"]
+            self.medians[name].append(result["stats"]["median_ms"] if result and not busy else None)
+        self.count += 1
+
+    def results(self, candidates: dict[str, Candidate]) -> dict[str, Candidate]:
         timed = dict(candidates)
-        for name in workers:
-            timed[name] = replace(candidates[name], round_medians=tuple(medians[name]),
-                                  failure=failures.get(name),
-                                  stats=Stats.of(samples[name]) if name in order else None)
+        for name in self.names:
+            # the quiet rounds' samples; a busy machine's only when there were no quiet rounds
+            samples = self.quiet_samples[name] or self.samples[name]
+            measured = name in self.order and samples
+            timed[name] = replace(candidates[name], round_medians=tuple(self.medians[name]),
+                                  failure=self.failures.get(name),
+                                  stats=Stats.of(samples) if measured else None,
+                                  noisy=bool(measured) and not self.quiet_samples[name])
         return timed
 
 

@@ -17,17 +17,18 @@ import sys
 import torch
 
 from autotune.cli import _parse_dtypes
-from autotune.compare import TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, compare, named_for
+from autotune.compare import compare, named_for
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.confirmation import BEST_STATIC
+from autotune.space import INDUCTOR_DEFAULT, TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH
 from autotune.tuner import Tuner, TuneRequest
 from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 
-STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, "Inductor path default",
-                  BEST_STATIC]
+# BEST_STATIC: the fastest of every static recipe compare measured (space.STATIC_RECIPES)
+STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, BEST_STATIC]
 
 
 def columns(dtype: str) -> list[str]:
@@ -40,13 +41,13 @@ def write_table(rows, args, argv) -> None:
     static_name = named_for(BEST_STATIC, args.dtype[0])
     header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs best static",
               "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials",
-              "tuned config"]
+              "tuned config", "run noise"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
              f"{torch.__version__}, dtypes {','.join(args.dtype)}, by `python benchmarks/suite.py "
              f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, batch, m, trials, rate, fma, knobs in rows:
+    for name, batch, m, trials, rate, fma, knobs, noise in rows:
         cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in shown]
         tuned, static, eager = m[IPEX_LOOKUP], m[static_name], m[EAGER]
         vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
@@ -54,7 +55,7 @@ def write_table(rows, args, argv) -> None:
         others = [m[c] for c in shown if c != IPEX_LOOKUP and m[c]]
         vs_fastest = f"{min(others) / tuned:.2f}x" if tuned and others else "-"
         peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
-        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} | {knobs} |")
+        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} | {knobs} | {noise} |")
     text = "\n".join(lines) + "\n"
     with open(args.output, "w") as f:
         f.write(text)
@@ -100,12 +101,15 @@ def main(argv=None) -> int:
         tuned = Tuner(request).run()
         request.confirm_rounds = args.rounds
         result = compare(request)
-        medians = {c: result.candidates[c].stats.median_ms if result.candidates[c].stats else None
+        best_static = result.best_static(args.dtype[0])
+        named = {named_for(BEST_STATIC, args.dtype[0]): best_static}
+        medians = {c: result.candidates[named.get(c, c)].stats.median_ms
+                   if named.get(c, c) and result.candidates[named.get(c, c)].stats else None
                    for c in columns(args.dtype[0])}
         fma = result.fma_peak(IPEX_LOOKUP)
         tuned_rate = result.gflops(IPEX_LOOKUP)
         rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma,
-                     tuned_knobs(result, args.dtype[0])))
+                     tuned_knobs(result, args.dtype[0]), result.noise_note()))
         write_table(rows, args, argv)  # after each model: a long run cut short keeps what it measured
 
     return 0

@@ -81,7 +81,7 @@ def test_flop_count_includes_the_attention_projections():
 def test_peaks_are_sampled_between_the_rounds_they_share_drift_with(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick",
-                          storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=3,
+                          storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=3, max_wait_s=5,
                           confirm_measure=QUICK_MEASURE)
     bench = request.bench()
     bench.ensure_reference()

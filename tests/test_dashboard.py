@@ -104,7 +104,8 @@ def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     tuner = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn", "--space",
          "quick", "--trials", "4", "--study-name", "live", "--storage", url, "--seed", "0",
-         "--measure-seconds", "0.2", "--confirm-rounds", "2", "--confirm-top", "1"],
+         "--measure-seconds", "0.2", "--confirm-rounds", "2", "--max-confirm-rounds", "2",
+         "--confirm-top", "1", "--max-wait", "5s"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300

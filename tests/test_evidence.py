@@ -2,7 +2,8 @@
 
 import math
 
-from autotune.evidence import FASTER, SLOWER, UNDECIDED, paired_verdict, sign_test_p_values
+from autotune.evidence import (ALPHA, FASTER, MAX_ROUNDS, MIN_ROUNDS, SLOWER, UNDECIDED,
+                               false_verdict_rate, paired_verdict, sign_test_p_values)
 
 
 def test_sign_test_is_exact():
@@ -13,9 +14,17 @@ def test_sign_test_is_exact():
 
 
 def test_clearly_faster_in_median_despite_one_noisy_round_is_faster():
-    # 7 rounds 10% faster, one round where a busy neighbour made it 12x slower
-    verdict = paired_verdict([10.0] * 7 + [130.0], [11.0] * 8)
-    assert verdict.outcome == FASTER and verdict.p_value < 0.05 and verdict.rounds == 8
+    # 9 rounds 10% faster, one round where a busy neighbour made it 12x slower
+    verdict = paired_verdict([10.0] * 9 + [130.0], [11.0] * 10)
+    assert verdict.outcome == FASTER and verdict.p_value < ALPHA and verdict.rounds == 10
+
+
+def test_looking_after_every_round_keeps_the_stated_confidence():
+    assert false_verdict_rate() < 0.05
+    assert false_verdict_rate(alpha=0.05) > 0.05  # the naive per-look 5% would not
+    assert paired_verdict([10.0] * MIN_ROUNDS, [11.0] * MIN_ROUNDS).outcome == FASTER
+    assert paired_verdict([10.0] * (MIN_ROUNDS - 1), [11.0] * (MIN_ROUNDS - 1)).outcome == UNDECIDED
+    assert MAX_ROUNDS >= 10  # room for one undetected noisy round among ten
 
 
 def test_too_few_rounds_or_a_split_is_undecided():
@@ -34,3 +43,16 @@ def test_slower_is_decided_too():
 
 def test_rounds_where_either_failed_are_not_paired():
     assert paired_verdict([10.0, None, 10.0], [11.0, 11.0, None]).rounds == 1
+
+
+def test_a_stored_latency_says_its_noise_and_its_evidence():
+    from autotune.evidence import stored_evidence
+
+    noise = {"iqr": 0.034, "median_iqr": 0.05, "rounds": 10, "quiet_rounds": 9, "noisy": False}
+    faster = {"outcome": "faster", "ratio": 0.9, "p_value": 0.0107, "rounds": 9}
+    assert stored_evidence({"noise": noise, "speedup_evidence": faster, "inconclusive": False}) == \
+        "IQR 3%, 1 of 10 rounds busy, speedup at p=0.011 over 9 rounds"
+    assert stored_evidence({"noise": {**noise, "noisy": True}, "speedup_evidence": None,
+                            "inconclusive": True}) == \
+        "IQR 3%, measured on a busy machine, inconclusive, the default kept"
+    assert stored_evidence({"median_ms": 1.0}) == "noise not recorded"  # a record from before

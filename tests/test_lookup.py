@@ -112,7 +112,8 @@ def tuned(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('tuned') / 'store.db'}"
     request = TuneRequest(model=ModelSpec(SMALL_CNN), space="quick", trials=4, timeout_s=None,
                           storage=url, seed=0, measure=QUICK_MEASURE,
-                          confirm_measure=QUICK_MEASURE, confirm_rounds=2, confirm_top=1)
+                          confirm_measure=QUICK_MEASURE, confirm_rounds=2, confirm_top=1,
+                          confirm_max_rounds=2, max_wait_s=5)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", worker_pythonpath())  # workers import tuner_models
         result = Tuner(request).run()

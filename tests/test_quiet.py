@@ -58,3 +58,50 @@ def test_waiting_says_why_and_gives_up_at_the_limit(busy_core):
     assert seen.busy
     assert heard and heard[0].startswith("waiting for a quiet machine: 1 other busy process on "
                                          f"cores {cpu}") and f"pid {pid}" in heard[0]
+
+
+@pytest.mark.slow
+def test_a_study_beside_a_busy_process_says_so_decides_nothing_on_it_and_stores_its_noise(tmp_path):
+    """A real spin loop on the tuner's first core for the first two trials: the tuner names it,
+    waits, then marks those trials noisy (failed, unseen by the sampler, never pruned on it);
+    the confirmation cannot decide in two rounds, so the default is stored, with its noise."""
+    from backend.store import ConfigStore
+    from tuning import finished_trials, tuner_argv, worker_pythonpath
+
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    spinner = spinner_outside_our_tree(sorted(os.sched_getaffinity(0))[0])
+    tuner = subprocess.Popen(tuner_argv(url, "busy", 4, model="tuner_models:small_cnn"),
+                             env={**os.environ, "PYTHONPATH": worker_pythonpath()},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while finished_trials(db, "busy") < 2:
+            assert tuner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.kill(spinner, 9)
+    out, err = tuner.communicate(timeout=600)
+    assert tuner.returncode == 0, err[-3000:]
+    assert "waiting for a quiet machine: 1 other busy process on cores" in err
+    assert f"pid {spinner} (" in err
+
+    import optuna
+    study = optuna.load_study(study_name="busy", storage=url)
+    noisy = [t for t in study.trials if t.user_attrs.get("interference", {}).get("busy")]
+    assert noisy, "the trials beside the spin loop were measured as if quiet"
+    for trial in noisy:  # measured twice, busy both times: no value, no pruning
+        assert trial.state == optuna.trial.TrialState.FAIL, trial.number
+        assert trial.user_attrs["failure_kind"] == "noisy"
+        assert "on a busy machine" in trial.user_attrs["failure_reason"]
+    assert "noisy: not counted" in err
+
+    from backend import BackendConfig
+
+    default = BackendConfig({"threads": len(os.sched_getaffinity(0))})
+    records = ConfigStore(url).list()
+    assert records and {r.config_id for r in records} == {default.config_id}
+    for record in records:
+        assert record.latency["noise"]["rounds"] == 2 and "iqr" in record.latency["noise"]
+        assert record.latency["inconclusive"] is True
+    assert "inconclusive" in out

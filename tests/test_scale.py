@@ -131,7 +131,8 @@ def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
     request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), space="quick", trials=4,
                           timeout_s=None, storage=f"sqlite:///{tmp_path / 'jobs.db'}", seed=0,
                           measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
-                          confirm_rounds=2, confirm_top=1, jobs=2, cpus=[0, 1])
+                          confirm_rounds=2, confirm_top=1, jobs=2, cpus=[0, 1],
+                          confirm_max_rounds=2, max_wait_s=5)
     result = Tuner(request).run()
     assert result.winner is not None and result.trials_total == 4
     study = optuna.load_study(study_name=result.study_name, storage=request.storage_url)

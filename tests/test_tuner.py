@@ -30,7 +30,7 @@ def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
     request = TuneRequest(model=ModelSpec(model), space="quick", trials=4, timeout_s=None,
                           storage=f"sqlite:///{tmp_path / 'study.db'}", seed=0,
                           measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
-                          confirm_rounds=2, confirm_top=1)
+                          confirm_rounds=2, confirm_max_rounds=2, confirm_top=1, max_wait_s=5)
     for key, value in overrides.items():
         setattr(request, key, value)
     return request
@@ -219,7 +219,8 @@ def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path
 
 def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplog):
     # oneDNN Graph fails on Swin: a record asking for it would fail the same way at every lookup
-    request = quick_request(tmp_path, model="tuner_models:tiny_swin", confirm_rounds=1)
+    request = quick_request(tmp_path, model="tuner_models:tiny_swin", confirm_rounds=1,
+                            confirm_max_rounds=1)
     bench = request.bench()
     bench.preflight()
     bench.ensure_reference()

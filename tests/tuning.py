@@ -24,7 +24,8 @@ def worker_pythonpath() -> str:
 def tuner_argv(url, study_name, trials, model="tuner_models:faulty_cnn"):
     return [sys.executable, "-m", "autotune.cli", "run", "--model", model, "--space", "quick",
             "--trials", str(trials), "--study-name", study_name, "--storage", url, "--seed", "0",
-            "--measure-seconds", "0.2", "--confirm-rounds", "2", "--confirm-top", "1"]
+            "--measure-seconds", "0.2", "--confirm-rounds", "2", "--max-confirm-rounds", "2",
+            "--confirm-top", "1", "--max-wait", "5s"]
 
 
 def finished_trials(db, study_name) -> int:
