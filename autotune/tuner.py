@@ -300,12 +300,11 @@ class Tuner:
             measured = worker.measure(self.request.trial_timeout_s,
                                       prune_above_ms=None if before.busy or attempt else prune_above,
                                       **self.request.measure.to_dict())
-            during = watch.stop()
-            seen = during if during.busy or not before.busy else before
+            seen = watch.stop()  # a quiet window is a good number, however long the wait before
             if not seen.busy:
                 break
-            log.warning(f"trial measured on a busy machine ({seen.describe(self.bench.cpus_used)})"
-                     + ("; measuring it again" if not attempt else ""))
+            again = "; measuring it again" if not attempt else ""
+            log.warning(f"trial measured on a busy machine ({seen.describe(self.bench.cpus_used)}){again}")
         return measured, seen
 
     def _progress(self, study: optuna.Study, start: float, done_at_start: int | None,

@@ -171,7 +171,7 @@ class Bench:
         rounds = _Rounds(list(workers))
         last = max(self.rounds, self.max_rounds if until else 0)
         while rounds.count < last and rounds.order:
-            seen_before = self.gate.wait()
+            self.gate.wait()
             watch = self.gate.watch()
             measured = {}
             for name in rounds.rotation():
@@ -179,8 +179,8 @@ class Bench:
                     measured[name] = workers[name].measure(self.timeout_s, **self.round_measure.to_dict())
                 except TrialFailure as failure:
                     rounds.fail(name, failure.reason)
-            seen = watch.stop()
-            busy = seen_before.busy or seen.busy
+            seen = watch.stop()  # a quiet round is a good round, however long the wait before
+            busy = seen.busy
             if busy:
                 log.warning(f"round {rounds.count + 1} measured on a busy machine ({seen.describe(self.cpus_used)}): "
                          "it decides nothing")
