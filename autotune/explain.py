@@ -175,6 +175,11 @@ def env_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
               "# export OMP_PLACES=cores",
               f"# several processes: give each its own {threads} core(s) instead, e.g. taskset "
               f"-c 0-{threads - 1} (numactl -C 0-{threads - 1} -m 0 on multi-socket hosts)",
+              "# a server that shares its cores with other busy processes: libgomp's spinning "
+              "threads fight them; on the 2-core host",
+              "# benchmarks/omp_wait.py (one 3-round run) measured resnet18 at 0.73x the "
+              "latency beside one busy core with PASSIVE, but 1.17x on a quiet machine:",
+              "# export OMP_WAIT_POLICY=PASSIVE",
               "# allocator (not measured by the tuner; often faster for CPU inference):"]
     for name, path in find_allocators().items():
         lines.append(f"# export LD_PRELOAD={path}  # {name}" if path else

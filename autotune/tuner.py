@@ -185,7 +185,8 @@ class Tuner:
         study_queue.wait_for_other_workers(study)
         counts = study_queue.count_trials(study)
         if not counts.complete:
-            outcome = Outcome(message="no trial completed: nothing to confirm or store")
+            outcome = Outcome(message="no trial completed: nothing to confirm or store"
+                              + _noisy_note(study))
         elif holder := study_queue.claim_confirmation(request.storage_url, study.study_name, counts.total):
             outcome = Outcome(deferred=True, message=f"confirmation of these {counts.total} trials is "
                                                      f"run by {holder}; this worker stops here")
@@ -377,6 +378,13 @@ def _tell_measured(study: optuna.Study, trial: optuna.Trial, ready: dict, measur
         return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after {PRUNE_RUNS} runs)"
     study.tell(trial, stats["median_ms"])
     return f"#{trial.number} {stats['median_ms']:.2f} ms"
+
+
+def _noisy_note(study: optuna.Study) -> str:
+    noisy = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+             if t.user_attrs.get(attrs.FAILURE_KIND) == FailureKind.NOISY]
+    return (f" ({len(noisy)} trial(s) were measured on a busy machine: rerun on a quieter one, "
+            "which measures them again)") if noisy else ""
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, kind: FailureKind | str, reason: str) -> None:

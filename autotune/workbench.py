@@ -182,8 +182,8 @@ class Bench:
             seen = watch.stop()  # a quiet round is a good round, however long the wait before
             busy = seen.busy
             if busy:
-                log.warning(f"round {rounds.count + 1} measured on a busy machine ({seen.describe(self.cpus_used)}): "
-                         "it decides nothing")
+                log.warning(f"round {rounds.count + 1} measured on a busy machine "
+                            f"({seen.describe(self.cpus_used)}): it decides nothing")
             rounds.add(measured, busy)
             if after_round:
                 after_round()

@@ -269,7 +269,8 @@ def check_threads(config: Mapping[str, Any], threads: int) -> None:
         if not knob.fits_threads(value, threads):
             raise KnobError(
                 f"knob {name!r}={knob.dump(value)!r} uses {knob.threads_used(value)} threads, but "
-                f"the graph runs on {threads}; choose a value for {threads} threads or {knob.dump(knob.default)!r}")
+                f"the graph runs on {threads}; choose a value for {threads} threads or "
+                f"{knob.dump(knob.default)!r}")
 
 
 def get_knob(name: str) -> Knob:
