@@ -18,6 +18,7 @@ from backend.fingerprint import hardware_key
 from backend.store import ConfigStore, TunedRecord
 
 from . import trial_attrs as attrs
+from .trial_attrs import FailureKind
 from .evidence import FASTER, MIN_GAIN, MIN_ROUNDS, SLOWER, UNDECIDED, Verdict, paired_verdict
 from .workbench import Bench, Candidate
 from .worker import EAGER, TORCH_COMPILE_DEFAULT
@@ -74,13 +75,16 @@ def _top_trials(study: optuna.Study, top: int, default_id: str) -> dict[str, Can
 
 def _with_recipes_run(study: optuna.Study, candidates: dict[str, Candidate], recipes: Iterable[Mapping],
                       default_id: str) -> dict[str, Candidate]:
-    """Every warm-start recipe, also one a noisy search-phase run pruned: the winner must be at
-    least as fast as each of them in the same interleaved rounds. A top trial that is a recipe
-    is confirmed once, as the recipe."""
+    """Every warm-start recipe, also one a noisy search-phase run pruned or failed as noisy: the
+    winner must be at least as fast as each of them in the same interleaved rounds. A top trial
+    that is a recipe is confirmed once, as the recipe."""
     candidates = dict(candidates)
     recipe_ids = {BackendConfig(r).config_id for r in recipes}
     statics: list[str] = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                      TrialState.FAIL)):
+        if t.state == TrialState.FAIL and t.user_attrs.get(attrs.FAILURE_KIND) != FailureKind.NOISY:
+            continue
         cid = t.user_attrs.get(attrs.CONFIG_ID)
         if cid not in recipe_ids or cid == default_id or cid in statics:
             continue
@@ -220,7 +224,7 @@ def evidence_of(outcome: Outcome) -> dict:
                       "rounds": len(winner.round_medians), "quiet_rounds": quiet_rounds,
                       "noisy": winner.noisy},
             "speedup_evidence": outcome.verdict.to_dict() if outcome.verdict else None,
-            "inconclusive": outcome.inconclusive}
+            "inconclusive": outcome.inconclusive, "kept_default": outcome.kept_default}
 
 
 def _config_ran(graph: dict, asked: BackendConfig) -> BackendConfig:

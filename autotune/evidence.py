@@ -3,8 +3,8 @@
 Two candidates timed in the same rounds share each round's drift, so the per-round ratio of
 their medians is the quantity to judge. The test is the exact sign test on those ratios,
 one-sided each way. Not a rank test: noise on a shared machine comes as rare rounds 10-30x
-slow, and a signed-rank test weighs such a round by its size (7 equal wins and one such loss in
-8 rounds: p=0.12), where the sign test counts it as the one round it is (p=0.035).
+slow, and a signed-rank test weighs such a round by its size (9 equal wins and one such loss in
+10 rounds: p=0.046), where the sign test counts it as the one round it is (p=0.011).
 A verdict is "faster" or "slower" only when that side's p-value is below ``ALPHA`` and the median
 ratio clears ``MIN_GAIN``; otherwise "undecided", and more rounds may decide it.
 
@@ -24,7 +24,6 @@ ALPHA = 0.032     # per look, one-sided: 4.8% over looks at rounds 5..12 (false_
 MIN_GAIN = 0.01   # and a difference under 1% in median is no difference worth a decision
 MIN_ROUNDS = 5    # the fewest paired rounds that can decide: 5 of 5 gives p = 1/32
 MAX_ROUNDS = 12
-CONFIDENCE_TEXT = "sign test over paired rounds, under 5% chance of a wrong verdict"
 FASTER, SLOWER, UNDECIDED = "faster", "slower", "undecided"
 
 
@@ -45,10 +44,13 @@ class Verdict:
             return f"{1 / self.ratio:.2f}x faster ({sure})"
         if self.outcome == SLOWER:
             return f"{self.ratio:.2f}x slower ({sure})"
+        if not self.rounds:
+            return "undecided: no paired rounds"
         return f"undecided: ratio {self.ratio:.3f} ({sure})"
 
     def to_dict(self) -> dict:
-        return {"outcome": self.outcome, "ratio": self.ratio, "p_value": self.p_value,
+        ratio = None if math.isnan(self.ratio) else self.ratio  # JSON has no NaN
+        return {"outcome": self.outcome, "ratio": ratio, "p_value": self.p_value,
                 "rounds": self.rounds, "alpha": ALPHA, "min_gain": MIN_GAIN}
 
 
@@ -112,7 +114,8 @@ def stored_evidence(latency: Mapping) -> str:
         parts.append(f"{noise['rounds'] - noise['quiet_rounds']} of {noise['rounds']} rounds busy")
     verdict = latency.get("speedup_evidence")
     if latency.get("inconclusive"):
-        parts.append("inconclusive, the default kept")
+        kept = "the default kept" if latency.get("kept_default", True) else "the fastest config kept"
+        parts.append(f"inconclusive, {kept}")
     elif verdict and verdict["outcome"] == FASTER:
         parts.append(f"speedup at p={verdict['p_value']:.3f} over {verdict['rounds']} rounds")
     else:

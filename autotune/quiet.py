@@ -59,9 +59,6 @@ class Interference:
                 "others": list(self.others), "busy": self.busy}
 
 
-QUIET = Interference(0.0, 0.0)
-
-
 def _ranges(cpus: Iterable[int]) -> str:
     cpus = sorted(cpus)
     spans: list[str] = []
@@ -168,13 +165,16 @@ def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
 
 
 def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
-                   say: Callable[[str], None] = lambda message: None) -> Interference:
+                   say: Callable[[str], None] = lambda message: None,
+                   on_look: Callable[[], None] = lambda: None) -> Interference:
     """Look until the cores are quiet or ``max_wait_s`` has passed; the last look. ``say`` hears
-    why it waits, once and then every 30 s."""
+    why it waits, once and then every 30 s; ``on_look`` runs at every look (a trial's heartbeat,
+    so that a long wait does not look like a dead tuner)."""
     cpus = sorted(cpus)
     start = time.monotonic()
     said_at = None
     while True:
+        on_look()
         seen = look(cpus)
         waited = time.monotonic() - start
         if not seen.busy or waited >= max_wait_s:
@@ -196,9 +196,9 @@ class Gate:
         self.cpus, self.max_wait_s, self.say = sorted(cpus), max_wait_s, say
         self._busy_for = 0.0
 
-    def wait(self) -> Interference:
+    def wait(self, on_look: Callable[[], None] = lambda: None) -> Interference:
         start = time.monotonic()
-        seen = wait_for_quiet(self.cpus, max(0.0, self.max_wait_s - self._busy_for), self.say)
+        seen = wait_for_quiet(self.cpus, max(0.0, self.max_wait_s - self._busy_for), self.say, on_look)
         self._busy_for = self._busy_for + time.monotonic() - start if seen.busy else 0.0
         return seen
 

@@ -281,7 +281,7 @@ class SearchSpace:
                             else _pick(trial, name, self.knobs[name]))
         config = {name: config[name] for name in ("path", "dtype", *self.knobs) if name in config}
         for name, value in config.items():
-            if not KNOBS[name].fits_threads(value, config["threads"]):
+            if not KNOBS[name].fits_threads(value, config.get("threads")):
                 config[name] = KNOBS[name].default  # e.g. GEMM thread factors for other threads
         return config
 

@@ -26,6 +26,7 @@ from backend.errors import KnobError
 from backend.knobs import KNOBS
 
 from .errors import StudyError
+from .evidence import MAX_ROUNDS
 from .models import ModelSpec
 from .space import YamlFile, looks_like_path
 from .tuner import TuneRequest
@@ -232,6 +233,10 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
         study = load_study_file(study_path)
     elif not options.model:
         raise StudyError("no model: give --model NAME (see `autotune models`) or --study FILE")
+    if (options.confirm_max_rounds or 0) > MAX_ROUNDS:
+        # the per-look threshold keeps a wrong verdict under 5% for looks up to MAX_ROUNDS only
+        raise StudyError(f"--max-confirm-rounds {options.confirm_max_rounds}: at most {MAX_ROUNDS}, "
+                         "the most rounds whose verdicts keep their stated confidence")
     budget = study.get("budget", {})
     given = {
         "dtypes": options.dtypes or tuple(study.get("dtypes", ["float32"])),

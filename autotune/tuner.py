@@ -270,7 +270,8 @@ class Tuner:
         try:
             ready = worker.wait_ready(self.request.trial_timeout_s)
             prune_above = best_ms * self.request.prune_ratio if best_ms else None
-            measured, seen = self._measure_on_quiet(worker, prune_above)
+            measured, seen = self._measure_on_quiet(worker, prune_above,
+                                                    study_queue.heartbeat_of(study, trial))
         except TrialFailure as failure:
             trial.set_user_attr(attrs.PEAK_RSS_MB, round(worker.peak_rss_mb, 1))
             _fail(study, trial, failure.kind, failure.reason[:2000])
@@ -287,16 +288,17 @@ class Tuner:
             for key, value in measured["stats"].items():
                 trial.set_user_attr(key, value)
             _fail(study, trial, FailureKind.NOISY, f"measured twice on a busy machine "
-                  f"({seen.describe(self.bench.cpus_used)}); a rerun measures it again")
+                  f"({seen.describe(self.bench.cpus_used)}); a rerun queues a trial in its place")
             return f"#{trial.number} noisy: not counted"
         return _tell_measured(study, trial, ready, measured,
                               peak_rss_mb=max(worker.peak_rss_mb, measured["peak_rss_mb"]))
 
-    def _measure_on_quiet(self, worker, prune_above: float | None) -> tuple[dict, quiet.Interference]:
+    def _measure_on_quiet(self, worker, prune_above: float | None,
+                          heartbeat: Callable[[], None]) -> tuple[dict, quiet.Interference]:
         """A trial's timing on a quiet machine, waited for; one taken on a busy machine (which
         could prune a good config) is taken again, unpruned. Returns it and what else ran."""
         for attempt in range(2):
-            before = self.bench.gate.wait()
+            before = self.bench.gate.wait(on_look=heartbeat)
             watch = self.bench.gate.watch()
             measured = worker.measure(self.request.trial_timeout_s,
                                       prune_above_ms=None if before.busy or attempt else prune_above,
@@ -384,7 +386,7 @@ def _noisy_note(study: optuna.Study) -> str:
     noisy = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
              if t.user_attrs.get(attrs.FAILURE_KIND) == FailureKind.NOISY]
     return (f" ({len(noisy)} trial(s) were measured on a busy machine: rerun on a quieter one, "
-            "which measures them again)") if noisy else ""
+            "which queues trials in their place)") if noisy else ""
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, kind: FailureKind | str, reason: str) -> None:

@@ -18,7 +18,8 @@ def inductor_patches(config: BackendConfig) -> dict[str, Any]:
     patches: dict[str, Any] = {}
     for knob in knobs_for_path(INDUCTOR):
         for landing in knob.lands:
-            if isinstance(landing, InductorOption):
+            if isinstance(landing, InductorOption) and (
+                    landing.only_with is None or config[landing.only_with]):
                 value = landing.convert(config[knob.name])
                 if value is not UNSET:
                     patches[landing.key] = value

@@ -31,9 +31,11 @@ def _same(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class InductorOption:
-    """The value lands in ``torch._inductor.config[key]``, through ``convert``."""
+    """The value lands in ``torch._inductor.config[key]``, through ``convert``; with ``only_with``,
+    only while that knob is on."""
     key: str
     convert: Callable[[Any], Any] = _same
+    only_with: str | None = None
 
     def describe(self) -> str:
         return f"Inductor `{self.key}`"
@@ -196,10 +198,10 @@ _KNOB_LIST = [
          lands=(InductorOption("freezing"),),
          doc="Treat parameters as constants (inference only): constant folding and weight prepacking."),
     Knob("max_autotune", bool, False, paths=frozenset({INDUCTOR}),
-         lands=(InductorOption("max_autotune"),),
+         lands=(InductorOption("max_autotune", lambda on: on or UNSET),),  # off: Inductor's own
          doc="Benchmark GEMM/conv choices at compile time, with the C++ GEMM template."),
     Knob("gemm_backends", str, "CPP,ATEN", paths=frozenset({INDUCTOR}), choices=("CPP,ATEN", "CPP"),
-         lands=(InductorOption("max_autotune_gemm_backends"),),
+         lands=(InductorOption("max_autotune_gemm_backends", only_with="max_autotune"),),
          doc="GEMM implementations max_autotune chooses from; CPP alone forces the C++ GEMM "
              "template and fails on ops it lacks (bmm)."),
     Knob("epilogue_fusion", bool, True, paths=frozenset({INDUCTOR}),
@@ -208,8 +210,9 @@ _KNOB_LIST = [
     Knob("pattern_matcher", bool, True, paths=frozenset({INDUCTOR}),
          lands=(InductorOption("pattern_matcher"),),
          doc="Inductor's pattern-matcher passes (oneDNN conv/linear + unary/binary fusions)."),
+    # plain form "256": the config ids and Optuna choices of earlier studies stay valid
     Knob("simdlen", int, AUTO, paths=frozenset({INDUCTOR}), choices=(AUTO, 256, 512),
-         requires={256: ("avx2",), 512: ("avx512f",)},
+         requires={256: ("avx2",), 512: ("avx512f",)}, dump=str,
          lands=(InductorOption("cpp.simdlen", _auto_is_none),),
          doc="Vector width of generated C++ kernels in bits (auto: best the CPU supports)."),
     Knob("tiling_heuristics", bool, True, paths=frozenset({INDUCTOR}),

@@ -89,7 +89,7 @@ def test_bad_option_fails_before_compiling_and_names_valid_values():
     model, x = build("cnn")
     torch._dynamo.reset()
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed,
-                       match=r"knob 'simdlen': got '1024'; valid values: 'auto', 256, 512"):
+                       match=r"knob 'simdlen': got '1024'; valid values: 'auto', '256', '512'"):
         torch.compile(model, backend="ipex", options={"path": "inductor", "simdlen": "1024"})(x)
 
 

@@ -68,7 +68,7 @@ def test_replace_switches_path_and_drops_knobs_of_the_old_path():
 def test_cpu_feature_missing_is_refused(monkeypatch):
     # Whatever this machine has: a host without AVX-512 must refuse 512-bit vectors asked for.
     monkeypatch.setattr("backend.config.cpu_features", lambda: frozenset({"avx2", "fma"}))
-    with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'=512 needs CPU feature\(s\) avx512f.*'auto', 256"):
+    with pytest.raises(UnsupportedOnThisCPU, match=r"'simdlen'='512' needs CPU feature\(s\) avx512f.*'auto', '256'"):
         BackendConfig({"path": INDUCTOR, "simdlen": "512"})
     assert BackendConfig({"path": INDUCTOR, "simdlen": "256"}).simdlen == 256
 
@@ -96,7 +96,7 @@ def test_values_have_their_real_types_and_a_plain_form():
                             "simdlen": "256"})
     assert config.gemm_thread_factors == (1, 1, 2) and config.simdlen == 256
     plain = config.to_dict()
-    assert plain["gemm_thread_factors"] == "1,1,2" and plain["simdlen"] == 256
+    assert plain["gemm_thread_factors"] == "1,1,2" and plain["simdlen"] == "256"
     assert BackendConfig(plain) == config
     assert BackendConfig({**plain, "gemm_thread_factors": [1, 1, 2]}) == config
 
@@ -115,9 +115,11 @@ def test_every_inductor_key_set_comes_from_a_declared_landing():
 
     declared = {landing.key for knob in KNOBS.values() for landing in knob.lands
                 if isinstance(landing, InductorOption)}
-    set_keys = inductor_patches(BackendConfig({"path": INDUCTOR, "threads": 2}))
+    set_keys = inductor_patches(BackendConfig({"path": INDUCTOR, "threads": 2, "max_autotune": True}))
     assert set(set_keys) == declared
-    assert set(inductor_patches(BackendConfig({"path": INDUCTOR}))) == declared - {"cpp.threads"}
+    # off by default: Inductor's own settings (and its environment variables) stay
+    assert set(inductor_patches(BackendConfig({"path": INDUCTOR}))) == declared - {
+        "cpp.threads", "max_autotune", "max_autotune_gemm_backends"}
     assert all(knob.lands for knob in KNOBS.values())
 
 

@@ -49,6 +49,35 @@ def test_our_own_children_are_not_interference():
         child.wait()
 
 
+def test_the_gate_waits_once_for_a_machine_that_stays_busy(busy_core):
+    cpu, _ = busy_core
+    gate = quiet.Gate([cpu], max_wait_s=1.5)
+    start = time.monotonic()
+    assert gate.wait().busy
+    first = time.monotonic() - start
+    looks = []
+    assert gate.wait(on_look=lambda: looks.append(1)).busy  # the patience is spent: one look
+    assert first >= 1.5 and time.monotonic() - start - first < 1.0 and looks == [1]
+
+
+def test_a_busy_round_counts_for_no_candidate():
+    from autotune.workbench import Candidate, _Rounds
+
+    def took(ms):
+        return {"samples": [ms] * 3, "stats": {"median_ms": ms}}
+
+    rounds = _Rounds(["a", "b"])
+    rounds.add({"a": took(10.0), "b": took(11.0)}, busy=False)
+    rounds.add({"a": took(100.0), "b": took(11.0)}, busy=True)
+    out = rounds.results({name: Candidate(name, None) for name in ("a", "b")})
+    assert out["a"].round_medians == (10.0, None) and out["a"].stats.median_ms == 10.0
+    assert not out["a"].noisy
+    only_busy = _Rounds(["a"])
+    only_busy.add({"a": took(100.0)}, busy=True)
+    alone = only_busy.results({"a": Candidate("a", None)})["a"]
+    assert alone.noisy and alone.round_medians == (None,) and alone.stats.median_ms == 100.0
+
+
 def test_waiting_says_why_and_gives_up_at_the_limit(busy_core):
     cpu, pid = busy_core
     heard = []
@@ -103,5 +132,7 @@ def test_a_study_beside_a_busy_process_says_so_decides_nothing_on_it_and_stores_
     assert records and {r.config_id for r in records} == {default.config_id}
     for record in records:
         assert record.latency["noise"]["rounds"] == 2 and "iqr" in record.latency["noise"]
-        assert record.latency["inconclusive"] is True
-    assert "inconclusive" in out
+        # two rounds cannot decide: a config faster in median is "inconclusive", not stored
+        leader_was_other = record.latency["speedup_evidence"] is not None
+        assert record.latency["inconclusive"] is leader_was_other
+        assert ("inconclusive" in out) is leader_was_other

@@ -81,7 +81,7 @@ def test_to_dict_is_json_friendly():
     ("knobs:\n  path: [torchscript]\n  simdlenn: [auto]\n", 3,
      ["unknown knob 'simdlenn'", "did you mean simdlen", "Valid knobs: path"]),
     ("knobs:\n  path: [torchscript, inductor]\n  simdlen:\n    - auto\n    - 1024\n", 5,
-     ["knob 'simdlen': got 1024", "valid values: 'auto', 256, 512"]),
+     ["knob 'simdlen': got 1024", "valid values: 'auto', '256', '512'"]),
     ("knobs:\n  path: [inductor]\n  freezing: {low: 0, high: 1}\n", 3,
      ["knob 'freezing' takes a list of values (True, False), not a range", "threads"]),
     ("knobs:\n  path: [inductor]\n  max_autotune: []\n", 3,
