@@ -168,13 +168,15 @@ def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
                    say: Callable[[str], None] = lambda message: None,
                    on_look: Callable[[], None] = lambda: None) -> Interference:
     """Look until the cores are quiet or ``max_wait_s`` has passed; the last look. ``say`` hears
-    why it waits, once and then every 30 s; ``on_look`` runs at every look (a trial's heartbeat,
-    so that a long wait does not look like a dead tuner)."""
+    why it waits, once and then every 30 s; ``on_look`` runs at the first look and then every
+    5 s (a trial's heartbeat, so that a long wait does not look like a dead tuner)."""
     cpus = sorted(cpus)
     start = time.monotonic()
-    said_at = None
+    said_at = beat_at = None
     while True:
-        on_look()
+        if beat_at is None or time.monotonic() - beat_at >= 5:
+            beat_at = time.monotonic()
+            on_look()
         seen = look(cpus)
         waited = time.monotonic() - start
         if not seen.busy or waited >= max_wait_s:
