@@ -85,8 +85,10 @@ def test_waiting_says_why_and_gives_up_at_the_limit(busy_core):
     seen = quiet.wait_for_quiet([cpu], max_wait_s=1.5, say=heard.append)
     assert 1.5 <= time.monotonic() - start < 5
     assert seen.busy
-    assert heard and heard[0].startswith("waiting for a quiet machine: 1 other busy process on "
-                                         f"cores {cpu}") and f"pid {pid}" in heard[0]
+    # the spinner, and whatever else of this shared machine happened to run then
+    assert heard and heard[0].startswith("waiting for a quiet machine: ")
+    assert "other busy process" in heard[0] and f"on cores {cpu}" in heard[0]
+    assert f"pid {pid}" in heard[0]
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_a_study_beside_a_busy_process_says_so_decides_nothing_on_it_and_stores_
         os.kill(spinner, 9)
     out, err = tuner.communicate(timeout=600)
     assert tuner.returncode == 0, err[-3000:]
-    assert "waiting for a quiet machine: 1 other busy process on cores" in err
+    assert "waiting for a quiet machine: " in err and "other busy process" in err
     assert f"pid {spinner} (" in err
 
     import optuna
