@@ -35,7 +35,6 @@ class Interference:
     other_cores: float            # cores' worth of CPU time other processes took, on average
     steal: float                  # fraction of our cores' time the hypervisor took
     others: tuple[str, ...] = ()  # "pid 123 (python3)" for each busy process outside our tree
-    seconds: float = 0.0
 
     @property
     def busy(self) -> bool:
@@ -123,10 +122,9 @@ def _our_tree(processes: dict[int, tuple[str, int, int, int]]) -> set[int]:
 
 
 def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interference:
-    seconds = max(after.at - before.at, 1e-6)
     total = sum(after.total.get(c, 0) - before.total.get(c, 0) for c in cpus)
     if total <= 0:
-        return Interference(0.0, 0.0, seconds=seconds)
+        return Interference(0.0, 0.0)
     busy = sum(after.busy.get(c, 0) - before.busy.get(c, 0) for c in cpus)
     stolen = sum(after.steal.get(c, 0) - before.steal.get(c, 0) for c in cpus)
     ours = _our_tree(after.processes) | _our_tree(before.processes)
@@ -140,7 +138,7 @@ def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interferen
             others.append((used, f"pid {pid} ({name})"))
     others.sort(reverse=True)
     return Interference(max(0.0, busy - own) / per_core, stolen / total,
-                        tuple(text for _, text in others), seconds)
+                        tuple(text for _, text in others))
 
 
 class Watch:
