@@ -21,7 +21,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from backend.errors import KnobError
 from backend.fingerprint import cpu_features, usable_cores
-from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, Knob, get_knob, superseded
+from backend.knobs import (INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, Knob, get_knob,
+                           superseded)
 
 from .errors import AutotuneError, SpaceError
 
@@ -36,6 +37,8 @@ TORCHSCRIPT_DEFAULT = "TorchScript path default"
 # the TorchScript path as it was before oneDNN Graph became its default: what that default buys
 WITHOUT_ONEDNN_GRAPH = "TorchScript without oneDNN Graph"
 INDUCTOR_DEFAULT = "Inductor path default"
+OPENVINO_LATENCY = "OpenVINO latency hint"
+ONNXRUNTIME_DEFAULT = "ONNX Runtime, all optimizations"
 STATIC_RECIPES: dict[str, dict[str, Any]] = {
     TORCHSCRIPT_DEFAULT: {"path": TORCHSCRIPT},              # the backend's default: oneDNN Graph
     INDUCTOR_DEFAULT: {"path": INDUCTOR},                    # torch.compile's compiler, frozen
@@ -44,6 +47,9 @@ STATIC_RECIPES: dict[str, dict[str, Any]] = {
     "TorchScript optimize_for_inference": {"path": TORCHSCRIPT, "onednn_fusion": False,
                                            "optimize_for_inference": True},
     WITHOUT_ONEDNN_GRAPH: {"path": TORCHSCRIPT, "onednn_fusion": False},  # MKLDNN-converted ops
+    # each engine's recommended latency setting: its defaults
+    OPENVINO_LATENCY: {"path": OPENVINO},
+    ONNXRUNTIME_DEFAULT: {"path": ONNXRUNTIME},
 }
 
 
@@ -271,8 +277,9 @@ class SearchSpace:
         Optuna param names are knob names; single-valued knobs are set, not suggested. The
         result is accepted by BackendConfig.
         """
-        config = {"path": _pick(trial, "path", self.knobs["path"]),
-                  "dtype": _pick(trial, "dtype", self.dtypes)}
+        config = {"path": _pick(trial, "path", self.knobs["path"])}
+        if config["path"] in KNOBS["dtype"].paths:  # ONNX Runtime computes in float32 only
+            config["dtype"] = _pick(trial, "dtype", self.dtypes)
         names = [name for name in self.knobs if name != "path" and config["path"] in KNOBS[name].paths]
         names.sort(key=lambda name: not KNOBS[name].supersedes)  # deciders first: no wasted samples
         for name in names:
@@ -309,7 +316,13 @@ class SearchSpace:
         path = recipe["path"]
         if path not in self.knobs["path"] or recipe["dtype"] not in self.dtypes:
             return None
-        config = {"path": path, "dtype": recipe["dtype"]}
+        if path not in KNOBS["dtype"].paths:  # float32 only: one recipe, whatever the dtypes
+            if recipe["dtype"] != self.dtypes[0]:
+                return None
+            recipe = {k: v for k, v in recipe.items() if k != "dtype"}
+            config = {"path": path}
+        else:
+            config = {"path": path, "dtype": recipe["dtype"]}
         for name, dim in self.knobs.items():
             if name == "path" or path not in KNOBS[name].paths:
                 continue

@@ -8,7 +8,7 @@ Mirrors Intel Extension for PyTorch's documented usage::
     compiled = torch.compile(model, backend="ipex")
 """
 
-from . import inductor, torchscript  # noqa: F401  the compile paths: each registers itself
+from . import inductor, onnxruntime_path, openvino_path, torchscript  # noqa: F401  the compile paths: each registers itself
 from .compiler import get_compiler_backend, ipex_backend, last_compile, set_compiler_backend
 from .config import BackendConfig
 from .errors import AutotuneError, KnobError, StoreError, UnsupportedOnThisCPU

@@ -41,6 +41,14 @@ class BackendConfig(Mapping[str, Any]):
     cpp_wrapper: bool
     gemm_max_k_slices: int
     gemm_thread_factors: tuple[int, ...] | str
+    ov_performance_hint: str
+    ov_cpu_pinning: bool
+    ov_denormals_as_zero: bool
+    ort_optimization_level: str
+    ort_execution_mode: str
+    ort_memory_pattern: bool
+    ort_cpu_arena: bool
+    ort_spinning: bool
     threads: int
     interop_threads: int
 

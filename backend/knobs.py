@@ -20,7 +20,10 @@ from .errors import KnobError, UnsupportedOnThisCPU
 
 TORCHSCRIPT = "torchscript"
 INDUCTOR = "inductor"
-PATHS = (TORCHSCRIPT, INDUCTOR)
+OPENVINO = "openvino"
+ONNXRUNTIME = "onnxruntime"
+PATHS = (TORCHSCRIPT, INDUCTOR, OPENVINO, ONNXRUNTIME)
+ENGINE_TITLES = {OPENVINO: "OpenVINO", ONNXRUNTIME: "ONNX Runtime"}
 AUTO = "auto"  # "let the compiler choose", for knobs whose other values are numbers
 UNSET = object()  # an InductorOption converter's "leave Inductor's own setting alone"
 
@@ -39,6 +42,32 @@ class InductorOption:
 
     def describe(self) -> str:
         return f"Inductor `{self.key}`"
+
+
+@dataclass(frozen=True)
+class EngineOption:
+    """The value lands in another runtime's settings: an OpenVINO compile property or an ONNX
+    Runtime session option (``key``), through ``convert``."""
+    engine: str
+    key: str
+    convert: Callable[[Any], Any] = _same
+
+    def describe(self) -> str:
+        return f"{ENGINE_TITLES[self.engine]} `{self.key}`"
+
+
+def engine_settings(engine: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{key: value}`` of ``engine``'s options for this config, as the knobs declare them."""
+    settings: dict[str, Any] = {}
+    for knob in KNOBS.values():
+        if engine not in knob.paths:
+            continue
+        for landing in knob.lands:
+            if isinstance(landing, EngineOption) and landing.engine == engine:
+                value = landing.convert(config.get(knob.name, knob.default))
+                if value is not UNSET:
+                    settings[landing.key] = value
+    return settings
 
 
 @dataclass(frozen=True)
@@ -64,9 +93,6 @@ class Knob:
     high: int | None = None
     # value -> CPU features (as named by fingerprint.cpu_features()) that value needs
     requires: Mapping[Any, tuple[str, ...]] = field(default_factory=dict)
-    # "compile": read while compiling; "call": applied around every call;
-    # "process": fixed at process start, set by the launcher (autotune worker / env)
-    applies_at: str = "compile"
     # knobs whose values the compile ignores while this one is on
     supersedes: tuple[str, ...] = ()
     # value -> the intra-op thread count it only works with (None: any)
@@ -159,12 +185,18 @@ _KNOB_LIST = [
     # --- both paths -------------------------------------------------------------------------
     Knob("path", str, TORCHSCRIPT, paths=frozenset(PATHS), choices=PATHS,
          lands=(Effect("the compile-path registry (backend/paths.py)"),),
-         doc="Compile path: TorchScript trace+freeze (inference only) or TorchInductor."),
-    Knob("dtype", str, "float32", paths=frozenset({TORCHSCRIPT, INDUCTOR}),
+         doc="Compile path: TorchScript trace+freeze, TorchInductor, or the graph converted to "
+             "OpenVINO or ONNX Runtime. All but Inductor are inference-only: a graph that needs "
+             "gradients, or one a path cannot take, compiles on Inductor with one warning."),
+    # ONNX Runtime's CPU provider computes in float32 only: its configs are float32 configs
+    Knob("dtype", str, "float32", paths=frozenset({TORCHSCRIPT, INDUCTOR, OPENVINO}),
          choices=("float32", "bfloat16"),
          requires={"bfloat16": ("mkldnn_bf16",)},
-         lands=(Effect("CPU autocast around trace and compile"),),
-         doc="Compute dtype; bfloat16 runs the graph under CPU autocast, outputs stay float32."),
+         lands=(Effect("CPU autocast around trace and compile"),
+                EngineOption(OPENVINO, "INFERENCE_PRECISION_HINT",
+                             {"float32": "f32", "bfloat16": "bf16"}.get)),
+         doc="Compute dtype; bfloat16 runs the graph under CPU autocast (OpenVINO: bf16 "
+             "inference precision), outputs stay float32."),
     Knob("weights_prepack", bool, True, paths=frozenset({TORCHSCRIPT, INDUCTOR}),
          lands=(Effect("TorchScript MKLDNN conversion pass"), InductorOption("cpp.weight_prepack")),
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
@@ -236,13 +268,49 @@ _KNOB_LIST = [
          lands=(InductorOption("cpp.gemm_thread_factors",
                                lambda v: None if v == AUTO else _factors_text(v)),),
          doc="C++ GEMM template: threads split over M,N,K (with max_autotune)."),
+    # --- OpenVINO path -------------------------------------------------------------------------
+    # streams are not a knob: one synchronous request runs on one stream, and more streams only
+    # split the threads between requests nobody sends
+    Knob("ov_performance_hint", str, "LATENCY", paths=frozenset({OPENVINO}),
+         choices=("LATENCY", "THROUGHPUT"),
+         lands=(EngineOption(OPENVINO, "PERFORMANCE_HINT"),),
+         doc="OpenVINO's performance hint: LATENCY (one stream, all threads) or THROUGHPUT."),
+    Knob("ov_cpu_pinning", bool, True, paths=frozenset({OPENVINO}),
+         lands=(EngineOption(OPENVINO, "ENABLE_CPU_PINNING"),),
+         doc="Pin OpenVINO's inference threads to cores."),
+    Knob("ov_denormals_as_zero", bool, False, paths=frozenset({OPENVINO}),
+         lands=(EngineOption(OPENVINO, "CPU_DENORMALS_OPTIMIZATION"),),
+         doc="Flush denormal floats to zero (faster where weights or activations underflow)."),
+    # --- ONNX Runtime path ---------------------------------------------------------------------
+    Knob("ort_optimization_level", str, "all", paths=frozenset({ONNXRUNTIME}),
+         choices=("basic", "extended", "all"),
+         lands=(EngineOption(ONNXRUNTIME, "graph_optimization_level"),),
+         doc="ONNX Runtime graph optimizations: basic (constant folding, redundant nodes), "
+             "extended (fusions), all (plus NCHWc layouts)."),
+    Knob("ort_execution_mode", str, "sequential", paths=frozenset({ONNXRUNTIME}),
+         choices=("sequential", "parallel"),
+         lands=(EngineOption(ONNXRUNTIME, "execution_mode"),),
+         doc="Run independent ONNX nodes one after another or in parallel (inter-op threads)."),
+    Knob("ort_memory_pattern", bool, True, paths=frozenset({ONNXRUNTIME}),
+         lands=(EngineOption(ONNXRUNTIME, "enable_mem_pattern"),),
+         doc="Plan activation memory once from the first run's shapes."),
+    Knob("ort_cpu_arena", bool, True, paths=frozenset({ONNXRUNTIME}),
+         lands=(EngineOption(ONNXRUNTIME, "enable_cpu_mem_arena"),),
+         doc="Reuse CPU memory from ONNX Runtime's own arena."),
+    Knob("ort_spinning", bool, True, paths=frozenset({ONNXRUNTIME}),
+         lands=(EngineOption(ONNXRUNTIME, "session.intra_op.allow_spinning"),),
+         doc="Intra-op threads spin while waiting for work (off: yield the core, kinder to a "
+             "busy machine)."),
     # --- runtime ------------------------------------------------------------------------------
-    Knob("threads", int, 0, paths=frozenset({TORCHSCRIPT, INDUCTOR}), low=0, high=1024, applies_at="call",
+    Knob("threads", int, 0, paths=frozenset(PATHS), low=0, high=1024,
          lands=(Effect("torch.set_num_threads around every call"),
-                InductorOption("cpp.threads", lambda v: v or UNSET)),
+                InductorOption("cpp.threads", lambda v: v or UNSET),
+                # the engines run their own thread pools: 0 means as many as torch has
+                EngineOption(OPENVINO, "INFERENCE_NUM_THREADS"),
+                EngineOption(ONNXRUNTIME, "intra_op_num_threads")),
          doc="Intra-op threads used by the compiled graph (0: leave torch's setting alone)."),
     Knob("interop_threads", int, 0, paths=frozenset({TORCHSCRIPT, INDUCTOR}), low=0, high=1024,
-         applies_at="process", lands=(Effect("torch.set_num_interop_threads at process start"),),
+         lands=(Effect("torch.set_num_interop_threads at process start"),),
          doc="Inter-op threads (0: torch's default); fixed at process start, so set by the launcher."),
 ]
 

@@ -5,9 +5,10 @@ import tempfile
 # tests import their helper models as a plain module
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Tests never read or write the user's real store; subprocesses inherit this.
-os.environ["IPEX_AUTOTUNE_STORAGE"] = "sqlite:///" + os.path.join(
-    tempfile.mkdtemp(prefix="autotune-tests-"), "store.db")
+# Tests never read or write the user's real store or engine cache; subprocesses inherit this.
+_scratch = tempfile.mkdtemp(prefix="autotune-tests-")
+os.environ["IPEX_AUTOTUNE_STORAGE"] = "sqlite:///" + os.path.join(_scratch, "store.db")
+os.environ["IPEX_AUTOTUNE_CACHE"] = os.path.join(_scratch, "engine-cache")
 
 
 import itertools

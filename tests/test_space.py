@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from backend import BackendConfig
-from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT, superseded
+from backend.knobs import INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, PATHS, TORCHSCRIPT, superseded
 from autotune.errors import AutotuneError, SpaceError
 from autotune.space import IntRange, load_space, shipped_spaces
 from tuning import assert_file_line_error
@@ -17,7 +17,6 @@ from tuning import assert_file_line_error
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ALL_FEATURES = frozenset({"avx2", "avx512f", "mkldnn_bf16"})
-INDUCTOR_ONLY = {name for name, knob in KNOBS.items() if knob.paths == {INDUCTOR}}
 
 
 def write(tmp_path, text, name="space.yaml"):
@@ -53,7 +52,8 @@ def test_shipped_spaces_load_from_the_installed_package():
         "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
         "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
         "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
-        "threads"}
+        "threads", "ov_performance_hint", "ov_cpu_pinning", "ort_optimization_level",
+        "ort_execution_mode", "ort_spinning"}
     assert space.knobs["freezing"] == (True, False)
     assert "gemm_backends" not in space.knobs  # CPP alone fails on models with bmm
     assert load_space("quick").knobs["path"] == (TORCHSCRIPT, INDUCTOR)
@@ -209,15 +209,14 @@ def test_suggest_samples_only_the_knobs_of_the_chosen_path():
     sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=0,
                                          n_startup_trials=5)
     results = sample(space, 30, sampler)
-    assert {config["path"] for config, _ in results} == {TORCHSCRIPT, INDUCTOR}
+    assert {config["path"] for config, _ in results} == set(PATHS)
     for config, params in results:
         BackendConfig(config)  # accepted as is, on this CPU
-        assert "dtype" not in params and config["dtype"] == "float32"  # one dtype: not sampled
+        assert "dtype" not in params  # one dtype: not sampled
+        # ONNX Runtime computes in float32 and takes no dtype
+        assert config.get("dtype") == (None if config["path"] == ONNXRUNTIME else "float32")
         assert 1 <= config["threads"] <= 4
-        if config["path"] == TORCHSCRIPT:
-            assert not INDUCTOR_ONLY & set(config) and not INDUCTOR_ONLY & set(params)
-        else:
-            assert "onednn_fusion" not in config and "onednn_fusion" not in params
+        assert all(config["path"] in KNOBS[name].paths for name in {*config, *params})
 
 
 def test_knobs_superseded_by_onednn_fusion_are_not_sampled_and_stay_at_their_default(tmp_path):
@@ -297,11 +296,15 @@ def test_mismatched_gemm_thread_factors_fall_back_to_auto(tmp_path):
 def test_static_recipes_are_valid_configs_inside_the_space():
     space = load_space("default").restrict(cores=3, dtypes=["float32", "bfloat16"])
     recipes = space.static_recipes()
-    assert len(recipes) == 6 * len(space.dtypes)
+    # ONNX Runtime's recipe once: it takes no dtype
+    assert len(recipes) == 7 * len(space.dtypes) + 1
     for recipe in recipes:
         config = BackendConfig(recipe)  # checks CPU support too
-        assert config.threads == 3 and recipe["dtype"] in space.dtypes
-    non_default = [BackendConfig(r).non_default() for r in recipes if r["dtype"] == "float32"]
+        assert config.threads == 3 and config.dtype in space.dtypes
+    non_default = [BackendConfig(r).non_default() for r in recipes
+                   if r.get("dtype", "float32") == "float32"]
+    assert {"path": OPENVINO, "threads": 3} in non_default
+    assert {"path": ONNXRUNTIME, "threads": 3} in non_default
     assert {"path": TORCHSCRIPT, "threads": 3} in non_default
     assert {"path": INDUCTOR, "threads": 3} in non_default
     assert {"path": INDUCTOR, "max_autotune": True, "threads": 3} in non_default
@@ -332,7 +335,8 @@ def test_enqueued_recipes_come_back_from_suggest(dtypes):
     recipes = space.static_recipes()
     for recipe in recipes:
         params = space.params_for(recipe)
-        assert "threads" in params and ("dtype" in params) == (len(dtypes) > 1)
+        takes_dtype = recipe["path"] != ONNXRUNTIME
+        assert "threads" in params and ("dtype" in params) == (len(dtypes) > 1 and takes_dtype)
         study.enqueue_trial(params, skip_if_exists=True)
     for recipe in recipes:
         trial = study.ask()

@@ -1,0 +1,241 @@
+"""The OpenVINO and ONNX Runtime paths: every knob value against eager, the settings each engine
+was really given, fallbacks, the on-disk cache across processes, and stored configs of each."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from backend import compiler, lookup, notices
+from backend.config import BackendConfig
+from backend.errors import UnsupportedOnThisCPU
+from backend.fingerprint import cpu_features
+from backend.knobs import INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, engine_settings
+from backend.store import ConfigStore
+
+from models import build
+from test_lookup import make_record
+from tuning import worker_pythonpath
+
+ENGINES = (OPENVINO, ONNXRUNTIME)
+
+
+def capture(model, x):
+    """(graph, example inputs) as dynamo hands them to a backend."""
+    seen = []
+
+    def grab(gm, example_inputs):
+        seen.append((gm, example_inputs))
+        return gm
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend=grab)(x)
+    [graph] = seen
+    return graph
+
+
+def one_value_each():
+    """Each engine's defaults, then every other value of every knob it declares, one at a time."""
+    cases = []
+    for engine in ENGINES:
+        cases.append((engine, {}))
+        for knob in KNOBS.values():
+            if engine not in knob.paths or knob.name in ("path", "dtype", "threads"):
+                continue
+            values = (True, False) if knob.type is bool else knob.choices
+            cases += [(engine, {knob.name: v}) for v in values if v != knob.default]
+        cases.append((engine, {"threads": 1}))
+    return cases
+
+
+CASES = one_value_each()
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {name: capture(*build(name)) + (build(name)[0],) for name in ("cnn", "transformer")}
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "transformer"])
+@pytest.mark.parametrize("engine,knobs", CASES,
+                         ids=[f"{e}-{','.join(f'{k}={v}' for k, v in c.items()) or 'default'}"
+                              for e, c in CASES])
+def test_every_knob_value_compiles_to_eagers_output_and_reaches_the_engine(engine, knobs, model_name,
+                                                                          graphs):
+    gm, example_inputs, model = graphs[model_name]
+    config = BackendConfig({"path": engine, **knobs})
+    with torch.no_grad():
+        run, used = compiler.compile_graph(gm, example_inputs, config)
+    assert used == config, "no fallback"
+    x = build(model_name)[1]
+    with torch.no_grad():
+        expected = model(x)
+    [out] = run(*example_inputs)
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    # what the engine itself reports it was given
+    settings = engine_settings(engine, config)
+    if engine == OPENVINO:
+        compiled = run.engine
+        assert str(compiled.get_property("PERFORMANCE_HINT")).endswith(settings["PERFORMANCE_HINT"])
+        assert compiled.get_property("ENABLE_CPU_PINNING") == settings["ENABLE_CPU_PINNING"]
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == (config.threads or torch.get_num_threads())
+    else:
+        options = run.engine.get_session_options()
+        assert options.intra_op_num_threads == (config.threads or torch.get_num_threads())
+        assert options.enable_mem_pattern == settings["enable_mem_pattern"]
+        assert options.enable_cpu_mem_arena == settings["enable_cpu_mem_arena"]
+        assert options.execution_mode.name.lower().endswith(settings["execution_mode"])
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == \
+            ("1" if settings["session.intra_op.allow_spinning"] else "0")
+
+
+def test_openvino_bfloat16_runs_where_the_cpu_has_it():
+    if "mkldnn_bf16" not in cpu_features():  # this AVX2 host: a clear refusal
+        with pytest.raises(UnsupportedOnThisCPU, match="'bfloat16' needs CPU feature"):
+            BackendConfig({"path": OPENVINO, "dtype": "bfloat16"})
+        return
+    model, x = build("cnn")
+    with torch.no_grad():
+        run, used = compiler.compile_graph(*capture(model, x), BackendConfig({"path": OPENVINO,
+                                                                           "dtype": "bfloat16"}))
+    assert used.path == OPENVINO
+    assert "bf16" in str(run.engine.get_property("INFERENCE_PRECISION_HINT"))
+    with torch.no_grad():
+        torch.testing.assert_close(run(x)[0], model(x), atol=5e-2, rtol=5e-2)
+
+
+def test_onnxruntime_takes_no_dtype():
+    with pytest.raises(Exception, match="knob 'dtype' applies only to path"):
+        BackendConfig({"path": ONNXRUNTIME, "dtype": "float32"})
+
+
+class Unconvertible(torch.nn.Module):
+    """A linear layer and an SVD: neither engine has a rule for linalg_svd."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.linalg.svd(self.linear(x))[1]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_unconvertible_graph_falls_back_to_inductor_with_one_warning(engine, caplog):
+    notices._said.clear()
+    caplog.set_level(logging.WARNING, logger="backend")
+    model, x = Unconvertible().eval(), torch.randn(8, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="ipex", options={"path": engine})(x)
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1, warnings
+    assert "linalg_svd" in warnings[0] or "svd" in warnings[0].lower(), warnings
+    assert "compiling it with the Inductor path instead" in warnings[0]
+    assert compiler.last_compile()["config"].path == INDUCTOR
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_training_graph_goes_to_inductor(engine, caplog):
+    notices._said.clear()
+    caplog.set_level(logging.WARNING, logger="backend")
+    model, x = build("cnn")
+    model.train()
+    torch._dynamo.reset()
+    out = torch.compile(model, backend="ipex", options={"path": engine})(x)
+    out.sum().backward()
+    assert model.head.weight.grad is not None
+    assert any("inference-only" in r.getMessage() for r in caplog.records)
+
+
+CACHE_CHILD = textwrap.dedent("""
+    import json, logging, sys, time, torch
+    import backend
+    sys.path.insert(0, {tests!r})
+    from models import build
+
+    lines = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("backend").addHandler(handler)
+    logging.getLogger("backend").setLevel(logging.INFO)
+    model, x = build("transformer")
+    start = time.perf_counter()
+    with torch.no_grad():
+        torch.compile(model, backend="ipex", options={{"path": sys.argv[1]}})(x)
+    print(json.dumps({{"seconds": time.perf_counter() - start, "log": lines,
+                      "path": backend.last_compile()["config"].path}}))
+""").format(tests=os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_second_process_loads_the_compiled_graph_from_the_cache(engine, tmp_path):
+    env = {**os.environ, "IPEX_AUTOTUNE_CACHE": str(tmp_path), "PYTHONPATH": worker_pythonpath()}
+    runs = []
+    for _ in range(2):
+        child = subprocess.run([sys.executable, "-c", CACHE_CHILD, engine], capture_output=True,
+                               text=True, timeout=300, env=env)
+        assert child.returncode == 0, child.stderr[-3000:]
+        runs.append(json.loads(child.stdout.splitlines()[-1]))
+    first, second = runs
+    assert first["path"] == second["path"] == engine
+    assert any("converted the graph" in m or "exported and optimized" in m for m in first["log"])
+    assert any("comes from the cache" in m for m in second["log"]), second["log"]
+    assert second["seconds"] < first["seconds"], (first["seconds"], second["seconds"])
+
+
+def test_the_cache_keeps_the_most_recently_used_files_under_its_limit(tmp_path, monkeypatch):
+    from backend import engines
+
+    monkeypatch.setenv("IPEX_AUTOTUNE_CACHE", str(tmp_path))
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        path = tmp_path / "openvino" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x" * 600_000)
+        os.utime(path, (1e9 - age, 1e9 - age))
+    assert engines.cached(tmp_path / "openvino" / "oldest")  # a use makes it the newest
+    engines.prune_cache(limit_mb=1)
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["oldest"]
+
+
+APPLY_CHILD = textwrap.dedent("""
+    import json, sys, torch
+    import backend
+    sys.path.insert(0, {tests!r})
+    from models import build
+
+    model, x = build("cnn")
+    with torch.no_grad():
+        out = torch.compile(model, backend="ipex")(x)
+        error = (out - model(x)).abs().max().item()
+    applied = backend.last_compile()
+    print(json.dumps({{"config": applied["config"].to_dict(), "source": applied["source"],
+                      "error": error}}))
+""").format(tests=os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("config", [{"path": OPENVINO, "ov_performance_hint": "THROUGHPUT"},
+                                    {"path": ONNXRUNTIME, "ort_optimization_level": "extended"}],
+                         ids=ENGINES)
+def test_the_lookup_applies_a_stored_engine_config_in_a_fresh_process(config, tmp_path):
+    torch._dynamo.reset()
+    lookup.clear_cache()
+    with torch.no_grad(), compiler.recording() as graphs:
+        torch.compile(build("cnn")[0], backend="ipex", options={"autotune": False})(build("cnn")[1])
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with ConfigStore(url) as store:
+        store.put(make_record(graphs[-1], config))
+    child = subprocess.run([sys.executable, "-c", APPLY_CHILD], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "IPEX_AUTOTUNE_STORAGE": url})
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.splitlines()[-1])
+    assert report["source"].startswith("store (exact"), report
+    assert report["config"] == BackendConfig(config).to_dict()
+    assert report["error"] < 1e-4
