@@ -10,6 +10,7 @@ import torch
 
 from backend import BackendConfig
 from backend.fingerprint import cpu_features
+from backend.knobs import KNOBS
 
 from .peak import fma_peak_gflops, matmul_gflops, model_gflop
 from .models import build
@@ -17,7 +18,7 @@ from .confirmation import median_noise
 from .space import STATIC_RECIPES
 from .tuner import TuneRequest
 from .workbench import Candidate
-from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
 
 
 NOISY_IQR = 0.10  # a median relative IQR above this: the run's ratios are not to be trusted
@@ -59,7 +60,7 @@ class Comparison:
     def best_static(self, dtype: str) -> str | None:
         """The name of the fastest static recipe measured in ``dtype``."""
         names = [named_for(name, dtype) for name in STATIC_RECIPES]
-        measured = [n for n in names if self.candidates[n].stats]
+        measured = [n for n in names if n in self.candidates and self.candidates[n].stats]
         return min(measured, key=lambda n: self.candidates[n].stats.median_ms, default=None)
 
 
@@ -74,9 +75,14 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     if "bfloat16" in request.dtypes:
         found[EAGER_BF16] = Candidate(EAGER_BF16, None, kind=EAGER_BF16, dtype="bfloat16")
     found[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
+    for peer in PEERS:  # float32, as each engine runs by default
+        found[peer] = Candidate(peer, None, kind=peer)
     for dtype in request.dtypes:
         for name, recipe in STATIC_RECIPES.items():
-            config = BackendConfig({**recipe, "threads": threads, "dtype": dtype})
+            if recipe["path"] not in KNOBS["dtype"].paths and dtype != "float32":
+                continue  # ONNX Runtime computes in float32 only
+            dtype_knob = {"dtype": dtype} if recipe["path"] in KNOBS["dtype"].paths else {}
+            config = BackendConfig({**recipe, "threads": threads, **dtype_knob})
             found[named_for(name, dtype)] = Candidate(named_for(name, dtype), config)
     # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
     found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])

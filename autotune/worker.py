@@ -28,6 +28,10 @@ EAGER = "eager"
 EAGER_BF16 = "eager bfloat16 autocast"
 TORCH_COMPILE_DEFAULT = "torch.compile default"
 IPEX_LOOKUP = "ipex backend with store lookup"  # what a user's plain torch.compile gets
+# The engines as a user would run them without us: peers, not configs of ours.
+OPENVINO_BACKEND = "OpenVINO's torch.compile backend"
+ONNXRUNTIME_EXPORTED = "ONNX Runtime on torch.onnx.export"
+PEERS = (OPENVINO_BACKEND, ONNXRUNTIME_EXPORTED)
 
 
 # Relative error allowed against the eager float32 output, per dtype (README; --tolerance).
@@ -118,7 +122,39 @@ def _compiled(spec: WorkerSpec, model: Any, config: Any) -> Callable:
         return torch.compile(model)
     if spec.candidate == IPEX_LOOKUP:
         return torch.compile(model, backend="ipex")
+    if spec.candidate == OPENVINO_BACKEND:
+        import openvino.torch  # noqa: F401  registers backend="openvino"
+        return torch.compile(model, backend="openvino")
+    if spec.candidate == ONNXRUNTIME_EXPORTED:
+        return _onnxruntime_session(spec, model)
     return torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
+
+
+def _onnxruntime_session(spec: WorkerSpec, model: Any) -> Callable:
+    """The whole model exported by torch.onnx.export and run by ONNX Runtime as its docs show:
+    every graph optimization, the worker's thread count."""
+    import contextlib
+    import io
+    import tempfile
+
+    import onnxruntime
+    import torch
+
+    from .models import ModelSpec, build
+
+    _, inputs = build(ModelSpec.from_dict(spec.model))
+    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+        path = os.path.join(scratch, "model.onnx")
+        torch.onnx.export(model, tuple(inputs), path, dynamo=True, external_data=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*args):
+        arrays = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        return torch.from_numpy(arrays[0])
+    return run
 
 
 def _relative_error(spec: WorkerSpec, output: Any) -> float:
