@@ -1,11 +1,11 @@
 """Tune and compare a suite of models; write a markdown table with every ratio from one run each.
 
-    python benchmarks/suite.py [--models resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1]
+    python benchmarks/suite.py [--models resnet50:1,resnet50:16,mobilenet_v3_large:1,efficientnet_b0:1,vit_b_16:1,resnet18:1]
                                [--dtype float32] [--trials 25] [--timeout 15m] [-o benchmarks/results.md]
 
 For each model: `autotune run` (default budget unless given), then `autotune compare` (static
 recipes, backend defaults, the tuned config through the store lookup, interleaved in fresh
-processes). The five default models take over an hour on 2 cores.
+processes). The six default models take over an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,25 +21,29 @@ from autotune.compare import compare, named_for
 from autotune.models import ModelSpec
 from autotune.study_file import parse_duration
 from autotune.confirmation import BEST_STATIC
-from autotune.space import INDUCTOR_DEFAULT, TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH
+from autotune.space import (INDUCTOR_DEFAULT, ONNXRUNTIME_DEFAULT, OPENVINO_LATENCY,
+                            TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH)
 from autotune.tuner import Tuner, TuneRequest
-from autotune.worker import EAGER, IPEX_LOOKUP, TORCH_COMPILE_DEFAULT
+from autotune.worker import EAGER, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 
 # BEST_STATIC: the fastest of every static recipe compare measured (space.STATIC_RECIPES)
-STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, BEST_STATIC]
+STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, OPENVINO_LATENCY,
+                  ONNXRUNTIME_DEFAULT, BEST_STATIC]
 
 
 def columns(dtype: str) -> list[str]:
-    return [EAGER, TORCH_COMPILE_DEFAULT, *[named_for(c, dtype) for c in STATIC_COLUMNS], IPEX_LOOKUP]
+    return [EAGER, TORCH_COMPILE_DEFAULT, *PEERS, *[named_for(c, dtype) for c in STATIC_COLUMNS],
+            IPEX_LOOKUP]
 
 
 def write_table(rows, args, argv) -> None:
     info = hardware_info()
     shown = columns(args.dtype[0])
     static_name = named_for(BEST_STATIC, args.dtype[0])
-    header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs best static",
+    header = ["model", "batch", *[f"{c} (ms)" for c in shown], "tuned vs backend default",
+              "tuned vs best static",
               "tuned vs fastest other", "tuned vs eager", "tuned GFLOP/s (% FMA peak)", "trials",
               "tuned config", "run noise"]
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
@@ -48,14 +52,16 @@ def write_table(rows, args, argv) -> None:
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, batch, m, trials, rate, fma, knobs, noise in rows:
-        cells = [f"{m[c]:.2f}" if m[c] else "failed" for c in shown]
+        cells = [f"{m[c]:.2f}" if m[c] else "failed" if c in m else "-" for c in shown]
         tuned, static, eager = m[IPEX_LOOKUP], m[static_name], m[EAGER]
+        default = m[named_for(TORCHSCRIPT_DEFAULT, args.dtype[0])]
+        vs_default = f"{default / tuned:.2f}x" if tuned and default else "-"
         vs_static = f"{static / tuned:.2f}x" if tuned and static else "-"
         vs_eager = f"{eager / tuned:.2f}x" if tuned and eager else "-"
-        others = [m[c] for c in shown if c != IPEX_LOOKUP and m[c]]
+        others = [m.get(c) for c in shown if c != IPEX_LOOKUP and m.get(c)]
         vs_fastest = f"{min(others) / tuned:.2f}x" if tuned and others else "-"
         peak = f"{rate:.0f} ({100 * rate / fma:.0f}%)" if rate and fma else "-"
-        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} | {knobs} | {noise} |")
+        lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {vs_default} | {vs_static} | {vs_fastest} | {vs_eager} | {peak} | {trials} | {knobs} | {noise} |")
     text = "\n".join(lines) + "\n"
     with open(args.output, "w") as f:
         f.write(text)
@@ -83,7 +89,8 @@ def tuned_knobs(result, dtype: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet50:1,resnet50:16,mobilenet_v3_large:1,vit_b_16:1,resnet18:1")
+    parser.add_argument("--models", default="resnet50:1,resnet50:16,mobilenet_v3_large:1,"
+                                            "efficientnet_b0:1,vit_b_16:1,resnet18:1")
     parser.add_argument("--dtype", type=_parse_dtypes, default=("float32",))
     parser.add_argument("--trials", type=int, default=25)
     parser.add_argument("--timeout", default="15m")
@@ -103,9 +110,9 @@ def main(argv=None) -> int:
         result = compare(request)
         best_static = result.best_static(args.dtype[0])
         named = {named_for(BEST_STATIC, args.dtype[0]): best_static}
-        medians = {c: result.candidates[named.get(c, c)].stats.median_ms
-                   if named.get(c, c) and result.candidates[named.get(c, c)].stats else None
-                   for c in columns(args.dtype[0])}
+        measured = {c: result.candidates.get(named.get(c, c)) for c in columns(args.dtype[0])}
+        medians = {c: cand.stats.median_ms if cand and cand.stats else None
+                   for c, cand in measured.items() if cand or c in named}  # absent: "-"
         fma = result.fma_peak(IPEX_LOOKUP)
         tuned_rate = result.gflops(IPEX_LOOKUP)
         rows.append((name, spec.batch_size, medians, tuned.trials_total, tuned_rate, fma,
