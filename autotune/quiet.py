@@ -9,12 +9,14 @@ takes 10-30x longer, so a measurement taken while another process is busy there 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
+SLOWER = 1.3         # the reference workload 30% slower than its best in this process: not quiet
 BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
 PROBE_S = 0.25       # how long one look at the machine lasts (25 ticks of a 100 Hz clock per core)
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -35,10 +37,11 @@ class Interference:
     other_cores: float            # cores' worth of CPU time other processes took, on average
     steal: float                  # fraction of our cores' time the hypervisor took
     others: tuple[str, ...] = ()  # "pid 123 (python3)" for each busy process outside our tree
+    slowdown: float = 1.0         # the reference workload's time over its best in this process
 
     @property
     def busy(self) -> bool:
-        return self.other_cores >= BUSY_CORES or self.steal >= BUSY_STEAL
+        return self.other_cores >= BUSY_CORES or self.steal >= BUSY_STEAL or self.slowdown >= SLOWER
 
     def describe(self, cpus: Iterable[int]) -> str:
         where = f"cores {_ranges(cpus)}"
@@ -51,11 +54,14 @@ class Interference:
             parts.append(f"other processes busy on {where} ({self.other_cores:.1f} cores' worth)")
         if self.steal >= BUSY_STEAL:
             parts.append(f"the hypervisor took {100 * self.steal:.0f}% of {where}")
+        if self.slowdown >= SLOWER:
+            parts.append(f"a reference workload ran {self.slowdown:.1f}x slower than its best "
+                         f"so far on {where}")
         return "; ".join(parts) or f"quiet on {where}"
 
     def to_dict(self) -> dict:
         return {"other_cores": round(self.other_cores, 3), "steal": round(self.steal, 3),
-                "others": list(self.others), "busy": self.busy}
+                "others": list(self.others), "slowdown": round(self.slowdown, 3), "busy": self.busy}
 
 
 def _ranges(cpus: Iterable[int]) -> str:
@@ -156,10 +162,56 @@ class Watch:
         return _between(self._before, _snapshot(), self.cpus)
 
 
+_best_reference_ms: dict[int, float] = {}  # cpu -> ms
+
+
+def _time_reference() -> float:
+    """A fixed single-threaded workload, three times over: a pass over 16 MB (memory) and small
+    matmuls (compute), about 10 ms in all. The total, not the best of three: a core shared with
+    a busy process takes turns in slices of a few ms, and one repetition can fit in a turn."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data, matrix = torch.ones(4 << 20), torch.ones(192, 192)
+        data.sum(), matrix.mm(matrix)  # first touches, outside the timing
+        start = time.perf_counter()
+        for _ in range(3):
+            data.sum()
+            for _ in range(4):
+                matrix.mm(matrix)
+        return (time.perf_counter() - start) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def slowdown(cpus: Iterable[int]) -> float:
+    """How much slower the reference workload runs now than at its best in this process, on the
+    slowest of ``cpus`` (up to 8 of them): what /proc cannot show (a neighbour on the host, a
+    lower clock, a memory-bound process on another core). This thread runs it on each core."""
+    previous = os.sched_getaffinity(0)
+    worst = 1.0
+    try:
+        for cpu in sorted(cpus)[:8]:
+            os.sched_setaffinity(0, {cpu})
+            took = _time_reference()
+            best = _best_reference_ms[cpu] = min(took, _best_reference_ms.get(cpu, took))
+            worst = max(worst, took / best)
+    finally:
+        os.sched_setaffinity(0, previous)
+    return worst
+
+
 def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
+    """Interference over ``seconds``, and the reference workload's slowdown within them (our
+    own CPU time is left out of the interference, the reference's included)."""
+    cpus = sorted(cpus)
     watch = Watch(cpus).start()
-    time.sleep(seconds)
-    return watch.stop()
+    start = time.monotonic()
+    slower = slowdown(cpus)
+    time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+    return dataclasses.replace(watch.stop(), slowdown=slower)
 
 
 def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
