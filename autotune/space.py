@@ -19,6 +19,7 @@ from typing import Any, Mapping, NoReturn, Sequence
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from backend import paths
 from backend.errors import KnobError
 from backend.fingerprint import cpu_features, usable_cores
 from backend.knobs import (INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, Knob, get_knob,
@@ -256,6 +257,8 @@ class SearchSpace:
         allowed_dtypes = _restrict_dtypes(dtypes, features)
         knobs: dict[str, Dimension] = {}
         for name, dim in self.knobs.items():
+            if name == "path":
+                dim = _drop_unavailable_paths(dim)
             if isinstance(dim, tuple) and name != "threads":
                 dim = _drop_unsupported(KNOBS[name], dim, features)
             if dim:
@@ -371,6 +374,21 @@ def _drop_unsupported(knob: Knob, values: tuple, features: frozenset[str]) -> tu
         log.info("search space: dropped %s=%s (needs %s)%s", knob.name,
                  "/".join(str(knob.dump(v)) for v in dropped), ", ".join(needs), rest)
     return kept
+
+
+def _drop_unavailable_paths(values: tuple) -> tuple:
+    """Paths whose engine cannot load here leave the space, one INFO line each."""
+    kept = []
+    for name in values:
+        why = paths.get(name).unavailable()
+        if why:
+            log.info("search space: dropped path=%s: %s", name, why)
+        else:
+            kept.append(name)
+    if not kept:
+        raise SpaceError(f"no path of {', '.join(values)} can run here; the torch paths "
+                         f"({TORCHSCRIPT}, {INDUCTOR}) always can")
+    return tuple(kept)
 
 
 def _restrict_dtypes(dtypes: Sequence[str], features: frozenset[str]) -> tuple[str, ...]:

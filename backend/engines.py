@@ -33,6 +33,17 @@ class EngineUnavailable(PathUnavailable):
     """An engine cannot take this graph (or cannot load); the reason says why."""
 
 
+def why_unavailable(module: str, title: str) -> Callable[[], str | None]:
+    """A path's ``unavailable`` check: None when the engine loads, else why it does not."""
+    def check() -> str | None:
+        try:
+            load_engine(module, title)
+        except EngineUnavailable as exc:
+            return str(exc)
+        return None
+    return check
+
+
 def load_engine(module: str, title: str) -> Any:
     try:
         return importlib.import_module(module)

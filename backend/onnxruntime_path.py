@@ -18,7 +18,7 @@ import torch
 
 from .config import BackendConfig
 from .engines import (EngineUnavailable, cached, engine_graph, load_engine,
-                      write_atomically)
+                      why_unavailable, write_atomically)
 from .errors import first_line
 from .knobs import INDUCTOR, ONNXRUNTIME, engine_settings
 from .paths import CompilePath, register
@@ -113,4 +113,4 @@ def compile_onnxruntime(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
 
 register(CompilePath(ONNXRUNTIME, TITLE, compile_onnxruntime, fallback=INDUCTOR,
-                     inference_only=True))
+                     inference_only=True, unavailable=why_unavailable("onnxruntime", TITLE)))

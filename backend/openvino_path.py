@@ -16,7 +16,7 @@ import torch
 
 from .config import BackendConfig
 from .engines import (EngineUnavailable, cached, engine_graph, load_engine,
-                      write_atomically)
+                      why_unavailable, write_atomically)
 from .errors import first_line
 from .knobs import INDUCTOR, OPENVINO, engine_settings
 from .paths import CompilePath, register
@@ -88,4 +88,5 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     return run, config
 
 
-register(CompilePath(OPENVINO, TITLE, compile_openvino, fallback=INDUCTOR, inference_only=True))
+register(CompilePath(OPENVINO, TITLE, compile_openvino, fallback=INDUCTOR, inference_only=True,
+                     unavailable=why_unavailable("openvino", TITLE)))

@@ -21,6 +21,8 @@ class CompilePath:
     compile: Callable[[Any, Sequence[Any], Any], tuple[Callable, Any]]
     fallback: str | None = None  # where a graph this path cannot take goes
     inference_only: bool = False
+    # None when the path can run in this process, else why not (an engine that cannot load)
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 _registry: dict[str, CompilePath] = {}

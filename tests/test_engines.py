@@ -239,3 +239,31 @@ def test_the_lookup_applies_a_stored_engine_config_in_a_fresh_process(config, tm
     assert report["source"].startswith("store (exact"), report
     assert report["config"] == BackendConfig(config).to_dict()
     assert report["error"] < 1e-4
+
+
+def test_an_engine_that_cannot_load_compiles_on_inductor_with_one_warning(monkeypatch, caplog):
+    notices._said.clear()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    caplog.set_level(logging.WARNING, logger="backend")
+    model, x = build("cnn")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="ipex", options={"path": ONNXRUNTIME})(x)
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1 and "ONNX Runtime cannot load" in warnings[0], warnings
+    assert compiler.last_compile()["config"].path == INDUCTOR
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_symbolic_shapes_fall_back_to_inductor_with_one_warning(engine, caplog):
+    notices._said.clear()
+    caplog.set_level(logging.WARNING, logger="backend")
+    model, x = build("cnn")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="ipex", dynamic=True, options={"path": engine})(x)
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1 and "symbolic shapes" in warnings[0], warnings
+    assert compiler.last_compile()["config"].path == INDUCTOR

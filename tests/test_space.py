@@ -3,6 +3,7 @@
 import importlib.resources
 import json
 import logging
+import sys
 import textwrap
 
 import optuna
@@ -342,3 +343,13 @@ def test_enqueued_recipes_come_back_from_suggest(dtypes):
         trial = study.ask()
         assert space.suggest(trial) == recipe
         study.tell(trial, 1.0)
+
+
+def test_an_engine_that_cannot_load_leaves_the_space_with_one_line(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails
+    caplog.set_level(logging.INFO, logger="autotune.space")
+    space = load_space("default").restrict(cores=2)
+    assert OPENVINO not in space.knobs["path"] and ONNXRUNTIME in space.knobs["path"]
+    said = [r.getMessage() for r in caplog.records if "path=openvino" in r.getMessage()]
+    assert len(said) == 1 and "OpenVINO cannot load" in said[0], said
+    assert not [r for r in space.static_recipes() if r["path"] == OPENVINO]
