@@ -79,11 +79,12 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         found[peer] = Candidate(peer, None, kind=peer)
     for dtype in request.dtypes:
         for name, recipe in STATIC_RECIPES.items():
-            if recipe["path"] not in KNOBS["dtype"].paths and dtype != "float32":
-                continue  # ONNX Runtime computes in float32 only
+            if recipe["path"] not in KNOBS["dtype"].paths and dtype != request.dtypes[0]:
+                continue  # ONNX Runtime takes no dtype: once, as the search space has it
             dtype_knob = {"dtype": dtype} if recipe["path"] in KNOBS["dtype"].paths else {}
             config = BackendConfig({**recipe, "threads": threads, **dtype_knob})
-            found[named_for(name, dtype)] = Candidate(named_for(name, dtype), config)
+            named = named_for(name, config.dtype)  # ONNX Runtime's is float32 in any study
+            found[named] = Candidate(named, config)
     # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
     found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])
     return found

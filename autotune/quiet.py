@@ -162,7 +162,10 @@ class Watch:
         return _between(self._before, _snapshot(), self.cpus)
 
 
-_best_reference_ms: dict[int, float] = {}  # cpu -> ms
+# cpu -> the reference's recent times (ms); its baseline is their 10th percentile, so one lucky
+# fast run at a study's start does not make every later look slow
+_reference_ms: dict[int, list[float]] = {}
+REFERENCE_HISTORY = 50
 
 
 def _time_reference() -> float:
@@ -187,20 +190,29 @@ def _time_reference() -> float:
 
 
 def slowdown(cpus: Iterable[int]) -> float:
-    """How much slower the reference workload runs now than at its best in this process, on the
-    slowest of ``cpus`` (up to 8 of them): what /proc cannot show (a neighbour on the host, a
-    lower clock, a memory-bound process on another core). This thread runs it on each core."""
+    """How much slower the reference workload runs now than usual in this process, on the
+    slowest of ``cpus`` (the first 8 of them): what /proc cannot show (a neighbour on the host,
+    a lower clock, a memory-bound process on another core). This thread runs it on each core; a
+    slow time is taken again before it counts."""
     previous = os.sched_getaffinity(0)
     worst = 1.0
     try:
         for cpu in sorted(cpus)[:8]:
             os.sched_setaffinity(0, {cpu})
             took = _time_reference()
-            best = _best_reference_ms[cpu] = min(took, _best_reference_ms.get(cpu, took))
-            worst = max(worst, took / best)
+            history = _reference_ms.setdefault(cpu, [])
+            if len(history) >= 5 and took >= SLOWER * _baseline(history):
+                took = min(took, _time_reference())
+            history.append(took)
+            del history[:-REFERENCE_HISTORY]
+            worst = max(worst, took / _baseline(history))
     finally:
         os.sched_setaffinity(0, previous)
     return worst
+
+
+def _baseline(history: list[float]) -> float:
+    return sorted(history)[len(history) // 10]
 
 
 def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:

@@ -124,7 +124,9 @@ def _compiled(spec: WorkerSpec, model: Any, config: Any) -> Callable:
         return torch.compile(model, backend="ipex")
     if spec.candidate == OPENVINO_BACKEND:
         import openvino.torch  # noqa: F401  registers backend="openvino"
-        return torch.compile(model, backend="openvino")
+        # float32 like the other columns: on CPUs with bfloat16 units OpenVINO's default is bf16
+        return torch.compile(model, backend="openvino",
+                             options={"config": {"INFERENCE_PRECISION_HINT": "f32"}})
     if spec.candidate == ONNXRUNTIME_EXPORTED:
         return _onnxruntime_session(spec, model)
     return torch.compile(model, backend="ipex", options={**config.to_dict(), "autotune": False})
@@ -196,6 +198,7 @@ def _prepare(spec: WorkerSpec) -> dict:
     if not error <= spec.tolerance:  # also catches NaN
         raise TrialFailure(FailureKind.ACCURACY, f"relative error {error:.3g} exceeds the tolerance "
                            f"{spec.tolerance:g}")
+    _refuse_engine_fallbacks(config, graphs)
 
     def call():
         with torch.no_grad(), autocast:
@@ -207,6 +210,20 @@ def _prepare(spec: WorkerSpec) -> dict:
     if config is not None:
         report["config_id"] = config.config_id
     return {"call": call, "report": report}
+
+
+def _refuse_engine_fallbacks(config: Any, graphs: list[dict]) -> None:
+    """An engine config whose graphs ran on another path measures that path: not a number for
+    the engine (a TorchScript fallback is stored as what it ran; see confirmation.py)."""
+    from backend.knobs import ENGINE_TITLES
+
+    if config is None or config.path not in ENGINE_TITLES:
+        return
+    elsewhere = [g for g in graphs if g["config"]["path"] != config.path]
+    if elsewhere:
+        raise TrialFailure(FailureKind.CONFIG, f"{ENGINE_TITLES[config.path]} could not take "
+                           f"{len(elsewhere)} of {len(graphs)} graphs (they ran on the "
+                           f"{elsewhere[0]['config']['path']} path; the compile warning says why)")
 
 
 PRUNE_RUNS = 5  # timed runs a trial gets before it may be pruned

@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import PathUnavailable, first_line
-from .fingerprint import hardware_key, workload_key
+from .fingerprint import cpu_features, workload_key
 from .graph import ambient_autocast_dtype, constant_mask, lift_constants, outputs_close
 
 CACHE_ENV = "IPEX_AUTOTUNE_CACHE"
 CACHE_LIMIT_ENV = "IPEX_AUTOTUNE_CACHE_MB"
 CACHE_LIMIT_MB = 4096  # a tuning run writes a model per engine config it tries: keep the newest
+CACHE_SUFFIXES = (".xml", ".bin", ".onnx", ".blob")  # what the engines write, and prune
 
 
 class EngineUnavailable(PathUnavailable):
@@ -53,11 +54,12 @@ def load_engine(module: str, title: str) -> Any:
 
 
 def cache_root() -> Path:
-    """``$IPEX_AUTOTUNE_CACHE``, else ``$XDG_CACHE_HOME/ipex-autotune`` (~/.cache)."""
+    """The engines' own folder: ``$IPEX_AUTOTUNE_CACHE/engines``, else under
+    ``$XDG_CACHE_HOME/ipex-autotune`` (~/.cache). Pruning never leaves it."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+        return Path(os.environ[CACHE_ENV]) / "engines"
     home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(home) / "ipex-autotune"
+    return Path(home) / "ipex-autotune" / "engines"
 
 
 @dataclass
@@ -65,28 +67,40 @@ class EngineGraph:
     """The captured graph as an engine takes it."""
     module: torch.fx.GraphModule        # parameters held as constants
     user_positions: list[int]           # where the user's tensors sit among dynamo's inputs
+    key: str                            # exact graph + weights + CPU: the cache key
+    output_dtypes: list[torch.dtype]    # eager's
+    # until ``check``: copies of the example inputs (for converters to trace, for the check)
+    # and the captured graph's outputs on them
     user_inputs: list[torch.Tensor]
-    expected: tuple[torch.Tensor, ...]  # the captured graph's outputs on the example inputs
-    key: str                            # graph structure + weights + hardware: the cache key
+    example_args: list[Any]
+    expected: tuple[torch.Tensor, ...]
 
     def cache_path(self, engine: str, suffix: str, made_by: Any) -> Path:
         """Where this graph's file lies, as made by ``made_by`` (versions, settings: JSON)."""
         blob = json.dumps(made_by, sort_keys=True).encode()
         return cache_root() / engine / f"{self.key}-{hashlib.sha256(blob).hexdigest()[:12]}{suffix}"
 
-    def check(self, title: str, actual: Sequence[Any], low_precision: bool) -> None:
+    def check(self, title: str, run: Callable, low_precision: bool) -> None:
+        """Run the compiled graph on copies of the example inputs; refuse it unless it gives the
+        captured graph's outputs. Then let go of the examples: ``run`` keeps only dtypes."""
+        try:
+            actual = run(*self.example_args)
+        except Exception as exc:
+            raise EngineUnavailable(f"{title} failed to run the converted graph: "
+                                    f"{first_line(exc)}") from exc
         problem = outputs_close(self.expected, tuple(actual), rtol=5e-2 if low_precision else 1e-3,
                                 atol=5e-2 if low_precision else 1e-4)
         if problem:
             raise EngineUnavailable(f"{title}'s converted graph disagrees with the captured graph "
                                     f"({problem})")
+        self.user_inputs, self.expected, self.example_args = [], (), ()
 
     def numpy_inputs(self, args: Sequence[Any]) -> list[Any]:
         return [args[i].detach().contiguous().numpy() for i in self.user_positions]
 
     def outputs(self, arrays: Sequence[Any]) -> tuple[torch.Tensor, ...]:
-        """Torch tensors of eager's dtypes, owning their memory (engines reuse their buffers)."""
-        return tuple(torch.from_numpy(a.copy()).to(e.dtype) for a, e in zip(arrays, self.expected))
+        """Torch tensors of eager's dtypes (both engines hand back arrays of their own)."""
+        return tuple(torch.from_numpy(a).to(dtype) for a, dtype in zip(arrays, self.output_dtypes))
 
 
 def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title: str) -> EngineGraph:
@@ -95,32 +109,44 @@ def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title:
         raise EngineUnavailable(f"{title} takes its precision from the dtype knob, not from "
                                 "torch.autocast around the call")
     mask = constant_mask(gm, example_inputs)
-    bad = [type(x).__name__ for x, c in zip(example_inputs, mask)
-           if not c and not isinstance(x, torch.Tensor)]
+    users = [x for x, c in zip(example_inputs, mask) if not c]
+    bad = [type(x).__name__ for x in users if not isinstance(x, torch.Tensor)]
     if bad:
         raise EngineUnavailable(f"graph takes non-tensor inputs ({', '.join(bad)}: symbolic "
                                 "shapes or Python values), which a converted graph would fix")
+    no_numpy = sorted({str(x.dtype) for x in users if x.dtype in (torch.bfloat16, torch.float8_e4m3fn)})
+    if no_numpy:
+        raise EngineUnavailable(f"graph takes {', '.join(no_numpy)} inputs, which the engines' "
+                                "numpy interface cannot pass")
+    # on copies: a graph that writes into its inputs must not write into the caller's
+    args = [x.clone() if not c else x for x, c in zip(example_inputs, mask)]
     with torch.no_grad():
-        expected = gm(*example_inputs)
+        expected = gm(*args)
+    if any(not torch.equal(a, x) for a, x, c in zip(args, example_inputs, mask) if not c):
+        raise EngineUnavailable("graph modifies its inputs in place, which a converted graph "
+                                "cannot do to the caller's tensors")
     expected = tuple(expected) if isinstance(expected, (list, tuple)) else (expected,)
     if not expected or not all(isinstance(o, torch.Tensor) for o in expected):
         raise EngineUnavailable("graph returns non-tensor outputs")
     module, positions = lift_constants(gm, example_inputs)
-    user_inputs = [example_inputs[i] for i in positions]
-    key = _cache_key(gm, example_inputs, mask)
-    return EngineGraph(module.eval(), positions, user_inputs, expected, key)
+    return EngineGraph(module.eval(), positions, _cache_key(gm, example_inputs, mask),
+                       [o.dtype for o in expected], [example_inputs[i].clone() for i in positions],
+                       [x.clone() if not c else x for x, c in zip(example_inputs, mask)], expected)
 
 
 def _cache_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mask: list[bool]) -> str:
-    # a cached model holds its weights: the structure alone would hand one model's weights to another
+    """The exact graph (its code, with every constant argument), its input signature, its
+    weights' bytes and the CPU's features: a cached model holds its weights, and the store's
+    coarser workload key would hand one graph's model to another."""
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(gm.code.encode())
     digest.update(workload_key(gm, example_inputs, mask).encode())
-    digest.update(hardware_key().encode())
-    for value, is_constant in zip(example_inputs, mask):
-        if is_constant:
-            digest.update(value.detach().contiguous().cpu().numpy().tobytes())
-    for tensor in list(gm.parameters()) + list(gm.buffers()):
-        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    digest.update(json.dumps(sorted(cpu_features())).encode())
+    constants = [v for v, c in zip(example_inputs, mask) if c]
+    for tensor in constants + list(gm.parameters()) + list(gm.buffers()):
+        data = tensor.detach().contiguous().cpu()
+        digest.update(str(data.dtype).encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -135,33 +161,52 @@ def write_atomically(target: Path, write: Callable[[Path], None], suffixes: Sequ
         for suffix in suffixes:  # siblings first: the main file appearing means all are there
             os.replace(tmp.with_suffix(suffix), target.with_suffix(suffix))
         os.replace(tmp, target)
-    prune_cache()
+    prune_cache(keep=_entry(target))
+
+
+def _entry(path: Path) -> Path:
+    """A cached model's files share their name up to the first dot."""
+    return path.parent / path.name.split(".")[0]
 
 
 def cached(target: Path) -> bool:
-    """Whether ``target`` is in the cache; a hit counts as a use of it and its siblings (an IR's
-    .bin) for ``prune_cache``."""
+    """Whether ``target`` is in the cache; a hit counts as a use of its whole entry (an IR's
+    .bin too) for ``prune_cache``."""
     if not target.exists():
         return False
-    for path in [target, *target.parent.glob(target.stem + ".*")]:
+    for path in target.parent.glob(_entry(target).name + ".*"):
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)
     return target.exists()
 
 
-def prune_cache(limit_mb: int | None = None) -> None:
-    """Delete the least recently used cached models beyond the size limit."""
-    limit = limit_mb if limit_mb is not None else int(os.environ.get(CACHE_LIMIT_ENV, CACHE_LIMIT_MB))
-    files = []
-    for path in cache_root().rglob("*"):
-        with contextlib.suppress(FileNotFoundError):  # another process may prune too
-            if path.is_file():
-                stat = path.stat()
-                files.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in files)
-    for _, size, path in sorted(files):
-        if total <= limit * 1024 * 1024:
-            break
+def forget(target: Path) -> None:
+    """Delete a cached entry that failed to load, so the next compile makes it again."""
+    for path in target.parent.glob(_entry(target).name + ".*"):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def prune_cache(limit_mb: int | None = None, keep: Path | None = None) -> None:
+    """Delete the least recently used cached models beyond the size limit, whole entries at a
+    time, never ``keep`` (the one just written)."""
+    limit = limit_mb if limit_mb is not None else int(os.environ.get(CACHE_LIMIT_ENV, CACHE_LIMIT_MB))
+    entries: dict[Path, list] = {}
+    for path in cache_root().rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # another process may prune too
+            if path.suffix in CACHE_SUFFIXES and path.is_file():
+                stat = path.stat()
+                entry = entries.setdefault(_entry(path), [0.0, 0, []])
+                entry[0] = max(entry[0], stat.st_mtime)
+                entry[1] += stat.st_size
+                entry[2].append(path)
+    total = sum(size for _, size, _ in entries.values())
+    for entry, (_, size, files) in sorted(entries.items(), key=lambda item: item[1][0]):
+        if total <= limit * 1024 * 1024:
+            break
+        if entry == keep:
+            continue
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         total -= size

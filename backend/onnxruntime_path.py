@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import BackendConfig
-from .engines import (EngineUnavailable, cached, engine_graph, load_engine,
+from .engines import (EngineUnavailable, cached, engine_graph, forget, load_engine,
                       why_unavailable, write_atomically)
 from .errors import first_line
 from .knobs import INDUCTOR, ONNXRUNTIME, engine_settings
@@ -49,7 +49,9 @@ def _export(graph, target) -> None:
 def _session_options(ort: Any, config: BackendConfig, optimized_to: str | None) -> Any:
     settings = engine_settings(ONNXRUNTIME, config)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings["intra_op_num_threads"] or torch.get_num_threads()
+    threads = settings["intra_op_num_threads"] or torch.get_num_threads()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = threads  # parallel mode's pool: no more cores than asked for
     options.enable_mem_pattern = settings["enable_mem_pattern"]
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
     options.execution_mode = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
@@ -68,12 +70,21 @@ def _session_options(ort: Any, config: BackendConfig, optimized_to: str | None) 
 
 
 def _session(ort: Any, graph, config: BackendConfig) -> Any:
-    optimized = graph.cache_path(ONNXRUNTIME, ".onnx", [config.to_dict(), ort.__version__])
+    # only the optimization level changes the optimized file; the other knobs act on the session
+    optimized = graph.cache_path(ONNXRUNTIME, ".onnx",
+                                 [config.ort_optimization_level, ort.__version__, torch.__version__])
     try:
         if cached(optimized):
-            log.info("ONNX Runtime: the optimized model comes from the cache (%s)", optimized.name)
-            return ort.InferenceSession(str(optimized), _session_options(ort, config, None),
-                                        providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(optimized), _session_options(ort, config, None),
+                                               providers=["CPUExecutionProvider"])
+                log.info("ONNX Runtime: the optimized model comes from the cache (%s)",
+                         optimized.name)
+                return session
+            except Exception as exc:  # a file of another version, a disk error
+                log.info("ONNX Runtime: cached %s does not load (%s); optimizing again",
+                         optimized.name, first_line(exc))
+                forget(optimized)
         exported = graph.cache_path(ONNXRUNTIME, ".exported.onnx", torch.__version__)
         start = time.perf_counter()
         if not cached(exported):
@@ -98,7 +109,7 @@ def compile_onnxruntime(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     ort = load_engine("onnxruntime", TITLE)
     graph = engine_graph(gm, example_inputs, TITLE)
     session = _session(ort, graph, config)
-    # the exporter drops inputs the graph never reads; feed the ones the model kept, by name
+    # by name: the model's inputs are whatever the exporter kept, in its order
     positions = {f"input_{i}": p for i, p in enumerate(graph.user_positions)}
     wanted = [(i.name, positions[i.name]) for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
@@ -107,7 +118,7 @@ def compile_onnxruntime(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         feeds = {name: args[p].detach().contiguous().numpy() for name, p in wanted}
         return graph.outputs(session.run(output_names, feeds))
 
-    graph.check(TITLE, run(*example_inputs), low_precision=False)
+    graph.check(TITLE, run, low_precision=False)
     run.engine = session  # for tests and tools that inspect what the engine was given
     return run, config
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import BackendConfig
-from .engines import (EngineUnavailable, cached, engine_graph, load_engine,
+from .engines import (EngineUnavailable, cached, engine_graph, forget, load_engine,
                       why_unavailable, write_atomically)
 from .errors import first_line
 from .knobs import INDUCTOR, OPENVINO, engine_settings
@@ -62,18 +62,24 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     settings = engine_settings(OPENVINO, config)
     settings["INFERENCE_NUM_THREADS"] = settings["INFERENCE_NUM_THREADS"] or torch.get_num_threads()
     target = graph.cache_path(OPENVINO, ".xml", ov.__version__)  # the knobs act at compile_model
+    properties = {**settings, "CACHE_DIR": str(target.parent / "blobs")}
+    core = _get_core(ov)
     if cached(target):
-        log.info("OpenVINO: the converted graph comes from the cache (%s)", target.name)
-    else:
+        try:
+            compiled = core.compile_model(core.read_model(target), "CPU", properties)
+            log.info("OpenVINO: the converted graph comes from the cache (%s)", target.name)
+        except Exception as exc:  # half a pruned entry, a file of another version
+            log.info("OpenVINO: cached %s does not load (%s); converting again", target.name,
+                     first_line(exc))
+            forget(target)
+    if not cached(target):
         start = time.perf_counter()
         _convert(ov, graph, target)
         log.info("OpenVINO: converted the graph in %.2f s", time.perf_counter() - start)
-    core = _get_core(ov)
-    try:
-        compiled = core.compile_model(core.read_model(target), "CPU",
-                                      {**settings, "CACHE_DIR": str(target.parent / "blobs")})
-    except Exception as exc:
-        raise EngineUnavailable(f"OpenVINO cannot compile this graph: {first_line(exc)}") from exc
+        try:
+            compiled = core.compile_model(core.read_model(target), "CPU", properties)
+        except Exception as exc:
+            raise EngineUnavailable(f"OpenVINO cannot compile this graph: {first_line(exc)}") from exc
     requests = threading.local()  # an infer request serves one call at a time
 
     def run(*args):
@@ -83,7 +89,7 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         result = request.infer(graph.numpy_inputs(args), share_inputs=True)
         return graph.outputs([result[output] for output in compiled.outputs])
 
-    graph.check(TITLE, run(*example_inputs), low_precision=config.dtype != "float32")
+    graph.check(TITLE, run, low_precision=config.dtype != "float32")
     run.engine = compiled  # for tests and tools that inspect what the engine was given
     return run, config
 

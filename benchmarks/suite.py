@@ -52,7 +52,7 @@ def write_table(rows, args, argv) -> None:
              "processes; ratios within one run.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, batch, m, trials, rate, fma, knobs, noise in rows:
-        cells = [f"{m[c]:.2f}" if m[c] else "failed" if c in m else "-" for c in shown]
+        cells = [f"{m[c]:.2f}" if m.get(c) else "failed" if c in m else "-" for c in shown]
         tuned, static, eager = m[IPEX_LOOKUP], m[static_name], m[EAGER]
         default = m[named_for(TORCHSCRIPT_DEFAULT, args.dtype[0])]
         vs_default = f"{default / tuned:.2f}x" if tuned and default else "-"

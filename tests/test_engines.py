@@ -20,7 +20,8 @@ from backend.store import ConfigStore
 
 from models import build
 from test_lookup import make_record
-from tuning import worker_pythonpath
+from tuner_models import unconvertible
+from tuning import QUICK_MEASURE, worker_pythonpath
 
 ENGINES = (OPENVINO, ONNXRUNTIME)
 
@@ -115,22 +116,11 @@ def test_onnxruntime_takes_no_dtype():
         BackendConfig({"path": ONNXRUNTIME, "dtype": "float32"})
 
 
-class Unconvertible(torch.nn.Module):
-    """A linear layer and an SVD: neither engine has a rule for linalg_svd."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(8, 8)
-
-    def forward(self, x):
-        return torch.linalg.svd(self.linear(x))[1]
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_an_unconvertible_graph_falls_back_to_inductor_with_one_warning(engine, caplog):
     notices._said.clear()
     caplog.set_level(logging.WARNING, logger="backend")
-    model, x = Unconvertible().eval(), torch.randn(8, 8)
+    model, (x,) = unconvertible()
     torch._dynamo.reset()
     with torch.no_grad():
         out = torch.compile(model, backend="ipex", options={"path": engine})(x)
@@ -191,18 +181,80 @@ def test_a_second_process_loads_the_compiled_graph_from_the_cache(engine, tmp_pa
     assert second["seconds"] < first["seconds"], (first["seconds"], second["seconds"])
 
 
-def test_the_cache_keeps_the_most_recently_used_files_under_its_limit(tmp_path, monkeypatch):
+def test_the_cache_prunes_whole_entries_least_recently_used_first_never_the_fresh_one(tmp_path,
+                                                                                    monkeypatch):
     from backend import engines
 
     monkeypatch.setenv("IPEX_AUTOTUNE_CACHE", str(tmp_path))
+    folder = engines.cache_root() / "openvino"
+    folder.mkdir(parents=True)
     for age, name in enumerate(["newest", "middle", "oldest"]):
-        path = tmp_path / "openvino" / name
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(b"x" * 600_000)
-        os.utime(path, (1e9 - age, 1e9 - age))
-    assert engines.cached(tmp_path / "openvino" / "oldest")  # a use makes it the newest
+        for suffix in (".xml", ".bin"):  # one entry: both files go, or neither
+            path = folder / f"{name}{suffix}"
+            path.write_bytes(b"x" * 300_000)
+            os.utime(path, (1e9 - age, 1e9 - age))
+    other = tmp_path / "reference.pt"  # not ours to prune
+    other.write_bytes(b"x" * 2_000_000)
+    assert engines.cached(folder / "oldest.xml")  # a use makes the entry the newest
     engines.prune_cache(limit_mb=1)
-    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["oldest"]
+    assert sorted(p.name for p in folder.iterdir()) == ["oldest.bin", "oldest.xml"]
+    engines.prune_cache(limit_mb=0, keep=folder / "oldest")
+    assert sorted(p.name for p in folder.iterdir()) == ["oldest.bin", "oldest.xml"]
+    assert other.exists()
+
+
+def test_graphs_that_differ_only_in_a_constant_argument_get_their_own_cached_model():
+    first = capture(torch.nn.Sequential(Slice(0)), torch.ones(2, 4))
+    second = capture(torch.nn.Sequential(Slice(2)), torch.ones(2, 4))
+    with torch.no_grad():
+        run_first, _ = compiler.compile_graph(*first, BackendConfig({"path": OPENVINO}))
+        run_second, used = compiler.compile_graph(*second, BackendConfig({"path": OPENVINO}))
+    x = torch.arange(8.0).reshape(2, 4)
+    assert used.path == OPENVINO
+    torch.testing.assert_close(run_second(x)[0], x[:, 2:4] * 2)
+    torch.testing.assert_close(run_first(x)[0], x[:, 0:2] * 2)
+
+
+class Slice(torch.nn.Module):
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+
+    def forward(self, x):
+        return x[:, self.start:self.start + 2] * 2
+
+
+class AddsInPlace(torch.nn.Module):
+    def forward(self, x):
+        x.add_(1)
+        return x * 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_graph_that_writes_into_its_input_falls_back_and_writes_once(engine, caplog):
+    notices._said.clear()
+    caplog.set_level(logging.WARNING, logger="backend")
+    torch._dynamo.reset()
+    x = torch.zeros(2, 3)
+    with torch.no_grad():
+        out = torch.compile(AddsInPlace(), backend="ipex", options={"path": engine})(x)
+    assert torch.equal(x, torch.ones(2, 3)) and torch.equal(out, torch.full((2, 3), 2.0))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1 and "modifies its inputs in place" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bfloat16_inputs_fall_back_with_the_reason(engine, caplog):
+    notices._said.clear()
+    caplog.set_level(logging.WARNING, logger="backend")
+    torch._dynamo.reset()
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16).eval()
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = torch.compile(model, backend="ipex", options={"path": engine})(x)
+        torch.testing.assert_close(out, model(x))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1 and "torch.bfloat16 inputs" in warnings[0], warnings
 
 
 APPLY_CHILD = textwrap.dedent("""
@@ -267,3 +319,27 @@ def test_symbolic_shapes_fall_back_to_inductor_with_one_warning(engine, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
     assert len(warnings) == 1 and "symbolic shapes" in warnings[0], warnings
     assert compiler.last_compile()["config"].path == INDUCTOR
+
+
+def test_an_engine_trial_whose_graph_fell_back_fails_as_a_config_not_a_number_for_the_engine(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())  # workers import tuner_models
+    from autotune.models import ModelSpec
+    from autotune.trial_attrs import FailureKind
+    from autotune.tuner import TuneRequest
+    from autotune.workbench import Candidate
+
+    def measured(model, config):
+        request = TuneRequest(model=ModelSpec(model), storage=f"sqlite:///{tmp_path / 'store.db'}",
+                              confirm_measure=QUICK_MEASURE, confirm_rounds=1, max_wait_s=5)
+        bench = request.bench()
+        bench.preflight()
+        bench.ensure_reference()
+        candidate = Candidate("engine", BackendConfig({**config, "threads": 1}))
+        return bench.measure_interleaved({"engine": candidate})["engine"]
+
+    failed = measured("tuner_models:unconvertible", {"path": OPENVINO})
+    assert failed.stats is None
+    assert "OpenVINO could not take 1 of 1 graphs (they ran on the inductor path" in failed.failure
+    ran = measured("tuner_models:small_cnn", {"path": OPENVINO})  # the control: a graph it takes
+    assert ran.stats is not None, ran.failure

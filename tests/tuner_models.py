@@ -74,3 +74,19 @@ def tiny_swin():
     model = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
                             window_size=[2, 2], num_classes=4).eval()
     return model, (torch.randn(1, 3, 32, 32),)
+
+
+class _Unconvertible(torch.nn.Module):
+    """A linear layer and an SVD: neither OpenVINO nor torch's ONNX exporter has a rule for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.linalg.svd(self.linear(x))[1]
+
+
+def unconvertible():
+    torch.manual_seed(0)
+    return _Unconvertible().eval(), (torch.randn(1, 8, 8),)
