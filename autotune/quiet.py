@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
-SLOWER = 1.3         # the reference workload 30% slower than its best in this process: not quiet
+SLOWER = 1.5  # the reference 1.5x its usual time: not quiet (quiet here: 1.00-1.45 in 60 looks)
 BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
+OWN_BUSY = 0.5       # our own processes busier than this (a look costs up to 0.3): no judge
 PROBE_S = 0.25       # how long one look at the machine lasts (25 ticks of a 100 Hz clock per core)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,7 +38,8 @@ class Interference:
     other_cores: float            # cores' worth of CPU time other processes took, on average
     steal: float                  # fraction of our cores' time the hypervisor took
     others: tuple[str, ...] = ()  # "pid 123 (python3)" for each busy process outside our tree
-    slowdown: float = 1.0         # the reference workload's time over its best in this process
+    slowdown: float = 1.0         # the reference workload's time over its usual in this process
+    own_cores: float = 0.0        # cores' worth our own processes used (the reference included)
 
     @property
     def busy(self) -> bool:
@@ -55,8 +57,8 @@ class Interference:
         if self.steal >= BUSY_STEAL:
             parts.append(f"the hypervisor took {100 * self.steal:.0f}% of {where}")
         if self.slowdown >= SLOWER:
-            parts.append(f"a reference workload ran {self.slowdown:.1f}x slower than its best "
-                         f"so far on {where}")
+            parts.append(f"a reference workload ran {self.slowdown:.1f}x slower than usual "
+                         f"on {where}")
         return "; ".join(parts) or f"quiet on {where}"
 
     def to_dict(self) -> dict:
@@ -144,7 +146,7 @@ def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interferen
             others.append((used, f"pid {pid} ({name})"))
     others.sort(reverse=True)
     return Interference(max(0.0, busy - own) / per_core, stolen / total,
-                        tuple(text for _, text in others))
+                        tuple(text for _, text in others), own_cores=own / per_core)
 
 
 class Watch:
@@ -166,6 +168,7 @@ class Watch:
 # fast run at a study's start does not make every later look slow
 _reference_ms: dict[int, list[float]] = {}
 REFERENCE_HISTORY = 50
+_reference_data: list = []  # made once: 16 MB to stream through, a matrix to multiply
 
 
 def _time_reference() -> float:
@@ -177,8 +180,10 @@ def _time_reference() -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        data, matrix = torch.ones(4 << 20), torch.ones(192, 192)
-        data.sum(), matrix.mm(matrix)  # first touches, outside the timing
+        if not _reference_data:
+            _reference_data.extend([torch.ones(4 << 20), torch.ones(192, 192)])
+        data, matrix = _reference_data
+        data.sum(), matrix.mm(matrix)  # warm caches and code, outside the timing
         start = time.perf_counter()
         for _ in range(3):
             data.sum()
@@ -192,17 +197,15 @@ def _time_reference() -> float:
 def slowdown(cpus: Iterable[int]) -> float:
     """How much slower the reference workload runs now than usual in this process, on the
     slowest of ``cpus`` (the first 8 of them): what /proc cannot show (a neighbour on the host,
-    a lower clock, a memory-bound process on another core). This thread runs it on each core; a
-    slow time is taken again before it counts."""
+    a lower clock, a memory-bound process on another core). This thread runs it on each core,
+    the best of three each time."""
     previous = os.sched_getaffinity(0)
     worst = 1.0
     try:
         for cpu in sorted(cpus)[:8]:
             os.sched_setaffinity(0, {cpu})
-            took = _time_reference()
+            took = min(_time_reference() for _ in range(3))  # jitter is brief, a slow core is not
             history = _reference_ms.setdefault(cpu, [])
-            if len(history) >= 5 and took >= SLOWER * _baseline(history):
-                took = min(took, _time_reference())
             history.append(took)
             del history[:-REFERENCE_HISTORY]
             worst = max(worst, took / _baseline(history))
@@ -223,7 +226,10 @@ def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
     start = time.monotonic()
     slower = slowdown(cpus)
     time.sleep(max(0.0, seconds - (time.monotonic() - start)))
-    return dataclasses.replace(watch.stop(), slowdown=slower)
+    seen = watch.stop()
+    if seen.own_cores > OWN_BUSY:  # our own compile shares the cores: the reference says nothing
+        return seen
+    return dataclasses.replace(seen, slowdown=slower)
 
 
 def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,

@@ -221,9 +221,10 @@ def _refuse_engine_fallbacks(config: Any, graphs: list[dict]) -> None:
         return
     elsewhere = [g for g in graphs if g["config"]["path"] != config.path]
     if elsewhere:
+        why = "; ".join(elsewhere[0].get("fallbacks", ())) or "see the compile warning"
         raise TrialFailure(FailureKind.CONFIG, f"{ENGINE_TITLES[config.path]} could not take "
                            f"{len(elsewhere)} of {len(graphs)} graphs (they ran on the "
-                           f"{elsewhere[0]['config']['path']} path; the compile warning says why)")
+                           f"{elsewhere[0]['config']['path']} path): {why}")
 
 
 PRUNE_RUNS = 5  # timed runs a trial gets before it may be pruned

@@ -115,6 +115,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     _apply_process_knobs(config)
     if needs_output_cast(config.dtype):
         gm = cast_float_outputs_to_float32(gm)
+    fallbacks: list[str] = []  # why each path handed the graph on, for the compile's record
     while True:
         path = paths.get(config.path)
         if path.inference_only and _trains(gm, example_inputs):
@@ -123,13 +124,17 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 raise PathUnavailable(f"the {path.title} path {why}")
         else:
             try:
-                return path.compile(gm, example_inputs, config)
+                compiled, used = path.compile(gm, example_inputs, config)
+                if fallbacks:
+                    compiled.fallbacks = fallbacks
+                return compiled, used
             except PathUnavailable as exc:
                 if path.fallback is None:
                     raise
                 key, why = f"{path.name}-fail:{exc}", f"is unavailable for this graph ({exc})"
         fallback = paths.get(path.fallback)
-        warn_once(key, f"ipex backend: the {path.title} path {why}; compiling it with the "
+        fallbacks.append(f"the {path.title} path {why}")
+        warn_once(key, f"ipex backend: {fallbacks[-1]}; compiling it with the "
                   f"{fallback.title} path instead")
         config = config.replace(path=fallback.name)
 
@@ -153,7 +158,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
         source = "default (stored config failed)"
     for graphs in _recorders:
         graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
-                       "dtype": used.dtype, "source": source})
+                       "dtype": used.dtype, "source": source,
+                       **({"fallbacks": compiled.fallbacks} if hasattr(compiled, "fallbacks") else {})})
     log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
              used.config_id, used.non_default(), source)
     _state.last = {"config": used, "source": source, **keys}

@@ -55,6 +55,18 @@ def _conversion_summary(error: Exception) -> str:
     return first_line(error)
 
 
+def _compile_model(core: Any, target, settings: dict, blobs: str) -> Any:
+    """Compile with OpenVINO's blob cache; if that fails (two processes writing one blob), once
+    more without it."""
+    model = core.read_model(target)
+    try:
+        return core.compile_model(model, "CPU", {**settings, "CACHE_DIR": blobs})
+    except Exception as exc:
+        log.info("OpenVINO: compiling with the blob cache failed (%s); compiling without it",
+                 first_line(exc))
+        return core.compile_model(model, "CPU", settings)
+
+
 def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                      config: BackendConfig) -> tuple[Callable, BackendConfig]:
     ov = load_engine("openvino", TITLE)
@@ -62,11 +74,11 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     settings = engine_settings(OPENVINO, config)
     settings["INFERENCE_NUM_THREADS"] = settings["INFERENCE_NUM_THREADS"] or torch.get_num_threads()
     target = graph.cache_path(OPENVINO, ".xml", ov.__version__)  # the knobs act at compile_model
-    properties = {**settings, "CACHE_DIR": str(target.parent / "blobs")}
     core = _get_core(ov)
+    blobs = str(target.parent / "blobs")
     if cached(target):
         try:
-            compiled = core.compile_model(core.read_model(target), "CPU", properties)
+            compiled = _compile_model(core, target, settings, blobs)
             log.info("OpenVINO: the converted graph comes from the cache (%s)", target.name)
         except Exception as exc:  # half a pruned entry, a file of another version
             log.info("OpenVINO: cached %s does not load (%s); converting again", target.name,
@@ -77,7 +89,7 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         _convert(ov, graph, target)
         log.info("OpenVINO: converted the graph in %.2f s", time.perf_counter() - start)
         try:
-            compiled = core.compile_model(core.read_model(target), "CPU", properties)
+            compiled = _compile_model(core, target, settings, blobs)
         except Exception as exc:
             raise EngineUnavailable(f"OpenVINO cannot compile this graph: {first_line(exc)}") from exc
     requests = threading.local()  # an infer request serves one call at a time
