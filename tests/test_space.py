@@ -53,8 +53,7 @@ def test_shipped_spaces_load_from_the_installed_package():
         "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
         "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
         "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
-        "threads", "ov_performance_hint", "ov_cpu_pinning", "ort_optimization_level",
-        "ort_execution_mode", "ort_spinning"}
+        "threads", "ort_optimization_level"}
     assert space.knobs["freezing"] == (True, False)
     assert "gemm_backends" not in space.knobs  # CPP alone fails on models with bmm
     assert load_space("quick").knobs["path"] == (TORCHSCRIPT, INDUCTOR)
