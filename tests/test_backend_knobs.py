@@ -92,12 +92,19 @@ SETTINGS = {
 }
 DEFAULT_SETTING = Setting()
 
+# The torch paths: a knob's effect is read from the TorchScript graph or the Inductor code they
+# produce. The engines report the settings they were given themselves (tests/test_engines.py).
+TORCH_PATHS = frozenset({TORCHSCRIPT, INDUCTOR})
+TORCH_KNOBS = {name: knob for name, knob in KNOBS.items() if knob.paths & TORCH_PATHS}
+
 
 def setting_of(knob_name: str) -> Setting:
     return SETTINGS.get(knob_name, DEFAULT_SETTING)
 
 
 def values_of(knob):
+    if knob.name == "path":
+        return tuple(path for path in knob.choices if path in TORCH_PATHS)
     if knob.type is bool:
         return (True, False)
     if knob.choices is not None:
@@ -117,9 +124,9 @@ def cpu_refusal(options: dict) -> str | None:
 
 
 def cases():
-    for knob in KNOBS.values():
+    for knob in TORCH_KNOBS.values():
         setting = setting_of(knob.name)
-        for path in ([None] if knob.name == "path" else sorted(knob.paths)):
+        for path in ([None] if knob.name == "path" else sorted(knob.paths & TORCH_PATHS)):
             for value in values_of(knob):
                 options = {**setting.options(path), knob.name: value}
                 if path is not None:
@@ -521,10 +528,10 @@ PROBES = {name[len("probe_"):]: fn for name, fn in globals().items() if name.sta
 
 
 def test_every_knob_has_an_effect_probe():
-    assert set(KNOBS) == set(PROBES)
+    assert set(TORCH_KNOBS) == set(PROBES)
 
 
-@pytest.mark.parametrize("knob_name", sorted(KNOBS))
+@pytest.mark.parametrize("knob_name", sorted(TORCH_KNOBS))
 def test_knob_changes_what_runs(knob_name):
     PROBES[knob_name]()
 
@@ -589,11 +596,12 @@ def disable_wiring(knob_name: str, path: str, monkeypatch) -> None:
 
 
 def mutations():
-    for name, knob in KNOBS.items():
-        for path in sorted(knob.paths):
+    for name, knob in TORCH_KNOBS.items():
+        paths = sorted(knob.paths & TORCH_PATHS)
+        for path in paths:
             if (name, path) in NOT_MUTATED:
                 continue
-            yield pytest.param(name, path, id=name if len(knob.paths) == 1 else f"{name}-{path}")
+            yield pytest.param(name, path, id=name if len(paths) == 1 else f"{name}-{path}")
 
 
 @pytest.mark.parametrize("knob_name,path", list(mutations()))
