@@ -22,7 +22,8 @@ import torch
 
 from .errors import PathUnavailable, first_line
 from .fingerprint import cpu_features, workload_key
-from .graph import ambient_autocast_dtype, constant_mask, lift_constants, outputs_close
+from .graph import (ambient_autocast_dtype, constant_mask, lift_constants, non_tensor_inputs,
+                    outputs_close)
 
 CACHE_ENV = "IPEX_AUTOTUNE_CACHE"
 CACHE_LIMIT_ENV = "IPEX_AUTOTUNE_CACHE_MB"
@@ -109,11 +110,11 @@ def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title:
         raise EngineUnavailable(f"{title} takes its precision from the dtype knob, not from "
                                 "torch.autocast around the call")
     mask = constant_mask(gm, example_inputs)
-    users = [x for x, c in zip(example_inputs, mask) if not c]
-    bad = [type(x).__name__ for x in users if not isinstance(x, torch.Tensor)]
+    bad = non_tensor_inputs(example_inputs, mask)
     if bad:
         raise EngineUnavailable(f"graph takes non-tensor inputs ({', '.join(bad)}: symbolic "
                                 "shapes or Python values), which a converted graph would fix")
+    users = [x for x, c in zip(example_inputs, mask) if not c]
     no_numpy = sorted({str(x.dtype) for x in users if x.dtype in (torch.bfloat16, torch.float8_e4m3fn)})
     if no_numpy:
         raise EngineUnavailable(f"graph takes {', '.join(no_numpy)} inputs, which the engines' "

@@ -22,6 +22,13 @@ def constant_mask(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> li
     return mask
 
 
+def non_tensor_inputs(example_inputs: Sequence[Any], mask: Sequence[bool]) -> list[str]:
+    """Type names of the user inputs that are not tensors (SymInts, Python values): what a trace
+    or a converted graph would fix as constants."""
+    return [type(x).__name__ for x, c in zip(example_inputs, mask)
+            if not c and not isinstance(x, torch.Tensor)]
+
+
 def graph_tensors(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.Tensor]:
     """Every tensor the graph reads that could carry state: inputs plus its own attributes."""
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]

@@ -10,8 +10,8 @@ import torch
 
 from .config import BackendConfig
 from .errors import PathUnavailable, first_line
-from .graph import (ambient_autocast_dtype, compute_autocast, constant_mask, outputs_close,
-                    intra_op_threads)
+from .graph import (ambient_autocast_dtype, compute_autocast, constant_mask, intra_op_threads,
+                    non_tensor_inputs, outputs_close)
 from .knobs import INDUCTOR, TORCHSCRIPT
 from .notices import warn_once
 from .paths import CompilePath, register
@@ -125,7 +125,7 @@ def trace_and_freeze(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     """Trace + freeze + passes. Raises TorchScriptUnavailable with the reason when it can't."""
     mask = constant_mask(gm, example_inputs)
     user_inputs = [x for x, c in zip(example_inputs, mask) if not c]
-    bad = [type(x).__name__ for x in user_inputs if not isinstance(x, torch.Tensor)]
+    bad = non_tensor_inputs(example_inputs, mask)
     if bad:
         raise TorchScriptUnavailable(f"graph takes non-tensor inputs ({', '.join(bad)}), "
                                      "which a trace would bake in as constants")
