@@ -14,9 +14,10 @@ from .config import BackendConfig
 from .errors import KnobError, PathUnavailable, first_line
 from .fingerprint import workload_key
 from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, needs_output_cast
-from .knobs import TORCHSCRIPT, check_threads, get_knob, turned_off_by_request
+from .knobs import KNOBS, TORCHSCRIPT, check_threads, get_knob, turned_off_by_request
 from .notices import warn_once
 from .optimize import OPTIMIZE_MARK
+from .quantization import Int8Unavailable
 from .store import default_storage_url
 
 log = logging.getLogger("backend")
@@ -128,15 +129,23 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                 if fallbacks:
                     compiled.fallbacks = fallbacks
                 return compiled, used
+            except Int8Unavailable as exc:  # the same path, in float32
+                fallbacks.append(f"int8 is unavailable for this graph ({exc})")
+                warn_once(f"int8-fail:{exc}", f"ipex backend: {fallbacks[-1]}; compiling it in "
+                          f"float32 on the {path.title} path instead")
+                config = config.replace(dtype="float32")
+                continue
             except PathUnavailable as exc:
                 if path.fallback is None:
                     raise
                 key, why = f"{path.name}-fail:{exc}", f"is unavailable for this graph ({exc})"
         fallback = paths.get(path.fallback)
         fallbacks.append(f"the {path.title} path {why}")
+        dtype = config.dtype if KNOBS["dtype"].runs_on(config.dtype, fallback.name) else "float32"
+        in_dtype = f" in {dtype}" if dtype != config.dtype else ""
         warn_once(key, f"ipex backend: {fallbacks[-1]}; compiling it with the "
-                  f"{fallback.title} path instead")
-        config = config.replace(path=fallback.name)
+                  f"{fallback.title} path{in_dtype} instead")
+        config = config.replace(path=fallback.name, dtype=dtype)
 
 
 def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,

@@ -44,6 +44,8 @@ class BackendConfig(Mapping[str, Any]):
     ov_performance_hint: str
     ov_cpu_pinning: bool
     ov_denormals_as_zero: bool
+    ov_int8_preset: str
+    ov_int8_model_type: str
     ort_optimization_level: str
     ort_execution_mode: str
     ort_memory_pattern: bool
@@ -60,20 +62,24 @@ class BackendConfig(Mapping[str, Any]):
         for name in given:
             get_knob(name)  # unknown names fail before anything else
         path = get_knob("path").validate(given.get("path", KNOBS["path"].default))
+        dtype = KNOBS["dtype"].validate(given["dtype"]) if "dtype" in given and \
+            path in KNOBS["dtype"].paths else KNOBS["dtype"].default
         resolved: dict[str, Any] = {}
         for name, knob in KNOBS.items():
             if name in given:
-                if path not in knob.paths:
+                if not knob.applies(path, dtype):
                     if lenient_paths:
                         continue
-                    raise KnobError(
-                        f"knob {name!r} applies only to path "
-                        f"{' or '.join(sorted(knob.paths))}, but path is {path!r}")
+                    raise KnobError(_not_here(knob, path, dtype))
                 value = knob.validate(given[name])
+                if not knob.runs_on(value, path):
+                    raise KnobError(
+                        f"knob {name!r}={knob.dump(value)!r} runs only on path "
+                        f"{' or '.join(sorted(knob.value_paths[value]))}, but path is {path!r}")
                 if check_cpu:
                     knob.check_cpu(value, cpu_features())
                 resolved[name] = value
-            elif path in knob.paths:
+            elif knob.applies(path, dtype):
                 resolved[name] = knob.default
         resolved["path"] = path
         if resolved["threads"]:
@@ -128,6 +134,14 @@ class BackendConfig(Mapping[str, Any]):
     def config_id(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return "cfg-" + hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _not_here(knob, path: str, dtype: str) -> str:
+    if path not in knob.paths:
+        return (f"knob {knob.name!r} applies only to path {' or '.join(sorted(knob.paths))}, "
+                f"but path is {path!r}")
+    return (f"knob {knob.name!r} applies only to dtype {' or '.join(sorted(knob.dtypes))}, "
+            f"but dtype is {dtype!r}")
 
 
 def _knob_reader(name: str) -> property:

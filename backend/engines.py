@@ -69,6 +69,7 @@ class EngineGraph:
     module: torch.fx.GraphModule        # parameters held as constants
     user_positions: list[int]           # where the user's tensors sit among dynamo's inputs
     key: str                            # exact graph + weights + CPU: the cache key
+    weights_digest: str                 # the weights alone: what an int8 calibration is bound to
     output_dtypes: list[torch.dtype]    # eager's
     # until ``check``: copies of the example inputs (for converters to trace, for the check)
     # and the captured graph's outputs on them
@@ -81,15 +82,16 @@ class EngineGraph:
         blob = json.dumps(made_by, sort_keys=True).encode()
         return cache_root() / engine / f"{self.key}-{hashlib.sha256(blob).hexdigest()[:12]}{suffix}"
 
-    def check(self, title: str, run: Callable, low_precision: bool) -> None:
+    def check(self, title: str, run: Callable, low_precision: bool, compare: bool = True) -> None:
         """Run the compiled graph on copies of the example inputs; refuse it unless it gives the
-        captured graph's outputs. Then let go of the examples: ``run`` keeps only dtypes."""
+        captured graph's outputs (or, without ``compare``, unless it runs). Then let go of the
+        examples: ``run`` keeps only dtypes."""
         try:
             actual = run(*self.example_args)
         except Exception as exc:
             raise EngineUnavailable(f"{title} failed to run the converted graph: "
                                     f"{first_line(exc)}") from exc
-        problem = outputs_close(self.expected, tuple(actual), rtol=5e-2 if low_precision else 1e-3,
+        problem = compare and outputs_close(self.expected, tuple(actual), rtol=5e-2 if low_precision else 1e-3,
                                 atol=5e-2 if low_precision else 1e-4)
         if problem:
             raise EngineUnavailable(f"{title}'s converted graph disagrees with the captured graph "
@@ -130,19 +132,28 @@ def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title:
     if not expected or not all(isinstance(o, torch.Tensor) for o in expected):
         raise EngineUnavailable("graph returns non-tensor outputs")
     module, positions = lift_constants(gm, example_inputs)
-    return EngineGraph(module.eval(), positions, _cache_key(gm, example_inputs, mask),
+    weights = weights_digest(gm, example_inputs, mask)
+    return EngineGraph(module.eval(), positions, _cache_key(gm, example_inputs, mask, weights), weights,
                        [o.dtype for o in expected], [example_inputs[i].clone() for i in positions],
                        [x.clone() if not c else x for x, c in zip(example_inputs, mask)], expected)
 
 
-def _cache_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mask: list[bool]) -> str:
+def _cache_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mask: list[bool],
+               weights: str) -> str:
     """The exact graph (its code, with every constant argument), its input signature, its
-    weights' bytes and the CPU's features: a cached model holds its weights, and the store's
-    coarser workload key would hand one graph's model to another."""
+    weights and the CPU's features: a cached model holds its weights, and the store's coarser
+    workload key would hand one graph's model to another."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(gm.code.encode())
     digest.update(workload_key(gm, example_inputs, mask).encode())
     digest.update(json.dumps(sorted(cpu_features())).encode())
+    digest.update(weights.encode())
+    return digest.hexdigest()
+
+
+def weights_digest(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mask: list[bool]) -> str:
+    """The bytes of the graph's weights: its constant inputs, parameters and buffers."""
+    digest = hashlib.blake2b(digest_size=16)
     constants = [v for v, c in zip(example_inputs, mask) if c]
     for tensor in constants + list(gm.parameters()) + list(gm.buffers()):
         data = tensor.detach().contiguous().cpu()

@@ -93,6 +93,10 @@ class Knob:
     high: int | None = None
     # value -> CPU features (as named by fingerprint.cpu_features()) that value needs
     requires: Mapping[Any, tuple[str, ...]] = field(default_factory=dict)
+    # value -> the only paths that value runs on (int8: the paths with a quantizer)
+    value_paths: Mapping[Any, frozenset] = field(default_factory=dict)
+    # the dtypes this knob applies to (None: all); at another dtype it is left out of a config
+    dtypes: frozenset | None = None
     # knobs whose values the compile ignores while this one is on
     supersedes: tuple[str, ...] = ()
     # value -> the intra-op thread count it only works with (None: any)
@@ -138,6 +142,12 @@ class Knob:
             if parsed == choice or str(parsed) == str(choice):  # "512" from YAML or a CLI is 512
                 return choice
         raise self._refuse(value)
+
+    def applies(self, path: str, dtype: str) -> bool:
+        return path in self.paths and (self.dtypes is None or dtype in self.dtypes)
+
+    def runs_on(self, value: Any, path: str) -> bool:
+        return path in self.value_paths.get(value, self.paths)
 
     def missing_features(self, value: Any, features: frozenset[str]) -> list[str]:
         return [f for f in self.requires.get(value, ()) if f not in features]
@@ -190,13 +200,19 @@ _KNOB_LIST = [
              "gradients, or one a path cannot take, compiles on Inductor with one warning."),
     # ONNX Runtime's CPU provider computes in float32 only: its configs are float32 configs
     Knob("dtype", str, "float32", paths=frozenset({TORCHSCRIPT, INDUCTOR, OPENVINO}),
-         choices=("float32", "bfloat16"),
+         choices=("float32", "bfloat16", "int8"),
          requires={"bfloat16": ("mkldnn_bf16",)},
+         value_paths={"int8": frozenset({OPENVINO})},
          lands=(Effect("CPU autocast around trace and compile"),
+                Effect("int8: NNCF post-training quantization, calibrated on the user's data"),
+                # an int8 model runs its quantized ops in int8 and the rest in f32
                 EngineOption(OPENVINO, "INFERENCE_PRECISION_HINT",
-                             {"float32": "f32", "bfloat16": "bf16"}.get)),
+                             {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}.get)),
          doc="Compute dtype; bfloat16 runs the graph under CPU autocast (OpenVINO: bf16 "
-             "inference precision), outputs stay float32."),
+             "inference precision), outputs stay float32. int8 (OpenVINO path): static "
+             "post-training quantization by NNCF, calibrated on the data given to `autotune run "
+             "--data` or `prepare`/`convert`; a lookup applies the stored quantized model only to "
+             "the weights it was calibrated for."),
     Knob("weights_prepack", bool, True, paths=frozenset({TORCHSCRIPT, INDUCTOR}),
          lands=(Effect("TorchScript MKLDNN conversion pass"), InductorOption("cpp.weight_prepack")),
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
@@ -281,6 +297,16 @@ _KNOB_LIST = [
     Knob("ov_denormals_as_zero", bool, False, paths=frozenset({OPENVINO}),
          lands=(EngineOption(OPENVINO, "CPU_DENORMALS_OPTIMIZATION"),),
          doc="Flush denormal floats to zero (faster where weights or activations underflow)."),
+    Knob("ov_int8_preset", str, "performance", paths=frozenset({OPENVINO}),
+         dtypes=frozenset({"int8"}), choices=("performance", "mixed"),
+         lands=(Effect("NNCF quantization preset"),),
+         doc="int8: symmetric weights and activations (performance), or asymmetric activations "
+             "(mixed: closer to float32 where activations are not centred on zero)."),
+    Knob("ov_int8_model_type", str, "cnn", paths=frozenset({OPENVINO}),
+         dtypes=frozenset({"int8"}), choices=("cnn", "transformer"),
+         lands=(Effect("NNCF model type"),),
+         doc="int8: which layers NNCF quantizes; transformer keeps the attention's softmax, "
+             "normalizations and their neighbours in float, as transformers need."),
     # --- ONNX Runtime path ---------------------------------------------------------------------
     Knob("ort_optimization_level", str, "all", paths=frozenset({ONNXRUNTIME}),
          choices=("basic", "extended", "all"),

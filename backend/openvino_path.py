@@ -6,6 +6,7 @@ the compiled blob, so a second process skips both conversion and compilation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -14,12 +15,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import quantization
 from .config import BackendConfig
 from .engines import (EngineUnavailable, cached, engine_graph, forget, load_engine,
                       why_unavailable, write_atomically)
 from .errors import first_line
 from .knobs import INDUCTOR, OPENVINO, engine_settings
 from .paths import CompilePath, register
+from .quantization import Int8Unavailable
 
 log = logging.getLogger("backend")
 TITLE = "OpenVINO"
@@ -67,6 +70,92 @@ def _compile_model(core: Any, target, settings: dict, blobs: str) -> Any:
         return core.compile_model(model, "CPU", settings)
 
 
+def _ensure_converted(ov: Any, graph, target) -> None:
+    if not cached(target):
+        start = time.perf_counter()
+        _convert(ov, graph, target)
+        log.info("OpenVINO: converted the graph in %.2f s", time.perf_counter() - start)
+
+
+def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) -> tuple[Any, Any]:
+    """(the quantized IR's path, the QuantizedModel for the store): the stored one the lookup
+    handed over if its weights are these, else NNCF's quantization on the calibration batches."""
+    stored = quantization.stored_model()
+    if stored is not None:
+        if stored.weights_digest != graph.weights_digest:
+            raise Int8Unavailable("the weights changed since the stored int8 model was calibrated "
+                                  "(tune again with --data to quantize these weights)")
+        target = graph.cache_path(OPENVINO, ".xml", [ov.__version__, "int8 stored",
+                                                     _digest(*stored.files.values())])
+        if not cached(target):
+            write_atomically(target, lambda tmp: _write_files(tmp, stored.files), suffixes=(".bin",))
+        log.info("OpenVINO: int8 model from the store (%.1f MB)", stored.size / 1e6)
+        return target, stored
+    batches = quantization.calibration_batches()
+    if batches is None:
+        raise Int8Unavailable(NO_CALIBRATION)
+    batches = quantization.matching_batches(batches, graph.user_inputs)
+    nncf = load_engine("nncf", "NNCF")
+    target = graph.cache_path(OPENVINO, ".xml", [
+        ov.__version__, nncf.__version__, "int8", config.ov_int8_preset, config.ov_int8_model_type,
+        _digest(*(t.contiguous().numpy().tobytes() for batch in batches for t in batch))])
+    if not cached(target):
+        _ensure_converted(ov, graph, float_target)
+        start = time.perf_counter()
+
+        def quantize(tmp):
+            dataset = nncf.Dataset([[t.contiguous().numpy() for t in batch] for batch in batches])
+            model_type = nncf.ModelType.TRANSFORMER if config.ov_int8_model_type == "transformer" else None
+            preset = nncf.QuantizationPreset(config.ov_int8_preset)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantized = nncf.quantize(core.read_model(float_target), dataset, preset=preset,
+                                          model_type=model_type, subset_size=len(batches))
+            ov.save_model(quantized, tmp, compress_to_fp16=False)
+        try:
+            write_atomically(target, quantize, suffixes=(".bin",))
+        except Exception as exc:
+            raise Int8Unavailable(f"NNCF could not quantize this graph: {first_line(exc)}") from exc
+        log.info("OpenVINO: NNCF quantized the graph to int8 on %d batches in %.2f s",
+                 len(batches), time.perf_counter() - start)
+    files = {name: target.with_suffix(suffix).read_bytes()
+             for name, suffix in (("model.xml", ".xml"), ("model.bin", ".bin"))}
+    return target, quantization.QuantizedModel(OPENVINO, graph.weights_digest, files)
+
+
+NO_CALIBRATION = ("int8 needs calibration data, and none was given: tune with `autotune run "
+                  "--dtype int8 --data BATCHES`, or quantize by hand with backend.prepare/convert")
+
+
+def _digest(*blobs: bytes) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+def _write_files(tmp, files: dict) -> None:
+    tmp.with_suffix(".bin").write_bytes(files["model.bin"])
+    tmp.write_bytes(files["model.xml"])
+
+
+def _compiled_float(ov: Any, core: Any, graph, target, settings: dict, blobs: str) -> Any:
+    if cached(target):
+        try:
+            compiled = _compile_model(core, target, settings, blobs)
+            log.info("OpenVINO: the converted graph comes from the cache (%s)", target.name)
+            return compiled
+        except Exception as exc:  # half a pruned entry, a file of another version
+            log.info("OpenVINO: cached %s does not load (%s); converting again", target.name,
+                     first_line(exc))
+            forget(target)
+    _ensure_converted(ov, graph, target)
+    try:
+        return _compile_model(core, target, settings, blobs)
+    except Exception as exc:
+        raise EngineUnavailable(f"OpenVINO cannot compile this graph: {first_line(exc)}") from exc
+
+
 def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                      config: BackendConfig) -> tuple[Callable, BackendConfig]:
     ov = load_engine("openvino", TITLE)
@@ -76,22 +165,16 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     target = graph.cache_path(OPENVINO, ".xml", ov.__version__)  # the knobs act at compile_model
     core = _get_core(ov)
     blobs = str(target.parent / "blobs")
-    if cached(target):
-        try:
-            compiled = _compile_model(core, target, settings, blobs)
-            log.info("OpenVINO: the converted graph comes from the cache (%s)", target.name)
-        except Exception as exc:  # half a pruned entry, a file of another version
-            log.info("OpenVINO: cached %s does not load (%s); converting again", target.name,
-                     first_line(exc))
-            forget(target)
-    if not cached(target):
-        start = time.perf_counter()
-        _convert(ov, graph, target)
-        log.info("OpenVINO: converted the graph in %.2f s", time.perf_counter() - start)
+    quantized = None
+    if config.dtype == quantization.INT8:
+        target, quantized = _int8_model(ov, core, graph, target, config)
         try:
             compiled = _compile_model(core, target, settings, blobs)
         except Exception as exc:
-            raise EngineUnavailable(f"OpenVINO cannot compile this graph: {first_line(exc)}") from exc
+            forget(target)  # made again by the next compile
+            raise EngineUnavailable(f"OpenVINO cannot compile the int8 model: {first_line(exc)}") from exc
+    else:
+        compiled = _compiled_float(ov, core, graph, target, settings, blobs)
     requests = threading.local()  # an infer request serves one call at a time
 
     def run(*args):
@@ -101,8 +184,11 @@ def compile_openvino(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         result = request.infer(graph.numpy_inputs(args), share_inputs=True)
         return graph.outputs([result[output] for output in compiled.outputs])
 
-    graph.check(TITLE, run, low_precision=config.dtype != "float32")
+    # int8 answers to the accuracy gate on the user's data, not to random example inputs
+    graph.check(TITLE, run, low_precision=config.dtype != "float32", compare=quantized is None)
     run.engine = compiled  # for tests and tools that inspect what the engine was given
+    if quantized is not None:
+        run.quantized = quantized
     return run, config
 
 
