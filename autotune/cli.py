@@ -80,7 +80,8 @@ def _options(args):
         seed=flags.get("seed"), measure_seconds=flags.get("measure_seconds"),
         confirm_rounds=flags.get("confirm_rounds"), confirm_top=flags.get("confirm_top"),
         confirm_max_rounds=flags.get("max_confirm_rounds"), max_wait=flags.get("max_wait"),
-        cpus=flags.get("cpus"), jobs=flags.get("jobs", 1))
+        cpus=flags.get("cpus"), jobs=flags.get("jobs", 1), data=flags.get("data"),
+        min_agreement=flags.get("min_agreement"))
 
 
 def _model_spec(args):
@@ -361,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trial-timeout", help="hard limit per trial, e.g. 10m")
     run.add_argument("--memory-limit", type=float, help="MB per trial process")
     run.add_argument("--tolerance", type=float, help="relative error allowed against eager float32")
+    run.add_argument("--data", help="your own inputs: a torch.save file (a tensor of inputs, or a "
+                     "list of batches) or module:callable; the first half calibrates int8, the "
+                     "rest judges reduced precision's accuracy. int8 needs it")
+    run.add_argument("--min-agreement", type=float,
+                     help="top-1 agreement with float32 on the held-out data that a bfloat16 or "
+                          "int8 config must keep (default 0.99)")
     run.add_argument("--space", help="search space name or YAML file")
     run.add_argument("--study-name")
     run.add_argument("--seed", type=int)

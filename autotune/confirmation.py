@@ -15,9 +15,11 @@ import torch
 
 from backend import BackendConfig
 from backend.fingerprint import hardware_key
-from backend.store import ConfigStore, TunedRecord
+from backend.quantization import QuantizedModel
+from backend.store import ConfigStore, Precision, TunedRecord
 
 from . import trial_attrs as attrs
+from .errors import StudyError
 from .trial_attrs import FailureKind
 from .evidence import FASTER, MIN_GAIN, MIN_ROUNDS, SLOWER, UNDECIDED, Verdict, paired_verdict
 from .workbench import Bench, Candidate
@@ -206,13 +208,30 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
             if not graph.get("workload_key"):
                 continue
             applied = _config_ran(graph, winner.config)
+            precision = _precision_of(winner, graph)
             ids.append(store.put(TunedRecord(
                 workload_key=graph["workload_key"], hardware_key=hardware_key(hardware),
                 family_key=graph.get("family_key", ""), batch_size=graph.get("batch_size"),
                 model_label=model_label, config=applied.to_dict(), config_id=applied.config_id,
                 latency=latency, baselines=baselines, speedup=speedup,
-                torch_version=torch.__version__, study_name=study.study_name, hardware=hardware)))
+                torch_version=torch.__version__, study_name=study.study_name, hardware=hardware),
+                precision))
     return tuple(ids)
+
+
+def _precision_of(winner: Candidate, graph: dict) -> Precision | None:
+    """What a reduced-precision winner's record carries: its gate's figures and, for int8, the
+    quantized model its worker measured (read from the engines' cache)."""
+    if winner.accuracy is None and "quantized" not in graph:
+        return None
+    quantized = None
+    if "quantized" in graph:
+        try:
+            quantized = QuantizedModel.from_description(graph["quantized"])
+        except OSError as exc:
+            raise StudyError(f"the winner's quantized model is gone from the engines' cache "
+                             f"({exc}); rerun to quantize it again") from None
+    return Precision(winner.accuracy, quantized)
 
 
 def evidence_of(outcome: Outcome) -> dict:

@@ -46,9 +46,10 @@ def plan(spec: ModelSpec, storage: str | None = None) -> list[GraphPlan]:
 
     def resolve_only(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]):
         keys = compiler.graph_keys(gm, example_inputs)
+        weights = compiler.weights_of(gm, example_inputs)
         # models from autotune.models never went through optimize(): no optimize() knobs
-        config, source, _ = compiler.resolve_config({"store": url}, None, keys)
-        found = lookup.find(keys, url)  # cached: the same answer resolve_config got
+        config, source, _, _ = compiler.resolve_config({"store": url}, None, keys, weights)
+        found = lookup.find(keys, url, weights)  # cached: the same answer resolve_config got
         plans.append(GraphPlan(keys, config, source, found.record if found else None))
         return gm.forward
 

@@ -270,6 +270,7 @@ class SearchSpace:
                 knobs[name] = kept
             else:
                 del knobs[name]
+        knobs["path"] = _drop_paths_without(knobs["path"], allowed_dtypes)
         _say_overridden(knobs)
         ordered = {name: knobs[name] for name in KNOBS if name in knobs}
         return dataclasses.replace(self, knobs=ordered, dtypes=allowed_dtypes)
@@ -281,9 +282,13 @@ class SearchSpace:
         result is accepted by BackendConfig.
         """
         config = {"path": _pick(trial, "path", self.knobs["path"])}
-        if config["path"] in KNOBS["dtype"].paths:  # ONNX Runtime computes in float32 only
-            config["dtype"] = _pick(trial, "dtype", self.dtypes)
-        names = [name for name in self.knobs if name != "path" and config["path"] in KNOBS[name].paths]
+        dtypes = self.dtypes_on(config["path"])
+        if dtypes:  # ONNX Runtime computes in float32 only: no dtype
+            config["dtype"] = (KNOBS["dtype"].validate(trial.suggest_categorical(
+                self._dtype_param(config["path"]), list(dtypes))) if len(dtypes) > 1 else dtypes[0])
+        dtype = config.get("dtype", KNOBS["dtype"].default)
+        names = [name for name in self.knobs
+                 if name != "path" and KNOBS[name].applies(config["path"], dtype)]
         names.sort(key=lambda name: not KNOBS[name].supersedes)  # deciders first: no wasted samples
         for name in names:
             # a knob the config ignores takes its default, so equal compiles are equal configs
@@ -310,14 +315,29 @@ class SearchSpace:
     def params_for(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The Optuna params ``suggest`` samples for ``config`` (for ``study.enqueue_trial``):
         knobs with a single value here are set, not sampled, so they are left out."""
-        dims = {"dtype": self.dtypes, **self.knobs}
         ignored = superseded(config)
-        return {name: KNOBS[name].dump(KNOBS[name].validate(value)) for name, value in config.items()
-                if name in dims and _is_sampled(dims[name]) and name not in ignored}
+        params = {name: KNOBS[name].dump(KNOBS[name].validate(value)) for name, value in config.items()
+                  if name in self.knobs and _is_sampled(self.knobs[name]) and name not in ignored}
+        if "dtype" in config and len(self.dtypes_on(config["path"])) > 1:
+            params[self._dtype_param(config["path"])] = KNOBS["dtype"].validate(config["dtype"])
+        return params
+
+    def dtypes_on(self, path: str) -> tuple[str, ...]:
+        """The dtypes of this study that ``path`` computes in (int8: the paths with a quantizer)."""
+        if path not in KNOBS["dtype"].paths:
+            return ()
+        return tuple(d for d in self.dtypes if KNOBS["dtype"].runs_on(d, path))
+
+    def _dtype_param(self, path: str) -> str:
+        """Optuna keeps one set of choices per param name: a path that runs fewer of the study's
+        dtypes samples its own."""
+        return "dtype" if self.dtypes_on(path) == self.dtypes else f"dtype on {path}"
 
     def _complete(self, recipe: Mapping[str, Any]) -> dict[str, Any] | None:
         path = recipe["path"]
         if path not in self.knobs["path"] or recipe["dtype"] not in self.dtypes:
+            return None
+        if path in KNOBS["dtype"].paths and recipe["dtype"] not in self.dtypes_on(path):
             return None
         if path not in KNOBS["dtype"].paths:  # float32 only: one recipe, whatever the dtypes
             if recipe["dtype"] != self.dtypes[0]:
@@ -327,7 +347,7 @@ class SearchSpace:
         else:
             config = {"path": path, "dtype": recipe["dtype"]}
         for name, dim in self.knobs.items():
-            if name == "path" or path not in KNOBS[name].paths:
+            if name == "path" or not KNOBS[name].applies(path, config.get("dtype", "float32")):
                 continue
             if name in superseded(recipe):  # ignored by the compile: canonical default
                 config[name] = KNOBS[name].default
@@ -389,6 +409,19 @@ def _drop_unavailable_paths(values: tuple) -> tuple:
         raise SpaceError(f"no path of {', '.join(values)} can run here; the torch paths "
                          f"({TORCHSCRIPT}, {INDUCTOR}) always can")
     return tuple(kept)
+
+
+def _drop_paths_without(values: tuple, dtypes: tuple[str, ...]) -> tuple:
+    """Paths that compute in none of the study's dtypes (int8 alone: the paths without a
+    quantizer) leave the space, one INFO line each."""
+    dtype = KNOBS["dtype"]
+    kept = tuple(p for p in values if p not in dtype.paths or any(dtype.runs_on(d, p) for d in dtypes))
+    for name in values:
+        if name not in kept:
+            log.info("search space: dropped path=%s: it computes in none of %s", name, ", ".join(dtypes))
+    if not kept:
+        raise SpaceError(f"no path of {', '.join(values)} computes in {', '.join(dtypes)}")
+    return kept
 
 
 def _restrict_dtypes(dtypes: Sequence[str], features: frozenset[str]) -> tuple[str, ...]:

@@ -8,12 +8,16 @@
     objective: latency
     budget: {trials: 60, timeout: 30m}
     space: default             # shipped name, or a path relative to the study file
+    data: batches.pt           # your inputs (int8 needs them): a file relative to the study
+                               # file, or module:callable
+    min_agreement: 0.99        # top-1 agreement with float32 a reduced dtype must keep
 
 and ``tune_request``, which merges one with the options a user gave into a TuneRequest.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, replace
@@ -25,14 +29,18 @@ from yaml.nodes import Node, SequenceNode
 from backend.errors import KnobError
 from backend.knobs import KNOBS
 
+from .data import FORMS, NO_DATA
 from .errors import StudyError
 from .evidence import MAX_ROUNDS
 from .models import ModelSpec
 from .space import YamlFile, looks_like_path
 from .tuner import TuneRequest
+from .worker import MIN_AGREEMENT
+
+log = logging.getLogger("autotune")
 
 STUDY_KEYS = ("model", "batch_size", "input_shape", "checkpoint", "dtypes", "objective",
-              "budget", "space", "description")
+              "budget", "space", "description", "data", "min_agreement")
 BUDGET_KEYS = ("trials", "timeout")
 OBJECTIVES = ("latency",)
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -90,6 +98,8 @@ def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
         else {"trials": None, "timeout": None},
         "space": _space(doc, *get("space", "default"), here),
         "description": _text(doc, *get("description", "")),
+        "data": _data(doc, *get("data"), here),
+        "min_agreement": _agreement(doc, *get("min_agreement", MIN_AGREEMENT)),
         "source": doc.name,
     }
 
@@ -116,6 +126,26 @@ def _checkpoint(doc: YamlFile, checkpoint: Any, node: Node | None, here: Path) -
     if not isinstance(checkpoint, str):
         doc.fail(node, f"checkpoint {checkpoint!r}: expected the path of a state_dict file")
     return str(here / checkpoint)
+
+
+def _data(doc: YamlFile, data: Any, node: Node | None, here: Path) -> str | None:
+    if data is None:
+        return None
+    if not isinstance(data, str) or not data.strip():
+        doc.fail(node, f"data {data!r}: expected {FORMS}")
+    return resolve_data(data, here)
+
+
+def resolve_data(data: str, here: Path) -> str:
+    """A file (relative to ``here``) as an absolute path, for workers; module:callable as is."""
+    path = here / data
+    return str(path.resolve()) if path.exists() or ":" not in data else data
+
+
+def _agreement(doc: YamlFile, value: Any, node: Node | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        doc.fail(node, f"min_agreement {value!r}: expected a fraction in (0, 1], e.g. 0.99")
+    return float(value)
 
 
 def _dtypes(doc: YamlFile, dtypes: Any, node: Node | None) -> list[str]:
@@ -200,6 +230,8 @@ class RunOptions:
     max_wait: str | float | None = None            # for a quiet machine: "3m" or seconds
     cpus: list[int] | None = None
     jobs: int = 1
+    data: str | None = None                        # --data: a file or module:callable
+    min_agreement: float | None = None
 
 
 def model_spec(options: RunOptions, study: dict[str, Any] | None = None) -> ModelSpec:
@@ -238,8 +270,19 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
         raise StudyError(f"--max-confirm-rounds {options.confirm_max_rounds}: at most {MAX_ROUNDS}, "
                          "the most rounds whose verdicts keep their stated confidence")
     budget = study.get("budget", {})
+    data = resolve_data(options.data, Path.cwd()) if options.data else study.get("data")
+    dtypes = options.dtypes or tuple(study.get("dtypes", ["float32"]))
+    if "int8" in dtypes and not data:
+        if len(dtypes) == 1:
+            raise StudyError(NO_DATA)
+        log.warning(NO_DATA)
+        dtypes = tuple(d for d in dtypes if d != "int8")
+    if options.min_agreement is not None and not 0 < options.min_agreement <= 1:
+        raise StudyError(f"--min-agreement {options.min_agreement}: expected a fraction in (0, 1], "
+                         "e.g. 0.99")
     given = {
-        "dtypes": options.dtypes or tuple(study.get("dtypes", ["float32"])),
+        "dtypes": dtypes, "data": data,
+        "min_agreement": options.min_agreement or study.get("min_agreement"),
         "space": options.space or study.get("space") or "default",
         "trials": options.trials or budget.get("trials"),
         "timeout_s": _seconds(options.timeout) if options.timeout else budget.get("timeout"),

@@ -28,7 +28,7 @@ from .models import ModelSpec
 from .space import SearchSpace, load_space
 from .trial_attrs import DETERMINISTIC, LOST, FailureKind
 from .workbench import Bench, Candidate
-from .worker import PRUNE_RUNS, TrialFailure
+from .worker import MIN_AGREEMENT, PRUNE_RUNS, TrialFailure
 
 log = logging.getLogger("autotune")
 
@@ -56,6 +56,8 @@ class TuneRequest:
     cpus: list[int] | None = None           # pin workers here; threads default to their count
     jobs: int = 1                           # parallel workers on disjoint core slices
     store_winner: bool = True
+    data: str | None = None                 # the user's inputs: int8 calibration, accuracy gate
+    min_agreement: float = MIN_AGREEMENT    # top-1 agreement with float32 a reduced dtype keeps
 
     @property
     def storage_url(self) -> str:
@@ -92,7 +94,8 @@ class TuneRequest:
                      cpus=self.cpus, memory_limit_mb=self.memory_limit_mb,
                      timeout_s=self.trial_timeout_s, tolerance=self.tolerance,
                      rounds=self.confirm_rounds, round_measure=self.confirm_measure,
-                     max_rounds=self.confirm_max_rounds, max_wait_s=self.max_wait_s)
+                     max_rounds=self.confirm_max_rounds, max_wait_s=self.max_wait_s,
+                     data=self.data, min_agreement=self.min_agreement)
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,8 @@ def _tell_measured(study: optuna.Study, trial: optuna.Trial, ready: dict, measur
     stats = measured["stats"]
     for key in attrs.READY_KEYS:
         trial.set_user_attr(key, ready[key])
+    if "accuracy" in ready:
+        trial.set_user_attr(attrs.ACCURACY_FIGURES, ready["accuracy"])
     for key, value in stats.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr(attrs.PEAK_RSS_MB, round(peak_rss_mb, 1))

@@ -18,11 +18,11 @@ import torch
 from backend import BackendConfig
 from backend.store import ConfigStore
 
-from . import quiet
+from . import data, quiet
 from .bench import MeasureSettings, Stats
 from .errors import StudyError
 from .models import ModelSpec, build, module_origin
-from .worker import EAGER, TOLERANCES, TrialFailure, WorkerProcess, WorkerSpec
+from .worker import EAGER, MIN_AGREEMENT, TOLERANCES, TrialFailure, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("autotune")
 
@@ -39,6 +39,7 @@ class Candidate:
     # one per interleaved round: None where it failed, or where the machine was busy (quiet.py)
     round_medians: tuple[float | None, ...] = ()
     noisy: bool = False               # its stats come from rounds measured on a busy machine
+    accuracy: dict | None = None      # a reduced-precision candidate's gate figures
 
     def paired_with(self, other: "Candidate") -> tuple[list, list]:
         """Both candidates' medians of the rounds each measured on a quiet machine."""
@@ -62,6 +63,8 @@ class Bench:
     round_measure: MeasureSettings    # one candidate in one round
     max_rounds: int = 0               # more rounds while ``until`` says undecided, up to this
     max_wait_s: float = 0.0           # for a quiet machine before each round (quiet.py)
+    data: str | None = None           # the user's inputs (autotune.data)
+    min_agreement: float = MIN_AGREEMENT
 
     @property
     def cpus_used(self) -> list[int]:
@@ -83,14 +86,17 @@ class Bench:
 
     def preflight(self) -> None:
         """Fail on a bad model, input shape or storage URL before any study or worker exists."""
-        build(self.model, check=True)
+        _, inputs = build(self.model, check=True)
+        if self.data:
+            data.load(self.data, inputs)
         ConfigStore(self.storage_url).close()
 
     def spec(self, candidate: dict | str, dtype: str = "float32") -> WorkerSpec:
         """A worker's task: knob values, or a baseline's kind, run in ``dtype``."""
         return WorkerSpec(model=self.model.to_dict(), candidate=candidate,
                           reference_path=self.reference, tolerance=self.tolerance or TOLERANCES[dtype],
-                          threads=self.threads, env={"IPEX_AUTOTUNE_STORAGE": self.storage_url})
+                          threads=self.threads, env={"IPEX_AUTOTUNE_STORAGE": self.storage_url},
+                          data=self.data, min_agreement=self.min_agreement)
 
     def start(self, spec: WorkerSpec, heartbeat: Callable[[], None] | None = None) -> WorkerProcess:
         return WorkerProcess(spec, memory_limit_mb=self.memory_limit_mb, heartbeat=heartbeat,
@@ -152,7 +158,8 @@ class Bench:
             name = starting.pop(0)
             try:
                 ready = workers[name].wait_ready(self.timeout_s)
-                started[name] = replace(started[name], graphs=tuple(ready.get("graphs", [])))
+                started[name] = replace(started[name], graphs=tuple(ready.get("graphs", [])),
+                                        accuracy=ready.get("accuracy"))
             except TrialFailure as failure:
                 started[name] = replace(started[name], failure=failure.reason)
                 workers.pop(name).close()

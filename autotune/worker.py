@@ -35,7 +35,10 @@ PEERS = (OPENVINO_BACKEND, ONNXRUNTIME_EXPORTED)
 
 
 # Relative error allowed against the eager float32 output, per dtype (README; --tolerance).
-TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2}
+# int8 is judged by the accuracy gate on the user's data alone: on the random example input,
+# only outputs that are not classifications are held to its bound.
+TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2, "int8": 1e-1}
+MIN_AGREEMENT = 0.99  # top-1 agreement with float32 on held-out data (--min-agreement)
 
 
 class TrialFailure(Exception):
@@ -55,6 +58,8 @@ class WorkerSpec:
     tolerance: float = TOLERANCES["float32"]  # max |out - ref| / max |ref|
     threads: int = 0                  # intra-op threads for baselines (configs carry their own)
     env: dict = field(default_factory=dict)
+    data: str | None = None           # the user's inputs (autotune.data): int8 and the gate
+    min_agreement: float = MIN_AGREEMENT
 
 
 # --------------------------------------------------------------------------------------- child side
@@ -180,25 +185,33 @@ def _relative_error(spec: WorkerSpec, output: Any) -> float:
 
 
 def _prepare(spec: WorkerSpec) -> dict:
+    import contextlib
+
     import torch
 
-    from backend import compiler
+    from backend import compiler, quantization
 
+    from . import data
     from .models import ModelSpec, build
 
     config = _set_threads(spec)
     model, inputs = build(ModelSpec.from_dict(spec.model))
+    split = data.load(spec.data, inputs) if spec.data else None
     fn = _compiled(spec, model, config)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.candidate == EAGER_BF16)
-    with torch.no_grad(), autocast, compiler.recording() as graphs:
+    calibration = quantization.calibrating(split.calibration) if split else contextlib.nullcontext()
+    with torch.no_grad(), autocast, compiler.recording() as graphs, calibration:
         start = time.perf_counter()
         output = fn(*inputs)
         compile_s = time.perf_counter() - start
         error = _relative_error(spec, output)
-    if not error <= spec.tolerance:  # also catches NaN
+    reduced = config is not None and config.dtype != "float32"
+    # int8 on random inputs is held to nothing but the gate on the user's data
+    if not error <= spec.tolerance and not (reduced and config.dtype == "int8"):  # also NaN
         raise TrialFailure(FailureKind.ACCURACY, f"relative error {error:.3g} exceeds the tolerance "
                            f"{spec.tolerance:g}")
     _refuse_engine_fallbacks(config, graphs)
+    accuracy = _accuracy_gate(spec, model, fn, split) if reduced and split else None
 
     def call():
         with torch.no_grad(), autocast:
@@ -209,7 +222,44 @@ def _prepare(spec: WorkerSpec) -> dict:
               "torch_version": torch.__version__}
     if config is not None:
         report["config_id"] = config.config_id
+    if accuracy is not None:
+        report["accuracy"] = accuracy
     return {"call": call, "report": report}
+
+
+def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> dict:
+    """A reduced-precision candidate's outputs on the held-out batches against the float32
+    model's: top-1 agreement for classifications, else the relative error. Fails the trial
+    below the bound; otherwise its figures, for the trial and the store."""
+    import torch
+
+    references, outputs = [], []
+    with torch.no_grad():
+        for batch in split.held_out:
+            references.append(_first_tensor(model(*batch)).float())
+            outputs.append(_first_tensor(fn(*batch)).float())
+    reference, output = torch.cat(references), torch.cat(outputs)
+    inputs = sum(int(batch[0].shape[0]) for batch in split.held_out)
+    if reference.dim() == 2 and reference.shape[1] > 1:
+        value = (reference.argmax(1) == output.argmax(1)).float().mean().item()
+        figures = {"metric": "top-1 agreement with float32", "value": round(value, 6),
+                   "bound": spec.min_agreement, "inputs": inputs}
+        passed, shown = value >= spec.min_agreement, f"{100 * value:.2f}% < {100 * spec.min_agreement:.2f}%"
+        option = "--min-agreement"
+    else:
+        value = ((output - reference).abs().max() / (reference.abs().max() or 1.0)).item()
+        figures = {"metric": "relative error against float32", "value": value,
+                   "bound": spec.tolerance, "inputs": inputs}
+        passed, shown = value <= spec.tolerance, f"{value:.3g} > {spec.tolerance:g}"
+        option = "--tolerance"
+    if not passed:  # NaN fails both comparisons
+        raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: {figures['metric']} on {inputs} "
+                           f"held-out inputs is {shown}, the bound ({option})")
+    return figures
+
+
+def _first_tensor(output: Any) -> Any:
+    return output if not isinstance(output, (list, tuple)) else output[0]
 
 
 def _refuse_engine_fallbacks(config: Any, graphs: list[dict]) -> None:
@@ -217,6 +267,12 @@ def _refuse_engine_fallbacks(config: Any, graphs: list[dict]) -> None:
     the engine (a TorchScript fallback is stored as what it ran; see confirmation.py)."""
     from backend.knobs import ENGINE_TITLES
 
+    if config is not None and config.dtype == "int8":
+        lost = [g for g in graphs if g["config"].get("dtype") != "int8"]
+        if lost:
+            why = "; ".join(lost[0].get("fallbacks", ())) or "see the compile warning"
+            raise TrialFailure(FailureKind.CONFIG, f"int8 did not apply to {len(lost)} of "
+                               f"{len(graphs)} graphs: {why}")
     if config is None or config.path not in ENGINE_TITLES:
         return
     elsewhere = [g for g in graphs if g["config"]["path"] != config.path]

@@ -17,7 +17,8 @@ from .graph import cast_float_outputs_to_float32, constant_mask, graph_tensors, 
 from .knobs import KNOBS, TORCHSCRIPT, check_threads, get_knob, turned_off_by_request
 from .notices import warn_once
 from .optimize import OPTIMIZE_MARK
-from .quantization import Int8Unavailable
+from .engines import weights_digest
+from .quantization import Int8Unavailable, QuantizedModel, using_stored
 from .store import default_storage_url
 
 log = logging.getLogger("backend")
@@ -76,8 +77,10 @@ def fallback_config(options: Mapping[str, Any] | None,
 
 
 def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[str, Any] | None,
-                   keys: Mapping[str, Any]) -> tuple[BackendConfig, str, BackendConfig | None]:
-    """(config, where it came from, what to use if it fails to compile).
+                   keys: Mapping[str, Any], weights: Callable[[], str] | None = None
+                   ) -> tuple[BackendConfig, str, BackendConfig | None, QuantizedModel | None]:
+    """(config, where it came from, what to use if it fails to compile, the stored int8 model
+    if the config is int8). ``weights()``: the graph's weights digest, for int8 records.
 
     Order: explicit options; the store (exact graph, then nearest batch size) unless
     ``options={"autotune": False}``; optimize() knobs; defaults.
@@ -85,11 +88,11 @@ def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[st
     fallback, source = fallback_config(options, optimize_knobs)
     explicit = any(k not in CONTROL_OPTIONS for k in (options or {}))
     if explicit or not (options or {}).get("autotune", True):
-        return fallback, source, None
-    found = lookup.find(dict(keys), (options or {}).get("store") or default_storage_url())
+        return fallback, source, None, None
+    found = lookup.find(dict(keys), (options or {}).get("store") or default_storage_url(), weights)
     if found is None:
-        return fallback, source, None
-    return found.config, found.describe(), fallback
+        return fallback, source, None, None
+    return found.config, found.describe(), fallback, found.quantized
 
 
 def _apply_process_knobs(config: BackendConfig) -> None:
@@ -154,9 +157,11 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     if mode is not None:
         raise KnobError(f"the ipex backend takes no mode (got {mode!r}); pass knobs in options=")
     keys = graph_keys(gm, example_inputs)
-    config, source, fallback = resolve_config(options, _optimize_knobs(gm, example_inputs), keys)
+    config, source, fallback, quantized = resolve_config(
+        options, _optimize_knobs(gm, example_inputs), keys, weights_of(gm, example_inputs))
     try:
-        compiled, used = compile_graph(gm, example_inputs, config)
+        with using_stored(quantized):
+            compiled, used = compile_graph(gm, example_inputs, config)
     except Exception as exc:
         if fallback is None:
             raise
@@ -168,12 +173,18 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     for graphs in _recorders:
         graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
                        "dtype": used.dtype, "source": source,
-                       **({"fallbacks": compiled.fallbacks} if hasattr(compiled, "fallbacks") else {})})
+                       **({"fallbacks": compiled.fallbacks} if hasattr(compiled, "fallbacks") else {}),
+                       **({"quantized": compiled.quantized.describe()} if hasattr(compiled, "quantized") else {})})
     log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
              used.config_id, used.non_default(), source)
     _state.last = {"config": used, "source": source, **keys}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
+
+
+def weights_of(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[[], str]:
+    """The graph's weights digest, computed when asked (only an int8 record asks)."""
+    return lambda: weights_digest(gm, example_inputs, constant_mask(gm, example_inputs))
 
 
 def graph_keys(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> dict[str, Any]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .config import BackendConfig
 from .errors import AutotuneError, StoreError
 from .fingerprint import hardware_key
 from .notices import warn_once
+from .quantization import INT8, QuantizedModel
 from .store import ConfigStore, TunedRecord
 
 log = logging.getLogger("backend")
@@ -23,6 +24,7 @@ class Found:
     config: BackendConfig
     record: TunedRecord
     how: str  # "exact" or "nearest batch N"
+    quantized: QuantizedModel | None = None  # an int8 record's model
 
     def describe(self) -> str:
         return (f"store ({self.how}, study {self.record.study_name}, "
@@ -51,19 +53,34 @@ def clear_cache() -> None:
         _stores.clear()
 
 
-def find(keys: dict[str, Any], url: str) -> Found | None:
+def find(keys: dict[str, Any], url: str, weights: Callable[[], str] | None = None) -> Found | None:
     """The stored config for this graph on this hardware: exact key, else the nearest batch size.
 
+    An int8 record applies only to the weights it was calibrated for (``weights()``: their
+    digest); for other weights the best other record applies, and one warning says why.
     A missing store is silent: that is every process before the first ``autotune run``. Any other
     problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
     version cannot build) costs one warning and leaves the defaults in place.
     """
-    cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"])
+    found = _cached(url, keys, int8=True)
+    if found is not None and found.quantized is not None and weights is not None:
+        digest = weights()
+        if digest != found.quantized.weights_digest:
+            warn_once(f"int8-weights:{found.record.id}:{digest}",
+                      f"ipex backend: stored int8 config {found.config.config_id} was calibrated "
+                      "for other weights than this model's; not applying it (tune again with "
+                      "--data to quantize these weights); using the best other stored config")
+            found = _cached(url, keys, int8=False)
+    return found
+
+
+def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
+    cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"], int8)
     if cache_key in _cache:
         return _cache[cache_key]
     found = None
     try:
-        found = _find_in(_store(url), keys)
+        found = _find_in(_store(url), keys, int8)
     except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
         warn_once(f"lookup:{type(exc).__name__}",
                   f"ipex backend: tuned-config lookup failed, using defaults ({exc})")
@@ -71,14 +88,14 @@ def find(keys: dict[str, Any], url: str) -> Found | None:
     return found
 
 
-def _find_in(store: ConfigStore, keys: dict[str, Any]) -> Found | None:
+def _find_in(store: ConfigStore, keys: dict[str, Any], int8: bool) -> Found | None:
     if store.is_missing():
         return None
     if not store.has_tables():
         raise StoreError(f"config store {store.shown_url} holds no autotune tables (an empty file "
                          "or another program's database)")
     hw = hardware_key()
-    record = store.best(keys["workload_key"], hw)
+    record = store.best(keys["workload_key"], hw, int8=int8)
     how = "exact"
     if record is None and keys["batch_size"] is not None:
         record = store.nearest(keys["family_key"], hw, keys["batch_size"])
@@ -89,4 +106,11 @@ def _find_in(store: ConfigStore, keys: dict[str, Any]) -> Found | None:
                  "batch size %s", keys["batch_size"], record.batch_size)
     if record is None:
         return None
-    return Found(BackendConfig(record.config), record, how)
+    config = BackendConfig(record.config)
+    if config.dtype != INT8:
+        return Found(config, record, how)
+    precision = store.precision(record.id)
+    if precision is None or precision.quantized is None:  # put() refuses these: a foreign writer
+        raise StoreError(f"stored int8 config {config.config_id} (record {record.id}) has no "
+                         "quantized model")
+    return Found(config, record, how, precision.quantized)

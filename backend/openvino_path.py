@@ -6,6 +6,7 @@ the compiled blob, so a second process skips both conversion and compilation.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -90,7 +91,7 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
         if not cached(target):
             write_atomically(target, lambda tmp: _write_files(tmp, stored.files), suffixes=(".bin",))
         log.info("OpenVINO: int8 model from the store (%.1f MB)", stored.size / 1e6)
-        return target, stored
+        return target, dataclasses.replace(stored, source=str(target))
     batches = quantization.calibration_batches()
     if batches is None:
         raise Int8Unavailable(NO_CALIBRATION)
@@ -120,7 +121,7 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
                  len(batches), time.perf_counter() - start)
     files = {name: target.with_suffix(suffix).read_bytes()
              for name, suffix in (("model.xml", ".xml"), ("model.bin", ".bin"))}
-    return target, quantization.QuantizedModel(OPENVINO, graph.weights_digest, files)
+    return target, quantization.QuantizedModel(OPENVINO, graph.weights_digest, files, str(target))
 
 
 NO_CALIBRATION = ("int8 needs calibration data, and none was given: tune with `autotune run "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -33,6 +34,18 @@ class QuantizedModel:
     engine: str
     weights_digest: str
     files: dict[str, bytes]  # file name -> contents (OpenVINO: model.xml, model.bin)
+    source: str = ""         # the engine's own file of it, in the engines' cache
+
+    def describe(self) -> dict[str, str]:
+        """What a compile's record keeps of it (the tuner stores the files from ``source``)."""
+        return {"engine": self.engine, "weights_digest": self.weights_digest, "source": self.source}
+
+    @classmethod
+    def from_description(cls, described: dict[str, str]) -> "QuantizedModel":
+        """Back from ``describe``: the files read from the cache (FileNotFoundError if gone)."""
+        main = Path(described["source"])
+        files = {"model.xml": main.read_bytes(), "model.bin": main.with_suffix(".bin").read_bytes()}
+        return cls(described["engine"], described["weights_digest"], files, str(main))
 
     @property
     def size(self) -> int:

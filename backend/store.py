@@ -7,6 +7,7 @@ the default. Tables are prefixed ``autotune_`` because Optuna's tables share the
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -14,14 +15,15 @@ import random
 import re
 import sqlite3
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import (DateTime, Float, Index, Integer, String, Text, create_engine, delete, event,
-                        func, inspect, select)
+from sqlalchemy import (DateTime, Float, Index, Integer, LargeBinary, String, Text, create_engine,
+                        delete, event, func, inspect, select)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -304,6 +306,46 @@ class _Record(_Base):
         return TunedRecord(**values)
 
 
+class _Precision(_Base):
+    """What a reduced-precision record carries besides its config: the accuracy figures its gate
+    measured and, for int8, the quantized model bound to the weights it was calibrated for.
+    Added after schema 1 shipped: a store without this table reads as having none."""
+
+    __tablename__ = "autotune_precision"
+
+    record_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accuracy: Mapped[dict | None] = mapped_column(_JSONText, nullable=True)
+    engine: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    weights_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # a zip of its files
+
+
+_OPTIONAL_TABLES = {_Precision.__tablename__}
+
+
+@dataclass(frozen=True)
+class Precision:
+    accuracy: dict[str, Any] | None
+    quantized: Any = None  # backend.quantization.QuantizedModel
+
+
+def _zipped(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _unzipped(blob: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _is_int8(config: Mapping[str, Any]) -> bool:
+    return config.get("dtype") == "int8"
+
+
 # Fastest first; among equal medians the newer measurement wins.
 _BEST_FIRST = (_Record.median_ms.asc(), _Record.id.desc())
 
@@ -430,7 +472,8 @@ class ConfigStore:
             return False
         with self._session() as session:
             inspector = inspect(session.connection())
-            if not all(inspector.has_table(name) for name in _Base.metadata.tables):
+            if not all(inspector.has_table(name) for name in _Base.metadata.tables
+                       if name not in _OPTIONAL_TABLES):
                 return False
             version = session.scalar(select(_Meta.value).where(_Meta.key == "schema_version"))
         if version is not None and not re.fullmatch(r"\d+", version.strip()):
@@ -458,16 +501,23 @@ class ConfigStore:
         """Whether the autotune tables exist (and their schema is readable, else StoreError)."""
         return self._readable()
 
-    def put(self, record: TunedRecord) -> int:
-        return self.put_many([record])[0]
+    def put(self, record: TunedRecord, precision: Precision | None = None) -> int:
+        return self.put_many([record], [precision])[0]
 
-    def put_many(self, records: list[TunedRecord]) -> list[int]:
-        """Validate every record, then write all of them in one transaction, or none."""
+    def put_many(self, records: list[TunedRecord],
+                 precisions: list[Precision | None] | None = None) -> list[int]:
+        """Validate every record, then write all of them (with what each reduced-precision record
+        carries) in one transaction, or none. An int8 record without its quantized model is
+        refused: the lookup could not apply it, and it would hide the records it outruns."""
         if self.read_only:
             raise StoreError(f"config store {self._shown_url} is open read-only; cannot put")
+        precisions = precisions or [None] * len(records)
         rows = []
-        for record in records:
+        for record, precision in zip(records, precisions, strict=True):
             checked = checked_record(dataclasses.asdict(record))
+            if _is_int8(checked.config) and (precision is None or precision.quantized is None):
+                raise RecordError(f"config {checked.config_id} is int8 but comes without its "
+                                  "quantized model; only `autotune run --data` stores int8 configs")
             values = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TunedRecord)}
             values.update(median_ms=float(checked.latency["median_ms"]),
                           created_at=checked.created_at.replace(tzinfo=None))
@@ -475,7 +525,34 @@ class ConfigStore:
         with self._session() as session:
             session.add_all(rows)
             session.flush()
+            for row, precision in zip(rows, precisions):
+                if precision is not None:
+                    quantized = precision.quantized
+                    session.add(_Precision(
+                        record_id=row.id, accuracy=precision.accuracy,
+                        engine=quantized.engine if quantized else None,
+                        weights_digest=quantized.weights_digest if quantized else None,
+                        model=_zipped(quantized.files) if quantized else None))
             return [row.id for row in rows]
+
+    def precision(self, record_id: int, *, with_model: bool = True) -> Precision | None:
+        """The accuracy figures (and, ``with_model``, the quantized model) a record carries."""
+        from .quantization import QuantizedModel
+
+        if not self._readable():
+            return None
+        with self._session() as session:
+            if not inspect(session.connection()).has_table(_Precision.__tablename__):
+                return None
+            columns = [_Precision.accuracy, _Precision.engine, _Precision.weights_digest]
+            row = session.execute(select(*columns, *([_Precision.model] if with_model else []))
+                                  .where(_Precision.record_id == record_id)).first()
+        if row is None:
+            return None
+        quantized = None
+        if with_model and row.model is not None:
+            quantized = QuantizedModel(row.engine, row.weights_digest, _unzipped(row.model))
+        return Precision(row.accuracy, quantized)
 
     def claim(self, name: str, owner: str) -> bool:
         """True for exactly one caller per ``name``, across processes and hosts."""
@@ -502,22 +579,30 @@ class ConfigStore:
         with self._session() as session:
             return session.scalar(select(_Claim.owner).where(_Claim.name == name))
 
-    def _first(self, *conditions, order=_BEST_FIRST) -> TunedRecord | None:
+    def _first(self, *conditions, order=_BEST_FIRST, int8: bool = True) -> TunedRecord | None:
         if not self._readable():
             return None
         with self._session() as session:
-            row = session.scalars(select(_Record).where(*conditions).order_by(*order).limit(1)).first()
-            return row.to_record() if row else None
+            query = select(_Record).where(*conditions).order_by(*order)
+            if int8:
+                row = session.scalars(query.limit(1)).first()
+                return row.to_record() if row else None
+            return next((row.to_record() for row in session.scalars(query)
+                         if not _is_int8(row.config)), None)
 
-    def best(self, workload_key: str, hardware_key: str) -> TunedRecord | None:
+    def best(self, workload_key: str, hardware_key: str, *, int8: bool = True) -> TunedRecord | None:
+        """``int8=False``: the best record that is not int8 (the lookup's choice when the
+        weights are not the ones an int8 record was calibrated for)."""
         return self._first(_Record.workload_key == workload_key,
-                           _Record.hardware_key == hardware_key)
+                           _Record.hardware_key == hardware_key, int8=int8)
 
     def nearest(self, family_key: str, hardware_key: str, batch_size: int) -> TunedRecord | None:
+        """Never int8: a quantized model holds its own graph's shapes."""
         return self._first(
             _Record.family_key == family_key, _Record.hardware_key == hardware_key,
             _Record.batch_size != batch_size,  # also skips records without a batch size
-            order=(func.abs(_Record.batch_size - batch_size), _Record.batch_size, *_BEST_FIRST))
+            order=(func.abs(_Record.batch_size - batch_size), _Record.batch_size, *_BEST_FIRST),
+            int8=False)
 
     def list(self, model_label: str | None = None,
              hardware_key: str | None = None) -> list[TunedRecord]:
