@@ -61,3 +61,15 @@ def classifier():
 def batches(count: int, seed: int) -> list[torch.Tensor]:
     x, _ = images(count * BATCH, seed)
     return list(x.split(BATCH))
+
+
+def fragile_classifier():
+    """A classifier whose classes differ by 1e-4 of their logits: float32 still ranks them, but
+    int8's rounding of the head's input reorders them (the gate must refuse it)."""
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    with torch.no_grad():
+        common = model.head.weight.mean(0, keepdim=True)
+        model.head.weight.copy_(common + 1e-4 * (model.head.weight - common))
+        model.head.bias.zero_()
+    return model, lambda batch: (torch.randn(batch, 3, SIZE, SIZE),)

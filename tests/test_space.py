@@ -53,7 +53,7 @@ def test_shipped_spaces_load_from_the_installed_package():
         "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
         "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
         "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
-        "threads", "ort_optimization_level"}
+        "threads", "ort_optimization_level", "ov_int8_preset", "ov_int8_model_type"}
     assert space.knobs["freezing"] == (True, False)
     assert "gemm_backends" not in space.knobs  # CPP alone fails on models with bmm
     assert load_space("quick").knobs["path"] == (TORCHSCRIPT, INDUCTOR)

@@ -1,0 +1,227 @@
+"""int8: calibrated on the user's data, gated on held-out data, stored with the weights it was
+calibrated for, applied by the lookup in a fresh process, refused without data."""
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import int8_models
+from backend import BackendConfig, lookup, quantization
+from backend.errors import KnobError, RecordError
+from backend.store import ConfigStore, TunedRecord
+from tuning import worker_pythonpath
+
+TESTS = os.path.dirname(__file__)
+ENV = {**os.environ, "PYTHONPATH": worker_pythonpath()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A classifier trained on data it makes, its checkpoint, and a file of its inputs."""
+    folder = tmp_path_factory.mktemp("int8")
+    model = int8_models.train()
+    checkpoint, data = folder / "trained.pt", folder / "batches.pt"
+    torch.save(model.state_dict(), checkpoint)
+    torch.save(int8_models.batches(32, seed=99), data)  # 16 calibrate, 16 held out
+    space = folder / "space.yaml"
+    space.write_text("knobs:\n  path: [openvino]\n  ov_int8_preset: [performance, mixed]\n")
+    return {"folder": folder, "checkpoint": str(checkpoint), "data": str(data),
+            "space": str(space), "model": model}
+
+
+def _tune(url, study, *extra, model="int8_models:classifier"):
+    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", model, "--batch-size",
+            str(int8_models.BATCH), "--trials", "2", "--study-name", study, "--storage", url,
+            "--seed", "0", "--measure-seconds", "0.3", "--confirm-rounds", "5",
+            "--max-confirm-rounds", "8", "--confirm-top", "1", "--max-wait", "5s", *extra]
+    return subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tuned(trained):
+    url = f"sqlite:///{trained['folder']}/tuned.db"
+    run = _tune(url, "int8", "--checkpoint", trained["checkpoint"], "--dtype", "int8",
+                "--data", trained["data"], "--space", trained["space"])
+    assert run.returncode == 0, run.stdout + run.stderr
+    return {**trained, "url": url, "run": run}
+
+
+LOOKUP = textwrap.dedent("""
+    import json, sys, torch
+    import backend, int8_models
+    model, _ = int8_models.classifier()
+    model.load_state_dict(torch.load(sys.argv[1]))
+    if sys.argv[2] == "changed":
+        with torch.no_grad():
+            model.head.bias += 0.01
+    compiled = torch.compile(model, backend="ipex")
+    batches = torch.load(sys.argv[3])[16:]
+    with torch.no_grad():
+        ours = torch.cat([compiled(b) for b in batches]).argmax(1)
+        theirs = torch.cat([model(b) for b in batches]).argmax(1)
+    print(json.dumps({"config": backend.last_compile()["config"].to_dict(),
+                      "source": backend.last_compile()["source"],
+                      "agreement": (ours == theirs).float().mean().item()}))
+""")
+
+
+def _lookup(tuned, weights: str, tmp_path):
+    env = {**ENV, "IPEX_AUTOTUNE_STORAGE": tuned["url"],
+           "IPEX_AUTOTUNE_CACHE": str(tmp_path / "fresh-cache")}  # nothing from the tuner's cache
+    run = subprocess.run([sys.executable, "-c", LOOKUP, tuned["checkpoint"], weights, tuned["data"]],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+def test_the_tuned_int8_config_passes_the_gate_is_stored_and_is_applied_in_a_fresh_process(tuned, tmp_path):
+    with ConfigStore(tuned["url"], read_only=True) as store:
+        [record] = store.list()
+        precision = store.precision(record.id)
+    assert record.config["dtype"] == "int8", tuned["run"].stdout
+    assert precision.accuracy["metric"] == "top-1 agreement with float32"
+    assert precision.accuracy["value"] >= 0.99 and precision.accuracy["inputs"] == 16 * 8
+    assert precision.quantized.engine == "openvino" and precision.quantized.size > 0
+
+    applied, log = _lookup(tuned, "same", tmp_path)
+    assert applied["config"]["dtype"] == "int8" and applied["source"].startswith("store"), log
+    assert "int8 model from the store" in log or "calibrated for other weights" not in log
+    assert applied["agreement"] >= 0.99
+
+
+def test_weights_changed_after_calibration_are_detected_and_int8_is_not_applied(tuned, tmp_path):
+    applied, log = _lookup(tuned, "changed", tmp_path)
+    assert applied["config"].get("dtype", "float32") == "float32"
+    assert log.count("was calibrated for other weights than this model's") == 1, log
+
+
+def test_a_config_whose_accuracy_fails_the_gate_is_never_stored(trained):
+    url = f"sqlite:///{trained['folder']}/fragile.db"
+    run = _tune(url, "fragile", "--dtype", "int8", "--data", trained["data"], "--space",
+                trained["space"], model="int8_models:fragile_classifier")
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        reasons = [r for (r,) in db.execute(
+            "select value_json from trial_user_attributes where key = 'failure_reason'")]
+        stored = [json.loads(c) for (c,) in db.execute("select config from autotune_records")]
+    assert reasons and all("accuracy gate: top-1 agreement with float32" in json.loads(r)
+                           and "the bound (--min-agreement)" in json.loads(r) for r in reasons), reasons
+    assert not any(c.get("dtype") == "int8" for c in stored), run.stdout
+
+
+def test_int8_without_data_is_refused_with_its_reason(tmp_path):
+    url = f"sqlite:///{tmp_path}/none.db"
+    alone = _tune(url, "alone", "--dtype", "int8")
+    assert alone.returncode != 0
+    assert "int8 is not tried: it needs --data" in alone.stderr
+    assert "random inputs calibrate random scales" in alone.stderr
+    # beside another dtype it is dropped with the same line (the missing space stops the run)
+    beside = _tune(url, "beside", "--dtype", "float32,int8", "--space", str(tmp_path / "none.yaml"))
+    assert beside.stderr.count("int8 is not tried: it needs --data") == 1
+    assert not os.path.exists(tmp_path / "none.db")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing.pt", "no such file, and not module:callable"),
+    ("wrong_shape.pt", "batch 0 has [8, 3, 16, 16] float32; the model's example input has "
+                       "[8, 3, 32, 32] float32"),
+    ("one_batch.pt", "at least 2 are needed"),
+])
+def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message):
+    torch.save([torch.randn(8, 3, 16, 16)] * 2, tmp_path / "wrong_shape.pt")
+    torch.save(torch.randn(8, 3, 32, 32), tmp_path / "one_batch.pt")
+    url = f"sqlite:///{tmp_path}/bad.db"
+    run = _tune(url, "bad", "--dtype", "int8", "--data", str(tmp_path / bad))
+    assert run.returncode != 0 and message in run.stderr, run.stderr
+    assert not os.path.exists(tmp_path / "bad.db")
+
+
+def test_int8_compiles_on_the_calibration_batches_and_agrees_with_float32(trained):
+    torch._dynamo.reset()
+    model = trained["model"]
+    batches = int8_models.batches(8, seed=3)
+    compiled = torch.compile(model, backend="ipex", options={"path": "openvino", "dtype": "int8"})
+    with quantization.calibrating(batches[:4]), torch.no_grad():
+        compiled(batches[0])
+    held_out = torch.cat(batches[4:])
+    with torch.no_grad():
+        ours = torch.cat([compiled(b) for b in batches[4:]])
+        assert (ours.argmax(1) == model(held_out).argmax(1)).float().mean() >= 0.99
+    import backend
+    assert backend.last_compile()["config"].dtype == "int8"
+
+
+def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_one_warning(
+        trained, caplog):
+    model = trained["model"]
+    x = int8_models.batches(1, seed=4)[0]
+    cases = [(None, "int8 needs calibration data, and none was given"),
+             ([torch.randn(2, 3, 32, 32)] * 2, "the calibration batches do not match this "
+                                               "graph's inputs (a batch has [2, 3, 32, 32] float32")]
+    for batches, message in cases:
+        torch._dynamo.reset()
+        caplog.clear()
+        compiled = torch.compile(model, backend="ipex", options={"path": "openvino", "dtype": "int8"})
+        scope = quantization.calibrating(batches) if batches else torch.no_grad()
+        with caplog.at_level(logging.WARNING, logger="backend"), scope, torch.no_grad():
+            compiled(x)
+            compiled(x)
+        import backend
+        assert backend.last_compile()["config"].dtype == "float32"
+        warnings = [r.getMessage() for r in caplog.records if "int8 is unavailable" in r.getMessage()]
+        assert len(warnings) == 1 and message in warnings[0], warnings
+        assert "compiling it in float32 on the OpenVINO path instead" in warnings[0]
+
+
+def test_int8_runs_only_on_a_path_with_a_quantizer():
+    with pytest.raises(KnobError, match="'int8' runs only on path openvino, but path is 'torchscript'"):
+        BackendConfig({"path": "torchscript", "dtype": "int8"})
+    with pytest.raises(KnobError, match="applies only to dtype int8, but dtype is 'float32'"):
+        BackendConfig({"path": "openvino", "ov_int8_preset": "mixed"})
+    from autotune.space import load_space
+    space = load_space("default").restrict(dtypes=("int8",))
+    assert "torchscript" not in space.knobs["path"] and "inductor" not in space.knobs["path"]
+
+
+def _record(config):
+    return TunedRecord(workload_key="wl-x", hardware_key="hw-x", family_key="fam", batch_size=8,
+                       model_label="m", config=config, config_id="", latency={"median_ms": 1.0},
+                       baselines={}, speedup=2.0, torch_version=str(torch.__version__),
+                       study_name="s", hardware={"cpu": "c"})
+
+
+def test_an_int8_record_without_its_quantized_model_is_refused_by_every_path_into_the_store(tmp_path):
+    url = f"sqlite:///{tmp_path}/store.db"
+    with ConfigStore(url) as store:
+        with pytest.raises(RecordError, match="is int8 but comes without its quantized model"):
+            store.put(_record({"path": "openvino", "dtype": "int8"}))
+        assert store.list() == []
+    export = tmp_path / "export.yaml"
+    import yaml
+    record = _record({"path": "openvino", "dtype": "int8"}).to_dict()
+    record["hardware"] = {"cpu": "c", "features": [], "cores": 2, "sockets": 1, "machine": "x86_64"}
+    export.write_text(yaml.safe_dump({"records": [record]}))
+    run = subprocess.run([sys.executable, "-m", "autotune.cli", "import", str(export), "--storage", url],
+                         env=ENV, capture_output=True, text=True)
+    assert run.returncode != 0 and "without its quantized model" in run.stderr, run.stderr
+    with ConfigStore(url) as store:
+        assert store.list() == []
+
+
+def test_a_store_made_before_the_precision_table_still_answers_the_lookup(tmp_path):
+    path = tmp_path / "old.db"
+    with ConfigStore(f"sqlite:///{path}") as store:
+        store.put(_record({"path": "inductor"}))
+    with sqlite3.connect(path) as db:
+        db.execute("drop table autotune_precision")
+    with ConfigStore(f"sqlite:///{path}", read_only=True) as store:
+        [record] = store.list()
+        assert store.best("wl-x", "hw-x").config["path"] == "inductor"
+        assert store.precision(record.id) is None
+    lookup.clear_cache()
