@@ -251,19 +251,30 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from backend.store import accuracy_text
+
     store = _store(args)
     records = [r for r in store.list(model_label=args.model)]
     if not records:
         raise AutotuneError(f"no tuned config for model {args.model!r} in the store; "
                             f"`autotune ls` lists what is there")
     for r in records:
-        print(yaml.safe_dump(r.to_dict(), sort_keys=False))
+        precision = store.precision(r.id, with_model=False)
+        shown = {**r.to_dict(), **({"accuracy": accuracy_text(precision.accuracy)}
+                                   if precision and precision.accuracy else {})}
+        print(yaml.safe_dump(shown, sort_keys=False))
     return 0
 
 
 def cmd_export(args) -> int:
+    from backend.store import precision_to_dict
+
     store = _store(args)
-    records = [r.to_dict() for r in store.list(model_label=args.model)]
+    records = []
+    for r in store.list(model_label=args.model):
+        precision = store.precision(r.id)
+        records.append({**r.to_dict(), **({"precision": precision_to_dict(precision)}
+                                          if precision else {})})
     text = yaml.safe_dump({"ipex_autotune_export": 1, "records": records}, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)
@@ -276,7 +287,7 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from backend.errors import RecordError
-    from backend.store import checked_record
+    from backend.store import checked_record, precision_from_dict
 
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -290,13 +301,20 @@ def cmd_import(args) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise AutotuneError(f"{args.file} is not an `autotune export` file (expected a mapping "
                             "with a 'records' list); nothing imported")
-    records = []
+    records, precisions = [], []
     for i, item in enumerate(data["records"]):
         try:
-            records.append(checked_record(item, recompute_hardware_key=True))
+            if not isinstance(item, dict):
+                raise RecordError(f"got {type(item).__name__}; expected a mapping of record fields")
+            fields = {k: v for k, v in item.items() if k != "precision"}
+            records.append(checked_record(fields, recompute_hardware_key=True))
+            precisions.append(precision_from_dict(item["precision"]) if "precision" in item else None)
         except RecordError as exc:
             raise AutotuneError(f"{args.file}: record {i}: {exc}; nothing imported") from None
-    ids = _store(args, read_only=False).put_many(records)
+    try:
+        ids = _store(args, read_only=False).put_many(records, precisions)
+    except RecordError as exc:
+        raise AutotuneError(f"{args.file}: {exc}; nothing imported") from None
     print(f"imported {len(ids)} record(s)")
     return 0
 

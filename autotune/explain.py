@@ -19,7 +19,7 @@ from backend import compiler, lookup
 from backend.config import BackendConfig
 from backend.errors import StoreError
 from backend.fingerprint import hardware_info, hardware_key
-from backend.store import ConfigStore, TunedRecord, default_storage_url
+from backend.store import ConfigStore, TunedRecord, accuracy_text, default_storage_url
 
 from .evidence import stored_evidence
 from .errors import AutotuneError
@@ -70,14 +70,17 @@ def _host_line() -> str:
             f"torch {torch.__version__}")
 
 
-def _why_stored(record: TunedRecord) -> str:
+def _why_stored(record: TunedRecord, url: str) -> str:
     torch_note = "" if record.torch_version == torch.__version__ else \
         f" (this process runs torch {torch.__version__}; retune to be sure it still wins)"
+    with ConfigStore(url, read_only=True) as store:
+        precision = store.precision(record.id, with_model=False)
+    accuracy = f"; {accuracy_text(precision.accuracy)}" if precision and precision.accuracy else ""
     return (f"record {record.id} of study {record.study_name}, tuned on {record.hardware_key} "
             f"(this host) for batch size {record.batch_size}: median "
             f"{record.latency['median_ms']:.3f} ms, {record.speedup:.2f}x over the backend "
             f"default when tuned ({stored_evidence(record.latency)}), torch "
-            f"{record.torch_version}{torch_note}")
+            f"{record.torch_version}{torch_note}{accuracy}")
 
 
 def _why_not_stored(spec: ModelSpec, url: str, keys: dict[str, Any]) -> str:
@@ -118,7 +121,7 @@ def explain_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
     plans = plan(spec, storage)
     lines = [f"model {spec.name}; store {url}", _host_line()]
     for number, p in enumerate(plans, 1):
-        why = _why_stored(p.record) if p.record else _why_not_stored(spec, url, p.keys)
+        why = _why_stored(p.record, url) if p.record else _why_not_stored(spec, url, p.keys)
         lines += [f"graph {number}/{len(plans)}: {p.keys['workload_key']} "
                   f"(family {p.keys['family_key']}, batch size {p.keys['batch_size']})",
                   f"  applies {p.config.config_id} {p.config.non_default()}",

@@ -12,7 +12,7 @@ import platform
 from collections import defaultdict
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import optuna
 import plotly
@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from backend.knobs import KNOBS
-from backend.store import ConfigStore, TunedRecord, default_storage_url
+from backend.store import ConfigStore, TunedRecord, accuracy_text, default_storage_url
 
 from . import trial_attrs as attrs
 from .reading import find_study, read_only_storage
@@ -317,7 +317,8 @@ def _failures(trials: list[FrozenTrial]) -> str:
     return _table(["trial", "kind", "reason", "config", "peak memory"], rows, numeric=(4,)) + text
 
 
-def _store_section(records: Sequence[TunedRecord], study_name: str) -> str:
+def _store_section(records: Sequence[TunedRecord], study_name: str,
+                   accuracies: Mapping[int, dict] | None = None) -> str:
     if not records:
         return _note("The store holds no tuned config yet.")
     by_hw: dict[str, list[TunedRecord]] = defaultdict(list)
@@ -335,10 +336,12 @@ def _store_section(records: Sequence[TunedRecord], study_name: str) -> str:
             rows.append([r.model_label, r.batch_size or "-", _ms(r.latency.get("median_ms")),
                          _x(r.speedup),
                          *[_x(b / r.latency["median_ms"]) if b else "-" for b in base.values()],
-                         stored_evidence(r.latency), _knobs_text(r.config), r.torch_version, r.study_name,
-                         _as_utc(r.created_at).strftime("%Y-%m-%d %H:%M")])
+                         stored_evidence(r.latency), _knobs_text(r.config),
+                         accuracy_text((accuracies or {}).get(r.id)) or "-", r.torch_version,
+                         r.study_name, _as_utc(r.created_at).strftime("%Y-%m-%d %H:%M")])
         parts.append(_table(["model", "batch", "median", "vs backend default",
-                             "vs torch.compile default", "vs eager", "evidence", "config", "torch", "study",
+                             "vs torch.compile default", "vs eager", "evidence", "config",
+                             "accuracy (reduced precision)", "torch", "study",
                              "stored (UTC)"], rows, numeric=(1, 2, 3, 4, 5),
                             row_class=["this" if r.study_name == study_name else "" for r in group]))
     return "".join(parts)
@@ -391,7 +394,8 @@ tr.changed td,tr.this td{background:#eef8f6}tr.changed td:first-child{font-weigh
 
 
 def build_report(study: optuna.Study, records: Sequence[TunedRecord] = (), *,
-                 generated: datetime | None = None) -> str:
+                 generated: datetime | None = None,
+                 accuracies: Mapping[int, dict] | None = None) -> str:
     """The whole report as one HTML page; plotly.js is inlined, so it opens offline."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -413,7 +417,7 @@ def build_report(study: optuna.Study, records: Sequence[TunedRecord] = (), *,
         ("Knob importances", importance_html),
         ("Effect of the most important knobs", _effects(complete, importances)),
         ("Failed trials", _failures(trials)),
-        ("Tuned models on this store", _store_section(records, study.study_name)),
+        ("Tuned models on this store", _store_section(records, study.study_name, accuracies)),
         ("Machine and versions", _machine(study)),
     ]
     body = "".join(f"<section><h2>{_esc(h)}</h2>{content}</section>" for h, content in sections)
@@ -432,4 +436,6 @@ def report_for(storage_url: str | None = None, *, study_name: str | None = None,
                        batch_size=batch_size)
     with ConfigStore(url, read_only=True) as store:
         records = store.list()
-    return build_report(study, records)
+        accuracies = {r.id: p.accuracy for r in records
+                      if (p := store.precision(r.id, with_model=False)) and p.accuracy}
+    return build_report(study, records, accuracies=accuracies)

@@ -6,6 +6,7 @@ the default. Tables are prefixed ``autotune_`` because Optuna's tables share the
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -327,6 +328,47 @@ _OPTIONAL_TABLES = {_Precision.__tablename__}
 class Precision:
     accuracy: dict[str, Any] | None
     quantized: Any = None  # backend.quantization.QuantizedModel
+
+
+def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
+    """One line for a gate's figures: "top-1 agreement with float32 99.22% on 128 held-out
+    inputs (bound 99%)"; "" for a record without them (float32)."""
+    if not accuracy:
+        return ""
+    value, bound = accuracy["value"], accuracy["bound"]
+    if accuracy["metric"].startswith("top-1"):
+        shown, bound_text = f"{100 * value:.2f}%", f"at least {100 * bound:g}%"
+    else:
+        shown, bound_text = f"{value:.3g}", f"at most {bound:g}"
+    return f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs (bound {bound_text})"
+
+
+def precision_to_dict(precision: Precision) -> dict[str, Any]:
+    """For `autotune export`: the figures and the quantized model (a base64 zip)."""
+    quantized = precision.quantized
+    return {"accuracy": precision.accuracy,
+            **({"engine": quantized.engine, "weights_digest": quantized.weights_digest,
+                "model_zip_base64": base64.b64encode(_zipped(quantized.files)).decode()}
+               if quantized else {})}
+
+
+def precision_from_dict(data: Any) -> Precision:
+    """Back from ``precision_to_dict``; RecordError naming what is wrong."""
+    from .quantization import QuantizedModel
+
+    if not isinstance(data, Mapping) or not isinstance(data.get("accuracy"), (Mapping, type(None))):
+        raise RecordError(f"precision: got {data!r}; expected a mapping with accuracy (and, for "
+                          "int8, engine, weights_digest and model_zip_base64)")
+    quantized = None
+    if "model_zip_base64" in data:
+        try:
+            files = _unzipped(base64.b64decode(data["model_zip_base64"], validate=True))
+        except (ValueError, zipfile.BadZipFile, TypeError) as exc:
+            raise RecordError(f"precision.model_zip_base64: not a base64 zip ({exc})") from None
+        if not isinstance(data.get("engine"), str) or not isinstance(data.get("weights_digest"), str):
+            raise RecordError("precision: a quantized model needs its engine and weights_digest")
+        quantized = QuantizedModel(data["engine"], data["weights_digest"], files)
+    return Precision(dict(data["accuracy"]) if data["accuracy"] else None, quantized)
 
 
 def _zipped(files: Mapping[str, bytes]) -> bytes:
