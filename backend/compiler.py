@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import lookup, paths
+from . import lookup, paths, quantization
 from .config import BackendConfig
 from .errors import KnobError, PathUnavailable, first_line
 from .fingerprint import workload_key
@@ -18,7 +18,7 @@ from .knobs import KNOBS, TORCHSCRIPT, check_threads, get_knob, turned_off_by_re
 from .notices import warn_once
 from .optimize import OPTIMIZE_MARK
 from .engines import weights_digest
-from .quantization import Int8Unavailable, QuantizedModel, using_stored
+from .quantization import INT8, Int8Unavailable, QuantizedModel, using_stored
 from .store import default_storage_url
 
 log = logging.getLogger("backend")
@@ -72,7 +72,8 @@ def fallback_config(options: Mapping[str, Any] | None,
     explicit.update(turned_off_by_request(explicit, path))
     explicit_config = BackendConfig({"path": path, **explicit})  # strict: bad options fail here
     values = {"path": explicit_config.path, **(optimize_knobs or {}), **explicit}
-    source = "options" if explicit else ("optimize()" if optimize_knobs else "default")
+    source = "options" if explicit else ("convert()" if (optimize_knobs or {}).get("dtype") == INT8
+                                         else "optimize()" if optimize_knobs else "default")
     return BackendConfig(values, lenient_paths=True), source
 
 
@@ -86,7 +87,9 @@ def resolve_config(options: Mapping[str, Any] | None, optimize_knobs: Mapping[st
     ``options={"autotune": False}``; optimize() knobs; defaults.
     """
     fallback, source = fallback_config(options, optimize_knobs)
-    explicit = any(k not in CONTROL_OPTIONS for k in (options or {}))
+    # a model quantized by hand (quantization.convert) asked for int8: the store does not override it
+    explicit = any(k not in CONTROL_OPTIONS for k in (options or {})) or \
+        (optimize_knobs or {}).get("dtype") == INT8
     if explicit or not (options or {}).get("autotune", True):
         return fallback, source, None, None
     found = lookup.find(dict(keys), (options or {}).get("store") or default_storage_url(), weights)
@@ -159,8 +162,11 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     keys = graph_keys(gm, example_inputs)
     config, source, fallback, quantized = resolve_config(
         options, _optimize_knobs(gm, example_inputs), keys, weights_of(gm, example_inputs))
+    marked = quantization.marked_batches(graph_tensors(gm, example_inputs))
+    by_hand = quantization.calibrating(marked) if marked and quantization.calibration_batches() is None \
+        else contextlib.nullcontext()
     try:
-        with using_stored(quantized):
+        with using_stored(quantized), by_hand:
             compiled, used = compile_graph(gm, example_inputs, config)
     except Exception as exc:
         if fallback is None:

@@ -6,8 +6,10 @@ the compiled blob, so a second process skips both conversion and compilation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import threading
 import time
@@ -108,7 +110,8 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
             dataset = nncf.Dataset([[t.contiguous().numpy() for t in batch] for batch in batches])
             model_type = nncf.ModelType.TRANSFORMER if config.ov_int8_model_type == "transformer" else None
             preset = nncf.QuantizationPreset(config.ov_int8_preset)
-            with warnings.catch_warnings():
+            # NNCF draws progress bars on stdout, which belongs to the user's program
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 quantized = nncf.quantize(core.read_model(float_target), dataset, preset=preset,
                                           model_type=model_type, subset_size=len(batches))

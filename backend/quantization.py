@@ -10,6 +10,7 @@ NNCF's (backend/openvino_path.py); nothing here computes a scale.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +106,61 @@ def matching_batches(batches: list[Batch], user_inputs: Sequence[torch.Tensor]) 
 
 def _shapes(signature: list[tuple[tuple[int, ...], torch.dtype]]) -> str:
     return ", ".join(f"{list(shape)} {str(dtype).replace('torch.', '')}" for shape, dtype in signature)
+
+
+# --- by hand, in the spirit of ipex.quantization: prepare, calibrate, convert, torch.compile ---
+
+CALIBRATION_MARK = "_ipex_int8_calibration"  # on every parameter and buffer of a converted model
+
+
+class Prepared(torch.nn.Module):
+    """The float model; each call also keeps its inputs, as calibration data for ``convert``."""
+
+    def __init__(self, model: torch.nn.Module, knobs: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.knobs = knobs
+        self.batches: list[Batch] = []
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        self.batches.append(tuple(t.detach().clone() for t in inputs))
+        return self.model(*inputs)
+
+
+def prepare(model: torch.nn.Module, *, preset: str = "performance", model_type: str = "cnn",
+            inplace: bool = False) -> Prepared:
+    """Wrap an inference model for calibration: run your calibration batches through the result,
+    then ``convert`` it. ``preset`` and ``model_type`` are the ov_int8_* knobs."""
+    from .config import BackendConfig  # here: config imports this module's siblings
+
+    knobs = {"path": "openvino", "dtype": INT8, "ov_int8_preset": preset,
+             "ov_int8_model_type": model_type}
+    BackendConfig(knobs)  # the knobs' own validation: a bad value names the valid ones
+    model = model if inplace else copy.deepcopy(model)
+    return Prepared(model.eval(), knobs)
+
+
+def convert(prepared: Prepared) -> torch.nn.Module:
+    """The calibrated model, marked so that ``torch.compile(model, backend="ipex")`` quantizes
+    it to int8 on the batches it saw (explicit ``options=`` still win over the mark)."""
+    if not isinstance(prepared, Prepared):
+        raise TypeError(f"convert() takes what prepare() returned, not {type(prepared).__name__}")
+    if not prepared.batches:
+        raise ValueError("convert(): the prepared model has seen no inputs; run your calibration "
+                         "batches through it first (prepared(batch) for each)")
+    from .optimize import OPTIMIZE_MARK
+
+    model = prepared.model
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        setattr(tensor, OPTIMIZE_MARK, dict(prepared.knobs))
+        setattr(tensor, CALIBRATION_MARK, prepared.batches)
+    return model
+
+
+def marked_batches(tensors: Sequence[Any]) -> list[Batch] | None:
+    """The calibration batches ``convert`` put on a graph's weights, if any."""
+    for tensor in tensors:
+        batches = getattr(tensor, CALIBRATION_MARK, None)
+        if batches:
+            return batches
+    return None

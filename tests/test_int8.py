@@ -225,3 +225,39 @@ def test_a_store_made_before_the_precision_table_still_answers_the_lookup(tmp_pa
         assert store.best("wl-x", "hw-x").config["path"] == "inductor"
         assert store.precision(record.id) is None
     lookup.clear_cache()
+
+
+def test_prepare_calibrate_convert_then_torch_compile_runs_int8_by_hand(trained):
+    import backend as ipex
+    torch._dynamo.reset()
+    prepared = ipex.prepare(trained["model"])
+    calibration, held_out = int8_models.batches(4, seed=11), int8_models.batches(4, seed=12)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+        compiled = torch.compile(ipex.convert(prepared), backend="ipex", options={"autotune": False})
+        ours = torch.cat([compiled(b) for b in held_out]).argmax(1)
+        theirs = torch.cat([trained["model"](b) for b in held_out]).argmax(1)
+    assert ipex.last_compile()["config"].dtype == "int8"
+    assert ipex.last_compile()["source"] == "convert()"
+    assert (ours == theirs).float().mean() >= 0.99
+    with pytest.raises(ValueError, match="has seen no inputs"):
+        ipex.convert(ipex.prepare(trained["model"]))
+    with pytest.raises(KnobError, match="valid values: 'performance', 'mixed'"):
+        ipex.prepare(trained["model"], preset="fast")
+
+
+def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_model(tuned, tmp_path):
+    def cli(*argv):
+        run = subprocess.run([sys.executable, "-m", "autotune.cli", *argv], env=ENV,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+    shown = cli("show", "int8_models:classifier", "--storage", tuned["url"])
+    assert "accuracy: top-1 agreement with float32" in shown
+    cli("export", "-o", str(tmp_path / "export.yaml"), "--storage", tuned["url"])
+    copy = f"sqlite:///{tmp_path}/copy.db"
+    cli("import", str(tmp_path / "export.yaml"), "--storage", copy)
+    with ConfigStore(tuned["url"], read_only=True) as a, ConfigStore(copy, read_only=True) as b:
+        [original], [imported] = a.list(), b.list()
+        assert b.precision(imported.id) == a.precision(original.id)
