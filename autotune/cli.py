@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -167,14 +168,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from backend.store import accuracy_text
+
+    from .data import NO_DATA
+    from .study_file import resolve_data
+    from .worker import MIN_AGREEMENT
     from .compare import compare, named_for
     from .confirmation import BEST_STATIC
     from .study_file import parse_duration
     from .tuner import TuneRequest
     from .worker import EAGER
 
-    request = TuneRequest(model=_model_spec(args), dtypes=args.dtype or ("float32",),
-                          storage=args.storage, confirm_rounds=args.rounds)
+    dtypes = args.dtype or ("float32",)
+    if "int8" in dtypes and not args.data:
+        raise AutotuneError(NO_DATA)
+    request = TuneRequest(model=_model_spec(args), dtypes=dtypes, storage=args.storage,
+                          confirm_rounds=args.rounds,
+                          data=args.data and resolve_data(args.data, Path.cwd()),
+                          min_agreement=args.min_agreement or MIN_AGREEMENT)
     zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds)
@@ -188,7 +199,7 @@ def cmd_compare(args) -> int:
     static = result.candidates[best_static].stats if best_static else None
     width = max(len(name) for name in result.candidates)
     print(f"{'candidate':{width}s} {'median ms':>10s} {'IQR %':>6s} {'vs eager':>9s} {'vs static':>10s} "
-          f"{'GFLOP/s':>8s} {'% FMA peak':>10s}")
+          f"{'GFLOP/s':>8s} {'% FMA peak':>10s}  accuracy (reduced precision, held-out data)")
     for name, cand in result.candidates.items():
         s = cand.stats
         if s is None:
@@ -198,7 +209,7 @@ def cmd_compare(args) -> int:
         print(f"{name:{width}s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "
-              f"{100 * rate / fma if fma else float('nan'):9.1f}%")
+              f"{100 * rate / fma if fma else float('nan'):9.1f}%  {accuracy_text(cand.accuracy)}")
     print(f"\nmodel: {result.gflop:.2f} GFLOP per forward; machine ({request.threads} threads): "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.peaks.items() if v)
           + "; FMA peaks are the best of one measurement per round; % FMA peak is of the "
@@ -413,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--checkpoint")
     comp.add_argument("--dtype", type=_parse_dtypes, help="dtypes to include, e.g. float32,bfloat16")
     comp.add_argument("--rounds", type=_positive_int, default=5)
+    comp.add_argument("--data", help="your own inputs, as for `run` (int8 needs them; bfloat16 "
+                      "and int8 are gated on the held-out part)")
+    comp.add_argument("--min-agreement", type=float, help="as for `run` (default 0.99)")
     comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
     comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
                       "(default 3m)")

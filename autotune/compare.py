@@ -81,6 +81,8 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
         for name, recipe in STATIC_RECIPES.items():
             if recipe["path"] not in KNOBS["dtype"].paths and dtype != request.dtypes[0]:
                 continue  # ONNX Runtime takes no dtype: once, as the search space has it
+            if recipe["path"] in KNOBS["dtype"].paths and not KNOBS["dtype"].runs_on(dtype, recipe["path"]):
+                continue  # int8 on a path without a quantizer
             dtype_knob = {"dtype": dtype} if recipe["path"] in KNOBS["dtype"].paths else {}
             config = BackendConfig({**recipe, "threads": threads, **dtype_knob})
             named = named_for(name, config.dtype)  # ONNX Runtime's is float32 in any study
