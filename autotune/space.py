@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SPACE_KEYS = ("knobs", "description")
 RANGE_KEYS = ("low", "high", "log")
+_NARROW_FIRST = ("int8", "bfloat16", "float32")
 
 # Known-good configs, by the names reports give them: the tuner enqueues them before any
 # sampling (warm start), once per allowed dtype; `autotune compare` measures each of them.
@@ -305,7 +306,8 @@ class SearchSpace:
         once per dtype; recipes outside this space are left out. Enqueue them with
         ``study.enqueue_trial(space.params_for(recipe))``."""
         recipes: list[dict[str, Any]] = []
-        for dtype in self.dtypes if dtypes is None else dtypes:
+        # the narrowest dtype first: int8 is the biggest lever, and a short budget must reach it
+        for dtype in sorted(self.dtypes if dtypes is None else dtypes, key=_NARROW_FIRST.index):
             for recipe in STATIC_RECIPES.values():
                 config = self._complete({**recipe, "dtype": dtype})
                 if config is not None and config not in recipes:

@@ -166,7 +166,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     by_hand = quantization.calibrating(marked) if marked and quantization.calibration_batches() is None \
         else contextlib.nullcontext()
     try:
-        with using_stored(quantized), by_hand:
+        stored = using_stored(quantized) if quantized else contextlib.nullcontext()
+        with stored, by_hand:
             compiled, used = compile_graph(gm, example_inputs, config)
     except Exception as exc:
         if fallback is None:

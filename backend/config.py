@@ -35,6 +35,7 @@ class BackendConfig(Mapping[str, Any]):
     epilogue_fusion: bool
     pattern_matcher: bool
     simdlen: int | str
+    pt2e_int8_activations: str
     tiling_heuristics: bool
     min_chunk_size: int
     max_horizontal_fusion_size: int

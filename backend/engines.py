@@ -28,7 +28,7 @@ from .graph import (ambient_autocast_dtype, constant_mask, lift_constants, non_t
 CACHE_ENV = "IPEX_AUTOTUNE_CACHE"
 CACHE_LIMIT_ENV = "IPEX_AUTOTUNE_CACHE_MB"
 CACHE_LIMIT_MB = 4096  # a tuning run writes a model per engine config it tries: keep the newest
-CACHE_SUFFIXES = (".xml", ".bin", ".onnx", ".blob")  # what the engines write, and prune
+CACHE_SUFFIXES = (".xml", ".bin", ".onnx", ".blob", ".pt2")  # what the engines write, and prune
 
 
 class EngineUnavailable(PathUnavailable):

@@ -113,6 +113,9 @@ def outputs_close(expected: Any, actual: Any, rtol: float, atol: float) -> str |
     return None
 
 
+LIFTED_PREFIX = "_lifted_constant_"
+
+
 def lift_constants(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
                    ) -> tuple[torch.fx.GraphModule, list[int]]:
     """Turn lifted parameter/buffer inputs back into graph attributes.
@@ -127,7 +130,7 @@ def lift_constants(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
     for i, (node, is_constant, value) in enumerate(zip(placeholders, mask, example_inputs)):
         if not is_constant:
             continue
-        name = f"_lifted_constant_{i}"
+        name = f"{LIFTED_PREFIX}{i}"
         gm.register_buffer(name, value.detach())
         with gm.graph.inserting_before(first_real):
             attr = gm.graph.get_attr(name)

@@ -202,17 +202,19 @@ _KNOB_LIST = [
     Knob("dtype", str, "float32", paths=frozenset({TORCHSCRIPT, INDUCTOR, OPENVINO}),
          choices=("float32", "bfloat16", "int8"),
          requires={"bfloat16": ("mkldnn_bf16",)},
-         value_paths={"int8": frozenset({OPENVINO})},
+         value_paths={"int8": frozenset({OPENVINO, INDUCTOR})},
          lands=(Effect("CPU autocast around trace and compile"),
-                Effect("int8: NNCF post-training quantization, calibrated on the user's data"),
+                Effect("int8: post-training quantization calibrated on the user's data, by NNCF "
+                       "(OpenVINO) or torchao's PT2E X86InductorQuantizer (Inductor, frozen)"),
                 # an int8 model runs its quantized ops in int8 and the rest in f32
                 EngineOption(OPENVINO, "INFERENCE_PRECISION_HINT",
                              {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}.get)),
          doc="Compute dtype; bfloat16 runs the graph under CPU autocast (OpenVINO: bf16 "
-             "inference precision), outputs stay float32. int8 (OpenVINO path): static "
-             "post-training quantization by NNCF, calibrated on the data given to `autotune run "
-             "--data` or `prepare`/`convert`; a lookup applies the stored quantized model only to "
-             "the weights it was calibrated for."),
+             "inference precision), outputs stay float32. int8 (OpenVINO, Inductor): "
+             "post-training quantization by NNCF or torchao's PT2E flow (Inductor then freezes, "
+             "whatever `freezing` says), calibrated on the data given to `autotune run --data` or "
+             "`prepare`/`convert`; a lookup applies the stored quantized model only to the weights "
+             "it was calibrated for."),
     Knob("weights_prepack", bool, True, paths=frozenset({TORCHSCRIPT, INDUCTOR}),
          lands=(Effect("TorchScript MKLDNN conversion pass"), InductorOption("cpp.weight_prepack")),
          doc="Prepack conv/linear weights into oneDNN blocked layouts at compile time "
@@ -263,6 +265,11 @@ _KNOB_LIST = [
          requires={256: ("avx2",), 512: ("avx512f",)}, dump=str,
          lands=(InductorOption("cpp.simdlen", _auto_is_none),),
          doc="Vector width of generated C++ kernels in bits (auto: best the CPU supports)."),
+    Knob("pt2e_int8_activations", str, "static", paths=frozenset({INDUCTOR}),
+         dtypes=frozenset({"int8"}), choices=("static", "dynamic"),
+         lands=(Effect("torchao X86InductorQuantizer config (is_dynamic)"),),
+         doc="int8 on Inductor: activation scales calibrated once (static, for convolutions) or "
+             "computed per call (dynamic, for linear-heavy graphs such as transformers)."),
     Knob("tiling_heuristics", bool, True, paths=frozenset({INDUCTOR}),
          lands=(InductorOption("cpp.enable_tiling_heuristics"),),
          doc="Inductor's C++ tiling heuristics (2-D tiling for transposes and reductions)."),

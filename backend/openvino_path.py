@@ -93,10 +93,10 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
         if not cached(target):
             write_atomically(target, lambda tmp: _write_files(tmp, stored.files), suffixes=(".bin",))
         log.info("OpenVINO: int8 model from the store (%.1f MB)", stored.size / 1e6)
-        return target, dataclasses.replace(stored, source=str(target))
+        return target, dataclasses.replace(stored, paths=_ir_paths(target))
     batches = quantization.calibration_batches()
     if batches is None:
-        raise Int8Unavailable(NO_CALIBRATION)
+        raise Int8Unavailable(quantization.NO_CALIBRATION)
     batches = quantization.matching_batches(batches, graph.user_inputs)
     nncf = load_engine("nncf", "NNCF")
     target = graph.cache_path(OPENVINO, ".xml", [
@@ -124,11 +124,11 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
                  len(batches), time.perf_counter() - start)
     files = {name: target.with_suffix(suffix).read_bytes()
              for name, suffix in (("model.xml", ".xml"), ("model.bin", ".bin"))}
-    return target, quantization.QuantizedModel(OPENVINO, graph.weights_digest, files, str(target))
+    return target, quantization.QuantizedModel(OPENVINO, graph.weights_digest, files, _ir_paths(target))
 
 
-NO_CALIBRATION = ("int8 needs calibration data, and none was given: tune with `autotune run "
-                  "--dtype int8 --data BATCHES`, or quantize by hand with backend.prepare/convert")
+def _ir_paths(target) -> tuple[tuple[str, str], ...]:
+    return (("model.xml", str(target)), ("model.bin", str(target.with_suffix(".bin"))))
 
 
 def _digest(*blobs: bytes) -> str:

@@ -4,7 +4,8 @@ A graph is quantized while calibration batches are given (``calibrating``: the t
 ``prepare``/``convert``); the result is a ``QuantizedModel``, bound to the weights it was
 calibrated for. The lookup hands a stored one back (``using_stored``), so that
 ``torch.compile(backend="ipex")`` applies int8 with no data at hand. Quantization itself is
-NNCF's (backend/openvino_path.py); nothing here computes a scale.
+NNCF's (backend/openvino_path.py) or torchao's PT2E flow (backend/inductor.py); nothing here
+computes a scale.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from .errors import PathUnavailable
 
 INT8 = "int8"
+NO_CALIBRATION = ("int8 needs calibration data, and none was given: tune with `autotune run "
+                  "--dtype int8 --data BATCHES`, or quantize by hand with backend.prepare/convert")
 _state = threading.local()
 
 
@@ -35,18 +38,19 @@ class QuantizedModel:
     engine: str
     weights_digest: str
     files: dict[str, bytes]  # file name -> contents (OpenVINO: model.xml, model.bin)
-    source: str = ""         # the engine's own file of it, in the engines' cache
+    paths: tuple[tuple[str, str], ...] = ()  # file name -> its copy in the engines' cache
 
-    def describe(self) -> dict[str, str]:
-        """What a compile's record keeps of it (the tuner stores the files from ``source``)."""
-        return {"engine": self.engine, "weights_digest": self.weights_digest, "source": self.source}
+    def describe(self) -> dict[str, Any]:
+        """What a compile's record keeps of it: the tuner stores the files from the cache."""
+        return {"engine": self.engine, "weights_digest": self.weights_digest,
+                "files": dict(self.paths)}
 
     @classmethod
-    def from_description(cls, described: dict[str, str]) -> "QuantizedModel":
+    def from_description(cls, described: dict[str, Any]) -> "QuantizedModel":
         """Back from ``describe``: the files read from the cache (FileNotFoundError if gone)."""
-        main = Path(described["source"])
-        files = {"model.xml": main.read_bytes(), "model.bin": main.with_suffix(".bin").read_bytes()}
-        return cls(described["engine"], described["weights_digest"], files, str(main))
+        files = {name: Path(path).read_bytes() for name, path in described["files"].items()}
+        return cls(described["engine"], described["weights_digest"], files,
+                   tuple(described["files"].items()))
 
     @property
     def size(self) -> int:

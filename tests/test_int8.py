@@ -142,19 +142,54 @@ def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message):
     assert not os.path.exists(tmp_path / "bad.db")
 
 
-def test_int8_compiles_on_the_calibration_batches_and_agrees_with_float32(trained):
+INT8_CONFIGS = [{"path": "openvino", "dtype": "int8"},
+                {"path": "openvino", "dtype": "int8", "ov_int8_preset": "mixed",
+                 "ov_int8_model_type": "transformer"},
+                {"path": "inductor", "dtype": "int8"},
+                {"path": "inductor", "dtype": "int8", "pt2e_int8_activations": "dynamic"}]
+
+
+def _calibrated(model, options, batches):
+    """Compiled with ``options`` on the calibration ``batches``: the callable and its record."""
+    from backend import compiler
     torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ipex", options=options)
+    with quantization.calibrating(batches), torch.no_grad(), compiler.recording() as graphs:
+        compiled(batches[0])
+    return compiled, graphs
+
+
+@pytest.mark.parametrize("options", INT8_CONFIGS, ids=lambda o: "-".join(map(str, o.values())))
+def test_every_int8_knob_value_compiles_on_the_calibration_batches_and_agrees_with_float32(
+        trained, options):
     model = trained["model"]
     batches = int8_models.batches(8, seed=3)
-    compiled = torch.compile(model, backend="ipex", options={"path": "openvino", "dtype": "int8"})
-    with quantization.calibrating(batches[:4]), torch.no_grad():
-        compiled(batches[0])
-    held_out = torch.cat(batches[4:])
+    compiled, graphs = _calibrated(model, options, batches[:4])
     with torch.no_grad():
         ours = torch.cat([compiled(b) for b in batches[4:]])
-        assert (ours.argmax(1) == model(held_out).argmax(1)).float().mean() >= 0.99
-    import backend
-    assert backend.last_compile()["config"].dtype == "int8"
+        assert (ours.argmax(1) == model(torch.cat(batches[4:])).argmax(1)).float().mean() >= 0.99
+    [graph] = graphs
+    assert BackendConfig(graph["config"]) == BackendConfig(options)  # applied, no fallback
+    assert graph["quantized"]["engine"] == options["path"]
+
+
+def test_a_stored_inductor_int8_model_is_applied_in_a_fresh_process(trained, tmp_path):
+    """The tuner's path into the store, step by step: a calibrated compile's record, its
+    quantized model read from the cache, put with the record; then a fresh process looks it up."""
+    from backend.fingerprint import hardware_info, hardware_key
+    from backend.store import Precision
+    _, [graph] = _calibrated(trained["model"], INT8_CONFIGS[2], int8_models.batches(8, seed=3))
+    quantized = quantization.QuantizedModel.from_description(graph["quantized"])
+    url = f"sqlite:///{tmp_path}/inductor.db"
+    with ConfigStore(url) as store:
+        record = _record(graph["config"])
+        record.workload_key, record.family_key = graph["workload_key"], graph["family_key"]
+        record.hardware_key = hardware_key(hardware_info())
+        store.put(record, Precision({"metric": "top-1 agreement with float32", "value": 1.0,
+                                     "bound": 0.99, "inputs": 32}, quantized))
+    applied, log = _lookup({**trained, "url": url}, "same", tmp_path)
+    assert applied["config"]["path"] == "inductor" and applied["config"]["dtype"] == "int8", log
+    assert applied["agreement"] >= 0.99
 
 
 def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_one_warning(
@@ -180,13 +215,14 @@ def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_
 
 
 def test_int8_runs_only_on_a_path_with_a_quantizer():
-    with pytest.raises(KnobError, match="'int8' runs only on path openvino, but path is 'torchscript'"):
+    with pytest.raises(KnobError, match="'int8' runs only on path inductor or openvino, but path "
+                                        "is 'torchscript'"):
         BackendConfig({"path": "torchscript", "dtype": "int8"})
     with pytest.raises(KnobError, match="applies only to dtype int8, but dtype is 'float32'"):
         BackendConfig({"path": "openvino", "ov_int8_preset": "mixed"})
     from autotune.space import load_space
     space = load_space("default").restrict(dtypes=("int8",))
-    assert "torchscript" not in space.knobs["path"] and "inductor" not in space.knobs["path"]
+    assert space.knobs["path"] == ("inductor", "openvino", "onnxruntime")
 
 
 def _record(config):
