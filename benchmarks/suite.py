@@ -2,7 +2,7 @@
 
     python benchmarks/suite.py [--models resnet50:1,resnet50:16,mobilenet_v3_large:1,efficientnet_b0:1,vit_b_16:1,resnet18:1]
                                [--dtype float32] [--trials 25] [--timeout 15m] [-o benchmarks/results.md]
-                               [--images N]   (with --dtype float32,int8: N batches of synthetic images)
+                               [--images N]   (with --dtype float32,int8: N synthetic images)
 
 For each model: `autotune run` (default budget unless given), then `autotune compare` (static
 recipes, backend defaults, the tuned config through the store lookup, interleaved in fresh
@@ -38,18 +38,20 @@ STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, O
 
 
 def columns(dtype: str, dtypes: tuple[str, ...] = ()) -> list[str]:
-    int8 = [named_for(OPENVINO_LATENCY, "int8")] if "int8" in dtypes else []
+    int8 = [named_for(OPENVINO_LATENCY, "int8"), named_for(INDUCTOR_DEFAULT, "int8")] \
+        if "int8" in dtypes else []
     return [EAGER, TORCH_COMPILE_DEFAULT, *PEERS, *[named_for(c, dtype) for c in STATIC_COLUMNS],
             *int8, IPEX_LOOKUP]
 
 
 def synthetic_images(spec: ModelSpec, count: int, folder: str) -> str:
-    """``count`` batches of smooth random images, the model's input shape: no image dataset can
-    be downloaded here, and white noise would calibrate int8 to noise. A file for --data."""
+    """``count`` smooth random images of the model's input shape, in batches: no image dataset
+    can be downloaded here, and white noise would calibrate int8 to noise. A file for --data."""
     _, inputs = build(spec)
     generator = torch.Generator().manual_seed(1)
     shape = inputs[0].shape
-    coarse = torch.randn(count * shape[0], shape[1], max(2, shape[2] // 16), max(2, shape[3] // 16),
+    count -= count % shape[0]
+    coarse = torch.randn(count, shape[1], max(2, shape[2] // 16), max(2, shape[3] // 16),
                          generator=generator)
     images = torch.nn.functional.interpolate(coarse, size=tuple(shape[2:]), mode="bicubic")
     images += 0.1 * torch.randn(images.shape, generator=generator)
@@ -117,8 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--storage")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=0,
-                        help="batches of synthetic images for --data (int8 needs them): half "
-                             "calibrate, half judge accuracy")
+                        help="synthetic images for --data (int8 needs them): half calibrate, "
+                             "half judge accuracy")
     parser.add_argument("-o", "--output", default="benchmarks/results.md")
     args = parser.parse_args(argv)
     rows = []
