@@ -340,7 +340,12 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
         shown, bound_text = f"{100 * value:.2f}%", f"at least {100 * bound:g}%"
     else:
         shown, bound_text = f"{value:.3g}", f"at most {bound:g}"
-    return f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs (bound {bound_text})"
+    classes = accuracy.get("classes")
+    spread = "" if classes is None else (
+        f", float32 answering {classes} classes" if classes > 1 else
+        ", but float32 answers one class for all of them: the figure cannot tell")
+    return (f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs{spread} "
+            f"(bound {bound_text})")
 
 
 def precision_to_dict(precision: Precision) -> dict[str, Any]:
