@@ -95,7 +95,9 @@ DEFAULT_SETTING = Setting()
 # The torch paths: a knob's effect is read from the TorchScript graph or the Inductor code they
 # produce. The engines report the settings they were given themselves (tests/test_engines.py).
 TORCH_PATHS = frozenset({TORCHSCRIPT, INDUCTOR})
-TORCH_KNOBS = {name: knob for name, knob in KNOBS.items() if knob.paths & TORCH_PATHS}
+# int8 needs calibration data and is probed with it in tests/test_int8.py, its knobs too
+TORCH_KNOBS = {name: knob for name, knob in KNOBS.items()
+               if knob.paths & TORCH_PATHS and knob.dtypes is None}
 
 
 def setting_of(knob_name: str) -> Setting:
@@ -108,7 +110,7 @@ def values_of(knob):
     if knob.type is bool:
         return (True, False)
     if knob.choices is not None:
-        return knob.choices
+        return tuple(c for c in knob.choices if not (knob.name == "dtype" and c == "int8"))
     return INT_VALUES[knob.name]
 
 

@@ -298,3 +298,17 @@ def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_mode
     with ConfigStore(tuned["url"], read_only=True) as a, ConfigStore(copy, read_only=True) as b:
         [original], [imported] = a.list(), b.list()
         assert b.precision(imported.id) == a.precision(original.id)
+
+
+def test_dynamic_activations_compute_their_scales_per_call_and_static_ones_do_not(trained):
+    """pt2e_int8_activations reaches torchao's quantizer: only the dynamic program chooses its
+    activation scales at run time (the static one carries them as constants)."""
+    batches = int8_models.batches(4, seed=3)
+    programs = {}
+    for mode in ("static", "dynamic"):
+        _, [graph] = _calibrated(trained["model"], {**INT8_CONFIGS[2], "pt2e_int8_activations": mode},
+                                 batches)
+        path = graph["quantized"]["files"]["model.pt2"]
+        programs[mode] = str(torch.export.load(path).graph)
+    assert "choose_qparams" in programs["dynamic"]
+    assert "choose_qparams" not in programs["static"]
