@@ -110,18 +110,24 @@ def test_every_knob_value_compiles_to_eagers_output_and_reaches_the_engine(engin
 
 
 def test_openvino_bfloat16_runs_where_the_cpu_has_it():
-    if "mkldnn_bf16" not in cpu_features():  # this AVX2 host: a clear refusal
+    if "mkldnn_bf16" not in cpu_features():  # an AVX2 host: a clear refusal
         with pytest.raises(UnsupportedOnThisCPU, match="'bfloat16' needs CPU feature"):
             BackendConfig({"path": OPENVINO, "dtype": "bfloat16"})
         return
+    import openvino
+
     model, x = build("cnn")
+    gm, example_inputs = capture(model, x)
     with torch.no_grad():
-        run, used = compiler.compile_graph(*capture(model, x), BackendConfig({"path": OPENVINO,
-                                                                           "dtype": "bfloat16"}))
+        run, used = compiler.compile_graph(gm, example_inputs, BackendConfig({"path": OPENVINO,
+                                                                              "dtype": "bfloat16"}))
+        control, _ = compiler.compile_graph(gm, example_inputs, BackendConfig({"path": OPENVINO,
+                                                                               "dtype": "float32"}))
     assert used.path == OPENVINO
-    assert "bf16" in str(run.engine.get_property("INFERENCE_PRECISION_HINT"))
+    assert run.engine.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    assert control.engine.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     with torch.no_grad():
-        torch.testing.assert_close(run(x)[0], model(x), atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(run(*example_inputs)[0], model(x), atol=5e-2, rtol=5e-2)
 
 
 def test_onnxruntime_takes_no_dtype():
