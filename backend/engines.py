@@ -96,6 +96,10 @@ class EngineGraph:
         if problem:
             raise EngineUnavailable(f"{title}'s converted graph disagrees with the captured graph "
                                     f"({problem})")
+        if not compare and any(t.is_floating_point() and not torch.isfinite(t).all()
+                               and torch.isfinite(e).all() for t, e in zip(actual, self.expected)):
+            raise EngineUnavailable(f"{title}'s compiled graph gives non-finite outputs on the "
+                                    "example input, where the captured graph's are finite")
         self.user_inputs, self.expected, self.example_args = [], (), ()
 
     def numpy_inputs(self, args: Sequence[Any]) -> list[Any]:
@@ -158,7 +162,7 @@ def weights_digest(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], mask
     for tensor in constants + list(gm.parameters()) + list(gm.buffers()):
         data = tensor.detach().contiguous().cpu()
         digest.update(str(data.dtype).encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 

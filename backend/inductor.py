@@ -104,12 +104,8 @@ def _quantized(module: torch.fx.GraphModule, user_inputs: list[torch.Tensor], we
                config: BackendConfig) -> tuple[torch.fx.GraphModule, quantization.QuantizedModel]:
     """The converted graph: the stored one the lookup handed over if its weights are these,
     else quantized on the calibration batches. Both as a saved ExportedProgram."""
-    stored = quantization.stored_model()
+    stored = quantization.stored_model(INDUCTOR, weights)
     if stored is not None:
-        if stored.weights_digest != weights:
-            raise quantization.Int8Unavailable(
-                "the weights changed since the stored int8 model was calibrated (tune again with "
-                "--data to quantize these weights)")
         program = torch.export.load(io.BytesIO(stored.files["model.pt2"]))
         return program.module(), stored
     batches = quantization.calibration_batches()

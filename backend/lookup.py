@@ -64,12 +64,15 @@ def find(keys: dict[str, Any], url: str, weights: Callable[[], str] | None = Non
     """
     found = _cached(url, keys, int8=True)
     if found is not None and found.quantized is not None and weights is not None:
-        digest = weights()
+        try:
+            digest = weights()
+        except Exception as exc:  # a weight we cannot read: int8 is not for these weights
+            digest = f"unreadable ({type(exc).__name__}: {exc})"
         if digest != found.quantized.weights_digest:
             warn_once(f"int8-weights:{found.record.id}:{digest}",
                       f"ipex backend: stored int8 config {found.config.config_id} was calibrated "
                       "for other weights than this model's; not applying it (tune again with "
-                      "--data to quantize these weights); using the best other stored config")
+                      "--data to quantize these weights); using the best other stored config, if any")
             found = _cached(url, keys, int8=False)
     return found
 

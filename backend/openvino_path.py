@@ -83,11 +83,8 @@ def _ensure_converted(ov: Any, graph, target) -> None:
 def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) -> tuple[Any, Any]:
     """(the quantized IR's path, the QuantizedModel for the store): the stored one the lookup
     handed over if its weights are these, else NNCF's quantization on the calibration batches."""
-    stored = quantization.stored_model()
+    stored = quantization.stored_model(OPENVINO, graph.weights_digest)
     if stored is not None:
-        if stored.weights_digest != graph.weights_digest:
-            raise Int8Unavailable("the weights changed since the stored int8 model was calibrated "
-                                  "(tune again with --data to quantize these weights)")
         target = graph.cache_path(OPENVINO, ".xml", [ov.__version__, "int8 stored",
                                                      _digest(*stored.files.values())])
         if not cached(target):

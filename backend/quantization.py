@@ -87,8 +87,17 @@ def using_stored(model: QuantizedModel | None) -> Iterator[None]:
         _state.stored = previous
 
 
-def stored_model() -> QuantizedModel | None:
-    return getattr(_state, "stored", None)
+def stored_model(engine: str, weights: str) -> QuantizedModel | None:
+    """The stored model the lookup handed over, if any; refused (Int8Unavailable) when it was
+    quantized by another engine (its path fell back) or for other weights."""
+    stored = getattr(_state, "stored", None)
+    if stored is not None and stored.engine != engine:
+        raise Int8Unavailable(f"the stored int8 model is {stored.engine}'s, and this graph is "
+                              f"compiling on {engine}")
+    if stored is not None and stored.weights_digest != weights:
+        raise Int8Unavailable("the weights changed since the stored int8 model was calibrated "
+                              "(tune again with --data to quantize these weights)")
+    return stored
 
 
 def as_batch(batch: Any) -> Batch:

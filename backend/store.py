@@ -17,6 +17,7 @@ import re
 import sqlite3
 import time
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -340,12 +341,27 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
         shown, bound_text = f"{100 * value:.2f}%", f"at least {100 * bound:g}%"
     else:
         shown, bound_text = f"{value:.3g}", f"at most {bound:g}"
-    classes = accuracy.get("classes")
+    classes, relative_error = accuracy.get("classes"), accuracy.get("relative_error")
     spread = "" if classes is None else (
         f", float32 answering {classes} classes" if classes > 1 else
-        ", but float32 answers one class for all of them: the figure cannot tell")
+        ", but float32 answers one class for all of them: the figure cannot tell" +
+        ("" if relative_error is None else f"; relative error {relative_error:.3g}"))
     return (f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs{spread} "
             f"(bound {bound_text})")
+
+
+def accuracy_problem(accuracy: Any) -> str | None:
+    """Why stored gate figures are malformed or below their bound; None when they pass."""
+    if not isinstance(accuracy, Mapping) or not isinstance(accuracy.get("metric"), str):
+        return f"accuracy figures must be a mapping with a metric, not {accuracy!r}"
+    numbers = {name: accuracy.get(name) for name in ("value", "bound", "inputs")}
+    bad = [name for name, value in numbers.items()
+           if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+    if bad:
+        return f"accuracy figures need numbers for {', '.join(bad)} (got {accuracy!r})"
+    value, bound = numbers["value"], numbers["bound"]
+    passes = value >= bound if accuracy["metric"].startswith("top-1") else value <= bound
+    return None if passes else f"the accuracy gate failed ({accuracy_text(accuracy)})"
 
 
 def precision_to_dict(precision: Precision) -> dict[str, Any]:
@@ -385,8 +401,11 @@ def _zipped(files: Mapping[str, bytes]) -> bytes:
 
 
 def _unzipped(blob: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            return {name: archive.read(name) for name in archive.namelist()}
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise StoreError(f"a stored int8 model is damaged ({exc})") from exc
 
 
 def _is_int8(config: Mapping[str, Any]) -> bool:
@@ -565,6 +584,15 @@ class ConfigStore:
             if _is_int8(checked.config) and (precision is None or precision.quantized is None):
                 raise RecordError(f"config {checked.config_id} is int8 but comes without its "
                                   "quantized model; only `autotune run --data` stores int8 configs")
+            if _is_int8(checked.config) and precision.accuracy is None:
+                raise RecordError(f"config {checked.config_id} is int8 but comes without the "
+                                  "accuracy gate's figures; only `autotune run --data` stores int8 "
+                                  "configs")
+            problem = precision is not None and precision.accuracy is not None and \
+                accuracy_problem(precision.accuracy)
+            if problem:
+                raise RecordError(f"config {checked.config_id}: {problem}; a config that fails "
+                                  "the gate is never stored")
             values = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TunedRecord)}
             values.update(median_ms=float(checked.latency["median_ms"]),
                           created_at=checked.created_at.replace(tzinfo=None))

@@ -335,3 +335,18 @@ def test_an_engine_trial_whose_graph_fell_back_fails_as_a_config_not_a_number_fo
     assert "OpenVINO could not take 1 of 1 graphs (they ran on the inductor path" in failed.failure
     ran = measured("tuner_models:small_cnn", {"path": OPENVINO})  # the control: a graph it takes
     assert ran.stats is not None, ran.failure
+
+
+def test_an_unchecked_int8_graph_is_still_refused_when_its_outputs_are_not_finite():
+    """A stored int8 model is not compared on random inputs, but NaN where eager is finite is
+    no answer at all."""
+    from backend.engines import EngineUnavailable, engine_graph
+    model, x = build("cnn")
+    gm, example_inputs = capture(model, x)
+
+    def outputs(value):
+        return lambda *args: (torch.full_like(model(x), value),)
+    engine_graph(gm, example_inputs, "T").check("T", outputs(123.0), low_precision=True, compare=False)
+    with pytest.raises(EngineUnavailable, match="non-finite outputs on the example input"):
+        engine_graph(gm, example_inputs, "T").check("T", outputs(float("nan")), low_precision=True,
+                                                    compare=False)

@@ -93,7 +93,7 @@ def test_the_tuned_int8_config_passes_the_gate_is_stored_and_is_applied_in_a_fre
 
     applied, log = _lookup(tuned, "same", tmp_path)
     assert applied["config"]["dtype"] == "int8" and applied["source"].startswith("store"), log
-    assert "int8 model from the store" in log or "calibrated for other weights" not in log
+    assert "calibrated for other weights" not in log and "int8 is unavailable" not in log, log
     assert applied["agreement"] >= 0.99
 
 
@@ -193,6 +193,34 @@ def test_a_stored_inductor_int8_model_is_applied_in_a_fresh_process(trained, tmp
     assert applied["agreement"] >= 0.99
 
 
+def test_a_stored_model_of_another_engine_is_not_loaded_by_the_path_a_fallback_reached(
+        trained, caplog):
+    """An OpenVINO int8 record whose path fell back to Inductor: Inductor must not read
+    OpenVINO's files as its own program; it compiles float32 and says why, once."""
+    import backend
+    x = int8_models.batches(1, seed=4)[0]
+    _, [graph] = _calibrated(trained["model"], INT8_CONFIGS[0], int8_models.batches(4, seed=3))
+    openvino_model = quantization.QuantizedModel.from_description(graph["quantized"])
+    torch._dynamo.reset()
+    compiled = torch.compile(trained["model"], backend="ipex", options=INT8_CONFIGS[2])
+    with caplog.at_level(logging.WARNING, logger="backend"), \
+            quantization.using_stored(openvino_model), torch.no_grad():
+        compiled(x)
+    assert backend.last_compile()["config"].to_dict()["dtype"] == "float32"
+    warnings = [r.getMessage() for r in caplog.records if "int8 is unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "the stored int8 model is openvino's" in warnings[0], warnings
+
+
+def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned, tmp_path):
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(open(tuned["url"].removeprefix("sqlite:///"), "rb").read())
+    with sqlite3.connect(damaged) as db:
+        db.execute("update autotune_precision set model = x'504b0304deadbeef'")
+    applied, log = _lookup({**tuned, "url": f"sqlite:///{damaged}"}, "same", tmp_path)
+    assert applied["config"].get("dtype", "float32") == "float32" and applied["agreement"] == 1.0
+    assert log.count("a stored int8 model is damaged") == 1, log
+
+
 def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_one_warning(
         trained, caplog):
     model = trained["model"]
@@ -247,6 +275,33 @@ def test_an_int8_record_without_its_quantized_model_is_refused_by_every_path_int
     run = subprocess.run([sys.executable, "-m", "autotune.cli", "import", str(export), "--storage", url],
                          env=ENV, capture_output=True, text=True)
     assert run.returncode != 0 and "without its quantized model" in run.stderr, run.stderr
+    with ConfigStore(url) as store:
+        assert store.list() == []
+
+
+def test_an_int8_record_without_passing_gate_figures_is_refused_by_every_path_into_the_store(
+        tuned, tmp_path):
+    from backend.store import Precision
+    model = quantization.QuantizedModel("openvino", "digest", {"model.xml": b"x", "model.bin": b"y"})
+    failing = {"metric": "top-1 agreement with float32", "value": 0.5, "bound": 0.99, "inputs": 8}
+    url = f"sqlite:///{tmp_path}/store.db"
+    with ConfigStore(url) as store:
+        for accuracy, message in [(None, "without the accuracy gate's figures"),
+                                  (failing, "the accuracy gate failed"),
+                                  ({"metric": "top-1"}, "need numbers for value, bound, inputs")]:
+            with pytest.raises(RecordError, match=message):
+                store.put(_record({"path": "openvino", "dtype": "int8"}), Precision(accuracy, model))
+        assert store.list() == []
+    import yaml
+    export = tmp_path / "export.yaml"
+    subprocess.run([sys.executable, "-m", "autotune.cli", "export", "-o", str(export), "--storage",
+                    tuned["url"]], env=ENV, check=True, capture_output=True, timeout=120)
+    document = yaml.safe_load(export.read_text())
+    document["records"][0]["precision"]["accuracy"]["value"] = 0.5
+    export.write_text(yaml.safe_dump(document))
+    run = subprocess.run([sys.executable, "-m", "autotune.cli", "import", str(export), "--storage", url],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "the accuracy gate failed (top-1 agreement" in run.stderr, run.stderr
     with ConfigStore(url) as store:
         assert store.list() == []
 

@@ -53,7 +53,8 @@ def test_shipped_spaces_load_from_the_installed_package():
         "path", "weights_prepack", "channels_last", "optimize_for_inference", "onednn_fusion",
         "conv_bn_folding", "freezing", "max_autotune", "epilogue_fusion", "pattern_matcher",
         "simdlen", "tiling_heuristics", "min_chunk_size", "cpp_wrapper", "gemm_max_k_slices",
-        "threads", "ort_optimization_level", "ov_int8_preset", "ov_int8_model_type"}
+        "threads", "ort_optimization_level", "ov_int8_preset", "ov_int8_model_type",
+        "pt2e_int8_activations"}
     assert space.knobs["freezing"] == (True, False)
     assert "gemm_backends" not in space.knobs  # CPP alone fails on models with bmm
     assert load_space("quick").knobs["path"] == (TORCHSCRIPT, INDUCTOR)
@@ -352,3 +353,11 @@ def test_an_engine_that_cannot_load_leaves_the_space_with_one_line(monkeypatch, 
     said = [r.getMessage() for r in caplog.records if "path=openvino" in r.getMessage()]
     assert len(said) == 1 and "OpenVINO cannot load" in said[0], said
     assert not [r for r in space.static_recipes() if r["path"] == OPENVINO]
+
+
+def test_int8_recipes_start_with_nncf_on_openvino_and_float32_keeps_the_backend_default_first():
+    space = load_space("default").restrict(features=ALL_FEATURES, cores=2, dtypes=("float32", "int8"))
+    recipes = space.static_recipes()
+    assert (recipes[0]["path"], recipes[0]["dtype"]) == (OPENVINO, "int8")
+    first_float32 = next(r for r in recipes if r.get("dtype", "float32") == "float32")
+    assert first_float32["path"] == TORCHSCRIPT
