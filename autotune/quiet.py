@@ -10,6 +10,7 @@ takes 10-30x longer, so a measurement taken while another process is busy there 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -168,30 +169,42 @@ class Watch:
 # fast run at a study's start does not make every later look slow
 _reference_ms: dict[int, list[float]] = {}
 REFERENCE_HISTORY = 50
-_reference_data: list = []  # made once: 16 MB to stream through, a matrix to multiply
+_reference_data: list = []  # made once: 16 MB to stream through, a matrix to multiply, rounds
+REFERENCE_MS = 12.0  # several scheduler slices: a shorter run can fit in one turn beside a spinner
 
 
 def _time_reference() -> float:
-    """A fixed single-threaded workload, three times over: a pass over 16 MB (memory) and small
-    matmuls (compute), about 10 ms in all. The total, not the best of three: a core shared with
-    a busy process takes turns in slices of a few ms, and one repetition can fit in a turn."""
+    """A fixed single-threaded workload: passes over 16 MB (memory) and small matmuls (compute),
+    as many rounds as take about REFERENCE_MS on this CPU when it is made (a fast CPU once did
+    the old fixed three rounds in 2.3 ms, which fit in a turn on a core shared with a busy
+    process, and the probe missed it). The total, not the best round, for the same reason."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         if not _reference_data:
-            _reference_data.extend([torch.ones(4 << 20), torch.ones(192, 192)])
-        data, matrix = _reference_data
-        data.sum(), matrix.mm(matrix)  # warm caches and code, outside the timing
-        start = time.perf_counter()
-        for _ in range(3):
-            data.sum()
-            for _ in range(4):
-                matrix.mm(matrix)
-        return (time.perf_counter() - start) * 1e3
+            data, matrix = torch.ones(4 << 20), torch.ones(192, 192)
+            _one_round(data, matrix)  # warm caches and code
+            best = min(_timed(lambda: _one_round(data, matrix)) for _ in range(3))
+            _reference_data.extend([data, matrix, max(3, math.ceil(REFERENCE_MS / max(best, 1e-3)))])
+        data, matrix, rounds = _reference_data
+        _one_round(data, matrix)  # warm caches and code, outside the timing
+        return _timed(lambda: [_one_round(data, matrix) for _ in range(rounds)])
     finally:
         torch.set_num_threads(threads)
+
+
+def _one_round(data, matrix) -> None:
+    data.sum()
+    for _ in range(4):
+        matrix.mm(matrix)
+
+
+def _timed(work) -> float:
+    start = time.perf_counter()
+    work()
+    return (time.perf_counter() - start) * 1e3
 
 
 def slowdown(cpus: Iterable[int]) -> float:

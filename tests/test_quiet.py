@@ -15,9 +15,25 @@ SPIN = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: 
 def spinner_outside_our_tree(cpu: int) -> int:
     """A busy loop pinned to ``cpu`` whose parent exits, as another user's program would be."""
     out = subprocess.run(
-        ["sh", "-c", f"taskset -c {cpu} {sys.executable} -c '{SPIN}' >/dev/null 2>&1 & echo $!"],
+        ["sh", "-c", f"taskset -c {cpu} {sys.executable} -S -c '{SPIN}' >/dev/null 2>&1 & echo $!"],
         capture_output=True, text=True, check=True)
-    return int(out.stdout)
+    pid = int(out.stdout)
+    _spinning(pid)
+    return pid
+
+
+def _spinning(pid: int, cpu_seconds: float = 0.1, timeout: float = 10.0) -> None:
+    """Wait until the loop has run: a python that is still starting is no neighbour yet (a busy
+    host once took longer than a fixed 0.3 s sleep, and the probe rightly saw a quiet core)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / ticks >= cpu_seconds:  # utime + stime
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the spinner (pid {pid}) did not start within {timeout} s")
 
 
 @pytest.fixture
