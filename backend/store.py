@@ -357,6 +357,8 @@ def accuracy_problem(accuracy: Any) -> str | None:
     numbers = {name: accuracy.get(name) for name in ("value", "bound", "inputs")}
     bad = [name for name, value in numbers.items()
            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+    bad += [name for name in ("classes", "relative_error")  # optional, but numbers if given
+            if accuracy.get(name) is not None and not isinstance(accuracy[name], (int, float))]
     if bad:
         return f"accuracy figures need numbers for {', '.join(bad)} (got {accuracy!r})"
     value, bound = numbers["value"], numbers["bound"]

@@ -350,3 +350,17 @@ def test_an_unchecked_int8_graph_is_still_refused_when_its_outputs_are_not_finit
     with pytest.raises(EngineUnavailable, match="non-finite outputs on the example input"):
         engine_graph(gm, example_inputs, "T").check("T", outputs(float("nan")), low_precision=True,
                                                     compare=False)
+
+
+def test_the_weights_digest_reads_scalar_parameters_and_tells_their_values_apart():
+    from backend.engines import weights_digest
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(scale))  # 0-dim
+
+        def forward(self, x):
+            return x * self.scale
+    one, two = (torch.fx.symbolic_trace(Scaled(s)) for s in (1.0, 2.0))
+    assert weights_digest(one, [], []) != weights_digest(two, [], [])

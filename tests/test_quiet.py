@@ -23,8 +23,8 @@ def spinner_outside_our_tree(cpu: int) -> int:
 
 
 def _spinning(pid: int, cpu_seconds: float = 0.1, timeout: float = 10.0) -> None:
-    """Wait until the loop has run: a python that is still starting is no neighbour yet (a busy
-    host once took longer than a fixed 0.3 s sleep, and the probe rightly saw a quiet core)."""
+    """Wait until the loop has run: a python that is still starting is no neighbour yet, and a
+    fixed sleep only guesses how long starting takes."""
     ticks = os.sysconf("SC_CLK_TCK")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
