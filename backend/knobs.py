@@ -99,6 +99,8 @@ class Knob:
     dtypes: frozenset | None = None
     # knobs whose values the compile ignores while this one is on
     supersedes: tuple[str, ...] = ()
+    # value -> knobs the compile ignores at that value (int8 on Inductor always freezes)
+    ignores_at: Mapping[Any, tuple[str, ...]] = field(default_factory=dict)
     # value -> the intra-op thread count it only works with (None: any)
     threads_used: Callable[[Any], int | None] | None = None
     parse: Callable[[Any], Any] = _same   # text or JSON form -> the real type (may raise ValueError)
@@ -203,6 +205,7 @@ _KNOB_LIST = [
          choices=("float32", "bfloat16", "int8"),
          requires={"bfloat16": ("mkldnn_bf16",)},
          value_paths={"int8": frozenset({OPENVINO, INDUCTOR})},
+         ignores_at={"int8": ("freezing",)},
          lands=(Effect("CPU autocast around trace and compile"),
                 Effect("int8: post-training quantization calibrated on the user's data, by NNCF "
                        "(OpenVINO) or torchao's PT2E X86InductorQuantizer (Inductor, frozen)"),
@@ -353,8 +356,12 @@ KNOBS: dict[str, Knob] = {k.name: k for k in _KNOB_LIST}
 def superseded(config: Mapping[str, Any]) -> set[str]:
     """The knobs whose values ``config`` ignores (a knob it leaves out is at its default)."""
     path = config.get("path", KNOBS["path"].default)
-    return {name for boss in KNOBS.values() if boss.supersedes and path in boss.paths
-            and config.get(boss.name, boss.default) for name in boss.supersedes}
+    ignored = {name for boss in KNOBS.values() if boss.supersedes and path in boss.paths
+               and config.get(boss.name, boss.default) for name in boss.supersedes}
+    for knob in (k for k in KNOBS.values() if k.ignores_at):
+        at_value = knob.ignores_at.get(config.get(knob.name, knob.default), ())
+        ignored.update(name for name in at_value if path in KNOBS[name].paths)
+    return ignored
 
 
 def turned_off_by_request(explicit: Mapping[str, Any], path: str) -> dict[str, bool]:

@@ -252,6 +252,21 @@ def test_superseding_follows_the_path_and_counts_a_left_out_knob_at_its_default(
     assert superseded({"path": INDUCTOR, "onednn_fusion": True}) == set()
 
 
+def test_int8_on_inductor_does_not_sample_freezing_which_its_compile_ignores(tmp_path):
+    space = space_from(tmp_path, """
+        path: [inductor]
+        freezing: [true, false]
+    """).restrict(features=ALL_FEATURES, cores=2, dtypes=("float32", "int8"))
+    results = sample(space, 40)
+    int8 = [(config, params) for config, params in results if config["dtype"] == "int8"]
+    float32 = [config for config, _ in results if config["dtype"] == "float32"]
+    assert int8 and {config["freezing"] for config in float32} == {True, False}
+    for config, params in int8:  # one canonical config: the tuner sees the duplicates
+        assert config["freezing"] is True and "freezing" not in params
+    assert superseded({"path": INDUCTOR, "dtype": "int8"}) == {"freezing"}
+    assert superseded({"path": OPENVINO, "dtype": "int8"}) == set()  # no such knob there
+
+
 def test_a_space_without_onednn_fusion_says_which_knobs_it_cannot_search_there(tmp_path, caplog):
     space = space_from(tmp_path, """
         path: [torchscript, inductor]
