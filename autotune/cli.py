@@ -82,7 +82,7 @@ def _options(args):
         confirm_rounds=flags.get("confirm_rounds"), confirm_top=flags.get("confirm_top"),
         confirm_max_rounds=flags.get("max_confirm_rounds"), max_wait=flags.get("max_wait"),
         cpus=flags.get("cpus"), jobs=flags.get("jobs", 1), data=flags.get("data"),
-        min_agreement=flags.get("min_agreement"))
+        min_agreement=flags.get("min_agreement"), metric=flags.get("metric"))
 
 
 def _model_spec(args):
@@ -182,10 +182,13 @@ def cmd_compare(args) -> int:
     dtypes = args.dtype or ("float32",)
     if "int8" in dtypes and not args.data:
         raise AutotuneError(NO_DATA)
+    if args.metric and not args.data:
+        raise AutotuneError(f"--metric {args.metric}: it scores the held-out part of your inputs; "
+                            "give them with --data")
     request = TuneRequest(model=_model_spec(args), dtypes=dtypes, storage=args.storage,
                           confirm_rounds=args.rounds,
                           data=args.data and resolve_data(args.data, Path.cwd()),
-                          min_agreement=args.min_agreement or MIN_AGREEMENT)
+                          min_agreement=args.min_agreement or MIN_AGREEMENT, metric=args.metric)
     zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds)
@@ -396,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "rest judges reduced precision's accuracy. int8 needs it")
     run.add_argument("--min-agreement", type=float,
                      help="top-1 agreement with float32 on the held-out data that a bfloat16 or "
-                          "int8 config must keep (default 0.99)")
+                          "int8 config must keep (default 0.99); with --metric, the fraction of "
+                          "float32's score it must keep")
+    run.add_argument("--metric", help="your own accuracy score instead of top-1 agreement: "
+                     "module:callable taking (outputs, inputs) of the held-out data, returning a "
+                     "number above zero, higher is better")
     run.add_argument("--space", help="search space name or YAML file")
     run.add_argument("--study-name")
     run.add_argument("--seed", type=int)
@@ -427,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--data", help="your own inputs, as for `run` (int8 needs them; bfloat16 "
                       "and int8 are gated on the held-out part)")
     comp.add_argument("--min-agreement", type=float, help="as for `run` (default 0.99)")
+    comp.add_argument("--metric", help="as for `run`")
     comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
     comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
                       "(default 3m)")

@@ -12,7 +12,7 @@ import importlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -25,6 +25,9 @@ MAX_CALIBRATION_INPUTS = 300
 FORMS = ("a file saved with torch.save holding a tensor of inputs stacked along dimension 0 or a "
          "list of batches (each a tensor, or a tuple with one tensor per forward input), or "
          "module:callable returning an iterable of such batches")
+METRIC_FORM = ("module:callable taking (outputs, inputs): the first output of every held-out "
+               "batch and their inputs, each concatenated along dimension 0; returning a score, "
+               "higher is better and above zero (e.g. accuracy against your labels)")
 NO_DATA = ("int8 is not tried: it needs --data, your own inputs (random inputs calibrate random "
            "scales, and an accuracy gate on them means nothing)")
 
@@ -59,21 +62,33 @@ def _read(source: str) -> Any:
         except Exception as exc:  # pickle, zip and torch all raise their own
             raise DataError(f"--data {source}: cannot load it with torch.load ({exc}); expected "
                             f"{FORMS}") from None
+    if ":" not in source:
+        raise DataError(f"--data {source}: no such file, and not module:callable; expected {FORMS}")
+    target = _callable(source, "--data", FORMS)
+    try:
+        return list(target())
+    except Exception as exc:  # user code
+        raise DataError(f"--data {source}: calling it raised {type(exc).__name__}: {exc}") from exc
+
+
+def _callable(source: str, flag: str, expected: str) -> Callable:
     module_name, colon, attr = source.partition(":")
     if not colon or not module_name or not attr:
-        raise DataError(f"--data {source}: no such file, and not module:callable; expected {FORMS}")
+        raise DataError(f"{flag} {source}: not module:callable; expected {expected}")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise DataError(f"--data {source}: cannot import it ({exc}); expected {FORMS}") from None
+        raise DataError(f"{flag} {source}: cannot import it ({exc}); expected {expected}") from None
     if not callable(target):
-        raise DataError(f"--data {source}: {attr!r} is not callable; expected {FORMS}")
-    try:
-        return list(target())
-    except Exception as exc:  # user code
-        raise DataError(f"--data {source}: calling it raised {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{flag} {source}: {attr!r} is not callable; expected {expected}")
+    return target
+
+
+def load_metric(source: str) -> Callable[[torch.Tensor, tuple], float]:
+    """The user's ``--metric``: resolved now, so that a bad name fails before any trial."""
+    return _callable(source, "--metric", METRIC_FORM)
 
 
 def _batches(data: Any, source: str, example_inputs: Sequence[torch.Tensor]) -> list[Batch]:

@@ -11,6 +11,8 @@
     data: batches.pt           # your inputs (int8 needs them): a file relative to the study
                                # file, or module:callable
     min_agreement: 0.99        # top-1 agreement with float32 a reduced dtype must keep
+    metric: mypkg.eval:score   # optional: your own score instead, of which a reduced dtype must
+                               # keep min_agreement of float32's (see autotune.data.METRIC_FORM)
 
 and ``tune_request``, which merges one with the options a user gave into a TuneRequest.
 """
@@ -29,7 +31,7 @@ from yaml.nodes import Node, SequenceNode
 from backend.errors import KnobError
 from backend.knobs import KNOBS
 
-from .data import FORMS, NO_DATA
+from .data import FORMS, METRIC_FORM, NO_DATA
 from .errors import StudyError
 from .evidence import MAX_ROUNDS
 from .models import ModelSpec
@@ -40,7 +42,7 @@ from .worker import MIN_AGREEMENT
 log = logging.getLogger("autotune")
 
 STUDY_KEYS = ("model", "batch_size", "input_shape", "checkpoint", "dtypes", "objective",
-              "budget", "space", "description", "data", "min_agreement")
+              "budget", "space", "description", "data", "min_agreement", "metric")
 BUDGET_KEYS = ("trials", "timeout")
 OBJECTIVES = ("latency",)
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -100,6 +102,7 @@ def load_study_file(path: str | os.PathLike) -> dict[str, Any]:
         "description": _text(doc, *get("description", "")),
         "data": _data(doc, *get("data"), here),
         "min_agreement": _agreement(doc, *get("min_agreement", MIN_AGREEMENT)),
+        "metric": _metric(doc, *get("metric")),
         "source": doc.name,
     }
 
@@ -140,6 +143,12 @@ def resolve_data(data: str, here: Path) -> str:
     """A file (relative to ``here``) as an absolute path, for workers; module:callable as is."""
     path = here / data
     return str(path.resolve()) if path.exists() or ":" not in data else data
+
+
+def _metric(doc: YamlFile, metric: Any, node: Node | None) -> str | None:
+    if metric is not None and not (isinstance(metric, str) and metric.count(":") == 1):
+        doc.fail(node, f"metric {metric!r}: expected {METRIC_FORM}")
+    return metric
 
 
 def _agreement(doc: YamlFile, value: Any, node: Node | None) -> float:
@@ -232,6 +241,7 @@ class RunOptions:
     jobs: int = 1
     data: str | None = None                        # --data: a file or module:callable
     min_agreement: float | None = None
+    metric: str | None = None                      # --metric module:callable
 
 
 def model_spec(options: RunOptions, study: dict[str, Any] | None = None) -> ModelSpec:
@@ -277,12 +287,17 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
             raise StudyError(NO_DATA)
         log.warning(NO_DATA)
         dtypes = tuple(d for d in dtypes if d != "int8")
+    metric = options.metric or study.get("metric")
+    if metric and not data:
+        raise StudyError(f"--metric {metric}: it scores the held-out part of your inputs; give "
+                         "them with --data (or data: in the study file)")
     if options.min_agreement is not None and not 0 < options.min_agreement <= 1:
         raise StudyError(f"--min-agreement {options.min_agreement}: expected a fraction in (0, 1], "
                          "e.g. 0.99")
     given = {
         "dtypes": dtypes, "data": data,
         "min_agreement": options.min_agreement or study.get("min_agreement"),
+        "metric": metric,
         "space": options.space or study.get("space") or "default",
         "trials": options.trials or budget.get("trials"),
         "timeout_s": _seconds(options.timeout) if options.timeout else budget.get("timeout"),

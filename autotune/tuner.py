@@ -58,6 +58,7 @@ class TuneRequest:
     store_winner: bool = True
     data: str | None = None                 # the user's inputs: int8 calibration, accuracy gate
     min_agreement: float = MIN_AGREEMENT    # top-1 agreement with float32 a reduced dtype keeps
+    metric: str | None = None               # the user's own gate figure instead (module:callable)
 
     @property
     def storage_url(self) -> str:
@@ -95,7 +96,7 @@ class TuneRequest:
                      timeout_s=self.trial_timeout_s, tolerance=self.tolerance,
                      rounds=self.confirm_rounds, round_measure=self.confirm_measure,
                      max_rounds=self.confirm_max_rounds, max_wait_s=self.max_wait_s,
-                     data=self.data, min_agreement=self.min_agreement)
+                     data=self.data, min_agreement=self.min_agreement, metric=self.metric)
 
 
 @dataclass(frozen=True)

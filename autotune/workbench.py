@@ -65,6 +65,7 @@ class Bench:
     max_wait_s: float = 0.0           # for a quiet machine before each round (quiet.py)
     data: str | None = None           # the user's inputs (autotune.data)
     min_agreement: float = MIN_AGREEMENT
+    metric: str | None = None         # the user's gate figure (autotune.data.load_metric)
 
     @property
     def cpus_used(self) -> list[int]:
@@ -89,6 +90,8 @@ class Bench:
         _, inputs = build(self.model, check=True)
         if self.data:
             data.load(self.data, inputs)
+        if self.metric:
+            data.load_metric(self.metric)
         ConfigStore(self.storage_url).close()
 
     def spec(self, candidate: dict | str, dtype: str = "float32") -> WorkerSpec:
@@ -96,7 +99,7 @@ class Bench:
         return WorkerSpec(model=self.model.to_dict(), candidate=candidate,
                           reference_path=self.reference, tolerance=self.tolerance or TOLERANCES[dtype],
                           threads=self.threads, env={"IPEX_AUTOTUNE_STORAGE": self.storage_url},
-                          data=self.data, min_agreement=self.min_agreement)
+                          data=self.data, min_agreement=self.min_agreement, metric=self.metric)
 
     def start(self, spec: WorkerSpec, heartbeat: Callable[[], None] | None = None) -> WorkerProcess:
         return WorkerProcess(spec, memory_limit_mb=self.memory_limit_mb, heartbeat=heartbeat,

@@ -9,6 +9,7 @@ turns a crash, a hang or an exception into a ``TrialFailure`` with the reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -60,6 +61,7 @@ class WorkerSpec:
     env: dict = field(default_factory=dict)
     data: str | None = None           # the user's inputs (autotune.data): int8 and the gate
     min_agreement: float = MIN_AGREEMENT
+    metric: str | None = None         # the user's own gate figure (--metric module:callable)
 
 
 # --------------------------------------------------------------------------------------- child side
@@ -231,8 +233,8 @@ def _prepare(spec: WorkerSpec) -> dict:
 
 def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> dict:
     """A reduced-precision candidate's outputs on the held-out batches against the float32
-    model's: top-1 agreement for classifications, else the relative error. Fails the trial
-    below the bound; otherwise its figures, for the trial and the store."""
+    model's: the user's --metric, else top-1 agreement for classifications, else the relative
+    error. Fails the trial below the bound; otherwise its figures, for the trial and the store."""
     import torch
 
     references, outputs = [], []
@@ -243,7 +245,15 @@ def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> di
     reference, output = torch.cat(references), torch.cat(outputs)
     inputs = sum(int(batch[0].shape[0]) for batch in split.held_out)
     relative_error = ((output - reference).abs().max() / (reference.abs().max() or 1.0)).item()
-    if reference.dim() == 2 and reference.shape[1] > 1:
+    if spec.metric:
+        figures = _user_metric(spec, output, reference, split.held_out)
+        figures.update(inputs=inputs, relative_error=round(relative_error, 6))
+        passed = figures["value"] >= spec.min_agreement
+        shown = f"{figures['value']:.4g} < {spec.min_agreement:g}"
+        option = "--min-agreement"
+        context = (f"; your metric gave float32 {figures['float32_score']:.4g} and this config "
+                   f"{figures['score']:.4g}")
+    elif reference.dim() == 2 and reference.shape[1] > 1:
         value = (reference.argmax(1) == output.argmax(1)).float().mean().item()
         # a model that answers one class for every input agrees with anything (or nothing): say
         # how many, and keep the relative error beside it as a second figure
@@ -265,6 +275,34 @@ def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> di
         raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: {figures['metric']} on {inputs} "
                            f"held-out inputs is {shown}, the bound ({option}){context}")
     return figures
+
+
+def _user_metric(spec: WorkerSpec, output: Any, reference: Any, held_out: list) -> dict:
+    """The user's score of the candidate's outputs as a fraction of float32's score."""
+    import torch
+
+    from .data import load_metric
+
+    metric = load_metric(spec.metric)
+    inputs = tuple(torch.cat(parts) for parts in zip(*held_out))
+    scores = []
+    for outputs in (reference, output):
+        try:
+            score = metric(outputs, inputs)
+            scores.append(float(score.item() if isinstance(score, torch.Tensor) else score))
+        except Exception as exc:  # the user's code, or a score that is not a number
+            raise TrialFailure(FailureKind.EXCEPTION, f"--metric {spec.metric} raised "
+                               f"{type(exc).__name__}: {exc}") from exc
+    float32_score, score = scores
+    if not (math.isfinite(float32_score) and float32_score > 0):
+        # the bound is a fraction of float32's score: a score at or below zero has no fraction
+        raise TrialFailure(FailureKind.EXCEPTION, f"--metric {spec.metric} scored float32 "
+                           f"{float32_score!r}; the gate keeps a fraction (--min-agreement) of "
+                           "float32's score, so it must be a finite number above zero, higher "
+                           "is better")
+    return {"metric": f"your metric {spec.metric}, as a fraction of float32's",
+            "higher_is_better": True, "value": round(score / float32_score, 6),
+            "bound": spec.min_agreement, "score": score, "float32_score": float32_score}
 
 
 def _first_tensor(output: Any) -> Any:

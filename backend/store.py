@@ -339,6 +339,8 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
     value, bound = accuracy["value"], accuracy["bound"]
     if accuracy["metric"].startswith("top-1"):
         shown, bound_text = f"{100 * value:.2f}%", f"at least {100 * bound:g}%"
+    elif _higher_is_better(accuracy):  # the user's --metric
+        shown, bound_text = f"{value:.4g}", f"at least {bound:g}"
     else:
         shown, bound_text = f"{value:.3g}", f"at most {bound:g}"
     classes, relative_error = accuracy.get("classes"), accuracy.get("relative_error")
@@ -348,6 +350,11 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
         ("" if relative_error is None else f"; relative error {relative_error:.3g}"))
     return (f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs{spread} "
             f"(bound {bound_text})")
+
+
+def _higher_is_better(accuracy: Mapping[str, Any]) -> bool:
+    # figures stored before the key existed: top-1 agreement, else a relative error
+    return accuracy.get("higher_is_better", accuracy["metric"].startswith("top-1"))
 
 
 def accuracy_problem(accuracy: Any) -> str | None:
@@ -361,8 +368,10 @@ def accuracy_problem(accuracy: Any) -> str | None:
             if accuracy.get(name) is not None and not isinstance(accuracy[name], (int, float))]
     if bad:
         return f"accuracy figures need numbers for {', '.join(bad)} (got {accuracy!r})"
+    if not isinstance(accuracy.get("higher_is_better", False), bool):
+        return f"accuracy figures: higher_is_better must be true or false (got {accuracy!r})"
     value, bound = numbers["value"], numbers["bound"]
-    passes = value >= bound if accuracy["metric"].startswith("top-1") else value <= bound
+    passes = value >= bound if _higher_is_better(accuracy) else value <= bound
     return None if passes else f"the accuracy gate failed ({accuracy_text(accuracy)})"
 
 

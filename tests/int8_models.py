@@ -73,3 +73,22 @@ def fragile_classifier():
         model.head.weight.copy_(common + 1e-4 * (model.head.weight - common))
         model.head.bias.zero_()
     return model, lambda batch: (torch.randn(batch, 3, SIZE, SIZE),)
+
+
+def true_classes(x: torch.Tensor) -> torch.Tensor:
+    """Each image's class, read back from where its bright square is."""
+    spots = []
+    for label in range(CLASSES):
+        row, col = divmod(label, 5)
+        spots.append(x[:, :, 4 + 12 * row:12 + 12 * row, 2 + 6 * col:6 + 6 * col].mean((1, 2, 3)))
+    return torch.stack(spots, 1).argmax(1)
+
+
+def label_accuracy(outputs: torch.Tensor, inputs: tuple) -> float:
+    """A ``--metric``: accuracy against the true classes, the figure a user with labels keeps."""
+    return (outputs.argmax(1) == true_classes(inputs[0])).float().mean().item()
+
+
+def scores_zero(outputs: torch.Tensor, inputs: tuple) -> float:
+    """A ``--metric`` no fraction can be kept of."""
+    return 0.0

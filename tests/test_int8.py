@@ -145,6 +145,64 @@ def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message):
     assert not os.path.exists(tmp_path / "bad.db")
 
 
+def test_your_metric_judges_as_a_fraction_of_float32s_score_and_fails_below_the_bound(trained):
+    from autotune import data
+    from autotune.worker import TrialFailure, WorkerSpec, _accuracy_gate
+
+    model = trained["model"]
+    split = data.load(trained["data"], int8_models.batches(1, seed=0))
+    spec = WorkerSpec(model={}, candidate={}, reference_path="", metric="int8_models:label_accuracy")
+    with torch.no_grad():
+        figures = _accuracy_gate(spec, model, model, split)
+    assert figures["metric"] == "your metric int8_models:label_accuracy, as a fraction of float32's"
+    assert figures["value"] == 1.0 and figures["float32_score"] >= 0.9  # right on its true classes
+    assert figures["inputs"] == 16 * 8 and figures["bound"] == 0.99
+
+    def shifted(x):  # every answer one class off: the user's score falls to about zero
+        return model(x).roll(1, dims=1)
+    with pytest.raises(TrialFailure) as failed, torch.no_grad():
+        _accuracy_gate(spec, model, shifted, split)
+    assert "accuracy gate: your metric int8_models:label_accuracy" in failed.value.reason
+    assert "the bound (--min-agreement); your metric gave float32" in failed.value.reason
+
+    zero = WorkerSpec(model={}, candidate={}, reference_path="", metric="int8_models:scores_zero")
+    with pytest.raises(TrialFailure, match="must be a finite number above zero"), torch.no_grad():
+        _accuracy_gate(zero, model, model, split)
+
+
+def test_a_config_tuned_with_your_metric_is_stored_with_its_figures(trained):
+    url = f"sqlite:///{trained['folder']}/metric.db"
+    run = _tune(url, "metric", "--checkpoint", trained["checkpoint"], "--dtype", "int8",
+                "--data", trained["data"], "--space", trained["space"], "--trials", "1",
+                "--metric", "int8_models:label_accuracy")
+    assert run.returncode == 0, run.stdout + run.stderr
+    with ConfigStore(url, read_only=True) as store:
+        [record] = store.list()
+        accuracy = store.precision(record.id).accuracy
+    assert record.config["dtype"] == "int8"
+    assert accuracy["metric"].startswith("your metric int8_models:label_accuracy")
+    assert accuracy["value"] >= 0.99 and accuracy["score"] >= 0.9 and accuracy["higher_is_better"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--metric", "int8_models:no_such_metric"), "--metric int8_models:no_such_metric: cannot "
+                                                  "import it"),
+    (("--metric", "label_accuracy"), "--metric label_accuracy: not module:callable"),
+])
+def test_a_bad_metric_is_refused_before_any_study_exists(trained, tmp_path, extra, message):
+    url = f"sqlite:///{tmp_path}/bad.db"
+    run = _tune(url, "bad", "--dtype", "int8", "--data", trained["data"], *extra)
+    assert run.returncode != 0 and message in run.stderr, run.stderr
+    assert not os.path.exists(tmp_path / "bad.db")
+
+
+def test_a_metric_without_data_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path}/bad.db"
+    run = _tune(url, "bad", "--dtype", "float32,bfloat16", "--metric", "int8_models:label_accuracy")
+    assert run.returncode != 0 and "it scores the held-out part of your inputs" in run.stderr
+    assert not os.path.exists(tmp_path / "bad.db")
+
+
 INT8_CONFIGS = [{"path": "openvino", "dtype": "int8"},
                 {"path": "openvino", "dtype": "int8", "ov_int8_preset": "mixed",
                  "ov_int8_model_type": "transformer"},

@@ -59,7 +59,7 @@ def test_defaults_and_relative_paths(tmp_path):
         "checkpoint": str(tmp_path / "weights.pt"), "dtypes": ["float32"],
         "objective": "latency", "budget": {"trials": None, "timeout": None},
         "space": str(tmp_path / "spaces/small.yaml"), "description": "",
-        "data": None, "min_agreement": 0.99, "source": str(tmp_path / "study.yaml")}
+        "data": None, "min_agreement": 0.99, "metric": None, "source": str(tmp_path / "study.yaml")}
 
 
 def test_full_study(tmp_path):
