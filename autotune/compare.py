@@ -18,7 +18,7 @@ from .confirmation import median_noise
 from .space import STATIC_RECIPES
 from .tuner import TuneRequest
 from .workbench import Candidate
-from .worker import EAGER, EAGER_BF16, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
+from .worker import EAGER, EAGER_BF16, INT8_PEERS, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
 
 
 NOISY_IQR = 0.10  # a median relative IQR above this: the run's ratios are not to be trusted
@@ -77,6 +77,9 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
     found[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
     for peer in PEERS:  # float32, as each engine runs by default
         found[peer] = Candidate(peer, None, kind=peer)
+    if "int8" in request.dtypes:  # calibrated on the same data as ours
+        for peer in INT8_PEERS:
+            found[peer] = Candidate(peer, None, kind=peer, dtype="int8")
     for dtype in request.dtypes:
         for name, recipe in STATIC_RECIPES.items():
             if recipe["path"] not in KNOBS["dtype"].paths and dtype != request.dtypes[0]:

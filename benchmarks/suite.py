@@ -27,7 +27,7 @@ from autotune.confirmation import BEST_STATIC
 from autotune.space import (INDUCTOR_DEFAULT, ONNXRUNTIME_DEFAULT, OPENVINO_LATENCY,
                             TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH)
 from autotune.tuner import Tuner, TuneRequest
-from autotune.worker import EAGER, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
+from autotune.worker import EAGER, INT8_PEERS, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 from backend.store import accuracy_text
@@ -38,7 +38,7 @@ STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, O
 
 
 def columns(dtype: str, dtypes: tuple[str, ...] = ()) -> list[str]:
-    int8 = [named_for(OPENVINO_LATENCY, "int8"), named_for(INDUCTOR_DEFAULT, "int8")] \
+    int8 = [named_for(OPENVINO_LATENCY, "int8"), named_for(INDUCTOR_DEFAULT, "int8"), *INT8_PEERS] \
         if "int8" in dtypes else []
     return [EAGER, TORCH_COMPILE_DEFAULT, *PEERS, *[named_for(c, dtype) for c in STATIC_COLUMNS],
             *int8, IPEX_LOOKUP]

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch
 import int8_models
 from backend import BackendConfig, lookup, quantization
 from backend.errors import KnobError, RecordError
+from autotune.workbench import Candidate
 from backend.store import ConfigStore, TunedRecord
 from tuning import worker_pythonpath
 
@@ -201,6 +203,32 @@ def test_a_metric_without_data_is_refused(tmp_path):
     run = _tune(url, "bad", "--dtype", "float32,bfloat16", "--metric", "int8_models:label_accuracy")
     assert run.returncode != 0 and "it scores the held-out part of your inputs" in run.stderr
     assert not os.path.exists(tmp_path / "bad.db")
+
+
+def test_onnx_runtimes_own_int8_is_a_peer_calibrated_and_gated_on_the_same_data(trained, tmp_path,
+                                                                              monkeypatch):
+    from autotune.compare import candidates_for
+    from autotune.models import ModelSpec
+    from autotune.tuner import TuneRequest
+    from autotune.worker import INT8_PEERS, ONNXRUNTIME_INT8_EXPORTED
+    from tuning import QUICK_MEASURE
+
+    monkeypatch.setenv("PYTHONPATH", ENV["PYTHONPATH"])
+    spec = ModelSpec("int8_models:classifier", batch_size=int8_models.BATCH,
+                     checkpoint=trained["checkpoint"])
+    request = TuneRequest(model=spec, dtypes=("float32", "int8"), data=trained["data"],
+                          storage=f"sqlite:///{tmp_path / 'store.db'}", confirm_rounds=1,
+                          max_wait_s=5, confirm_measure=QUICK_MEASURE)
+    assert set(INT8_PEERS) <= set(candidates_for(request))
+    assert not set(INT8_PEERS) & set(candidates_for(replace(request, dtypes=("float32",))))
+    bench = request.bench()
+    bench.ensure_reference()
+    peer = Candidate(ONNXRUNTIME_INT8_EXPORTED, None, kind=ONNXRUNTIME_INT8_EXPORTED, dtype="int8")
+    [measured] = bench.measure_interleaved({peer.name: peer}).values()
+    assert measured.stats is not None, measured.failure
+    assert measured.accuracy["metric"] == "top-1 agreement with float32"
+    assert measured.accuracy["value"] >= 0.99 and measured.accuracy["classes"] >= 5
+    assert measured.accuracy["relative_error"] > 0  # quantized: not float32's numbers
 
 
 INT8_CONFIGS = [{"path": "openvino", "dtype": "int8"},

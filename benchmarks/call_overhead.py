@@ -1,0 +1,107 @@
+"""What torch.compile's own layer adds to every call, per compile path, against the callable the
+path returned.
+
+    python benchmarks/call_overhead.py [--model mobilenet_v3_large] [--paths torchscript,inductor,openvino,onnxruntime] [--rounds 15]
+                                       [--skip-guards]
+
+One fresh process per path. It compiles the model with the ipex backend on that path, keeps the
+callable the path returned and the arguments dynamo hands it, then times, interleaved in rounds:
+the whole `torch.compile` call, and that callable on those arguments. The difference is dynamo's
+layer around our graph (guards, gathering the parameters it passes as inputs). A control
+process does the same with a backend whose callable returns a constant: the layer with nothing
+run inside it. Prints medians of per-round medians and the layer's share of the call.
+``--skip-guards`` times under ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``,
+torch's own switch for a server whose inputs never change kind: what the guards' share is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CONTROL = "control"
+
+
+def _child(model_name: str, path: str, rounds: int, skip_guards: bool) -> dict:
+    import torch
+
+    from autotune.models import ModelSpec, build
+    from backend import compiler
+
+    model, inputs = build(ModelSpec(model_name))
+    captured: dict = {}
+
+    def backend(gm, example_inputs):
+        if path == CONTROL:
+            output = gm(*example_inputs)
+            compiled = lambda *args: output  # noqa: E731  nothing run inside the layer
+        else:
+            compiled = compiler.ipex_backend(gm, example_inputs,
+                                             options={"path": path, "autotune": False})
+        captured["callable"] = compiled
+
+        def keeping_the_arguments(*args):
+            captured.setdefault("args", args)
+            return compiled(*args)
+        return keeping_the_arguments
+
+    whole = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        whole(*inputs)
+        if skip_guards:
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        inner, args = captured["callable"], captured["args"]
+        calls = {"torch.compile call": lambda: whole(*inputs), "path's callable": lambda: inner(*args)}
+        for call in calls.values():
+            for _ in range(30):
+                call()
+        medians: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                times = []
+                for _ in range(20):
+                    start = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - start)
+                medians[name].append(statistics.median(times) * 1e3)
+    return {name: statistics.median(values) for name, values in medians.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v3_large")
+    parser.add_argument("--paths", default="torchscript,inductor,openvino,onnxruntime")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--skip-guards", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.model, args.child, args.rounds, args.skip_guards)))
+        return 0
+    env = {**os.environ, "IPEX_AUTOTUNE_CACHE": tempfile.mkdtemp(prefix="call-overhead-")}
+    print(f"{args.model}, batch 1, {args.rounds} rounds; ms, medians of per-round medians"
+          + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else ""))
+    print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s}")
+    for path in [CONTROL, *args.paths.split(",")]:
+        run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
+                              str(args.rounds), "--child", path,
+                              *(["--skip-guards"] if args.skip_guards else [])], env=env, capture_output=True,
+                             text=True)
+        if run.returncode:
+            print(f"{path:14s} failed: {run.stderr.strip().splitlines()[-1]}")
+            continue
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        whole, inner = result["torch.compile call"], result["path's callable"]
+        print(f"{path:14s} {whole:19.3f} {inner:13.3f} {whole - inner:7.3f} "
+              f"{(whole - inner) / whole:6.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
