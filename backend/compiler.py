@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -167,6 +168,7 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
         else contextlib.nullcontext()
     try:
         stored = using_stored(quantized) if quantized else contextlib.nullcontext()
+        start = time.perf_counter()
         with stored, by_hand:
             compiled, used = compile_graph(gm, example_inputs, config)
     except Exception as exc:
@@ -175,6 +177,7 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
         warn_once(f"stored-failed:{config.config_id}", f"ipex backend: stored config "
                   f"{config.config_id} failed to compile ({first_line(exc)}); "
                   "using the default config")
+        start = time.perf_counter()
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"
     for graphs in _recorders:
@@ -184,7 +187,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
                        **({"quantized": compiled.quantized.describe()} if hasattr(compiled, "quantized") else {})})
     log.info("ipex backend: graph %s compiled with %s %s, from %s", keys["workload_key"],
              used.config_id, used.non_default(), source)
-    _state.last = {"config": used, "source": source, **keys}
+    _state.last = {"config": used, "source": source, "compile_seconds": time.perf_counter() - start,
+                   **keys}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
 
@@ -210,6 +214,7 @@ def _batch_size(example_inputs: Sequence[Any], mask: Sequence[bool]) -> int | No
 
 
 def last_compile() -> dict[str, Any] | None:
-    """What the most recent compile on this thread applied: ``{"config", "source"}`` and the
-    graph's keys (``workload_key``, ``family_key``, ``batch_size``)."""
+    """What the most recent compile on this thread applied: ``{"config", "source"}``, the seconds
+    its path took (``compile_seconds``, without Dynamo's capture) and the graph's keys
+    (``workload_key``, ``family_key``, ``batch_size``)."""
     return getattr(_state, "last", None)
