@@ -9,7 +9,8 @@ callable the path returned and the arguments dynamo hands it, then times, interl
 the whole `torch.compile` call, and that callable on those arguments. The difference is dynamo's
 layer around our graph (guards, gathering the parameters it passes as inputs). A control
 process does the same with a backend whose callable returns a constant: the layer with nothing
-run inside it. Prints medians of per-round medians and the layer's share of the call.
+run inside it. A last row is the peer without that layer: ONNX Runtime's session on a
+`torch.onnx.export` of the whole model, as compare runs it. Prints medians of per-round medians and the layer's share of the call.
 ``--skip-guards`` times under ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``,
 torch's own switch for a server whose inputs never change kind: what the guards' share is.
 """
@@ -26,6 +27,7 @@ import tempfile
 import time
 
 CONTROL = "control"
+PEER = "ort-on-export"  # ONNX Runtime on torch.onnx.export of the whole model: no torch.compile
 
 
 def _child(model_name: str, path: str, rounds: int, skip_guards: bool) -> dict:
@@ -35,6 +37,8 @@ def _child(model_name: str, path: str, rounds: int, skip_guards: bool) -> dict:
     from backend import compiler
 
     model, inputs = build(ModelSpec(model_name))
+    if path == PEER:
+        return {"path's callable": _median_of_rounds(_exported_session(model, inputs), rounds)}
     captured: dict = {}
 
     def backend(gm, example_inputs):
@@ -57,20 +61,43 @@ def _child(model_name: str, path: str, rounds: int, skip_guards: bool) -> dict:
         if skip_guards:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         inner, args = captured["callable"], captured["args"]
-        calls = {"torch.compile call": lambda: whole(*inputs), "path's callable": lambda: inner(*args)}
-        for call in calls.values():
-            for _ in range(30):
+        return _median_of_rounds(lambda: whole(*inputs), rounds, lambda: inner(*args))
+
+
+def _exported_session(model, inputs):
+    import contextlib
+    import io
+
+    import onnxruntime
+    import torch
+
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, tuple(inputs), path, dynamo=True, external_data=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    return lambda: session.run(None, feeds)
+
+
+def _median_of_rounds(whole, rounds: int, inner=None):
+    """Medians of per-round medians; with ``inner``: of both, interleaved in each round."""
+    calls = {"torch.compile call": whole, "path's callable": inner} if inner else {"": whole}
+    for call in calls.values():
+        for _ in range(30):
+            call()
+    medians: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times = []
+            for _ in range(20):
+                start = time.perf_counter()
                 call()
-        medians: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(rounds):
-            for name, call in calls.items():
-                times = []
-                for _ in range(20):
-                    start = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - start)
-                medians[name].append(statistics.median(times) * 1e3)
-    return {name: statistics.median(values) for name, values in medians.items()}
+                times.append(time.perf_counter() - start)
+            medians[name].append(statistics.median(times) * 1e3)
+    result = {name: statistics.median(values) for name, values in medians.items()}
+    return result if inner else result[""]
 
 
 def main(argv=None) -> int:
@@ -88,7 +115,7 @@ def main(argv=None) -> int:
     print(f"{args.model}, batch 1, {args.rounds} rounds; ms, medians of per-round medians"
           + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else ""))
     print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s}")
-    for path in [CONTROL, *args.paths.split(",")]:
+    for path in [CONTROL, *args.paths.split(","), PEER]:
         run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
                               str(args.rounds), "--child", path,
                               *(["--skip-guards"] if args.skip_guards else [])], env=env, capture_output=True,
@@ -97,6 +124,10 @@ def main(argv=None) -> int:
             print(f"{path:14s} failed: {run.stderr.strip().splitlines()[-1]}")
             continue
         result = json.loads(run.stdout.strip().splitlines()[-1])
+        if path == PEER:
+            alone = result["path's callable"]
+            print(f"{path:14s} {'-':>19s} {alone:13.3f}")
+            continue
         whole, inner = result["torch.compile call"], result["path's callable"]
         print(f"{path:14s} {whole:19.3f} {inner:13.3f} {whole - inner:7.3f} "
               f"{(whole - inner) / whole:6.0%}")

@@ -40,8 +40,9 @@ STATIC_COLUMNS = [TORCHSCRIPT_DEFAULT, WITHOUT_ONEDNN_GRAPH, INDUCTOR_DEFAULT, O
 def columns(dtype: str, dtypes: tuple[str, ...] = ()) -> list[str]:
     int8 = [named_for(OPENVINO_LATENCY, "int8"), named_for(INDUCTOR_DEFAULT, "int8"), *INT8_PEERS] \
         if "int8" in dtypes else []
-    return [EAGER, TORCH_COMPILE_DEFAULT, *PEERS, *[named_for(c, dtype) for c in STATIC_COLUMNS],
-            *int8, IPEX_LOOKUP]
+    # ONNX Runtime computes in float32 only: its recipe keeps its float32 name in any study
+    static = [c if c == ONNXRUNTIME_DEFAULT else named_for(c, dtype) for c in STATIC_COLUMNS]
+    return [EAGER, TORCH_COMPILE_DEFAULT, *PEERS, *static, *int8, IPEX_LOOKUP]
 
 
 def synthetic_images(spec: ModelSpec, count: int, folder: str) -> str:
