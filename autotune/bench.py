@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Mapping
 
 
@@ -22,6 +22,11 @@ class MeasureSettings:
     def of(cls, command: Mapping) -> "MeasureSettings":
         """The settings in a worker command; what it leaves out keeps its default."""
         return cls(**{k: command[k] for k in asdict(cls()) if k in command})
+
+    def timed_for(self, seconds: float) -> "MeasureSettings":
+        """``seconds`` of timed runs, warmed up at most as long: a quick measurement asked for
+        (`--measure-seconds 0.2`) is not four parts warm-up to one part timing."""
+        return replace(self, min_seconds=seconds, warmup_seconds=min(self.warmup_seconds, seconds))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -191,7 +190,7 @@ def cmd_compare(args) -> int:
                           min_agreement=args.min_agreement or MIN_AGREEMENT, metric=args.metric)
     zygote.prestart()
     if args.measure_seconds:
-        request.confirm_measure = replace(request.confirm_measure, min_seconds=args.measure_seconds)
+        request.confirm_measure = request.confirm_measure.timed_for(args.measure_seconds)
     if args.max_wait:
         request.max_wait_s = parse_duration(args.max_wait)
     result = compare(request, on_start=lambda: print(
@@ -408,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study-name")
     run.add_argument("--seed", type=int)
     run.add_argument("--measure-seconds", type=float,
-                     help="timed seconds per trial (default 2; confirmation rounds use half)")
+                     help="timed seconds per trial (default 2; confirmation rounds use half); "
+                          "the warm-up before them lasts at most as long (default 1)")
     run.add_argument("--confirm-rounds", type=_positive_int,
                      help="interleaved confirmation rounds, at least (default 5); more follow, up "
                           "to --max-confirm-rounds, until the winner's ratio to the default is decided")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +311,6 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
                           study_name=options.study_name, seed=options.seed, cpus=options.cpus,
                           jobs=options.jobs, **{k: v for k, v in given.items() if v})
     if options.measure_seconds:
-        request.measure = replace(request.measure, min_seconds=options.measure_seconds)
-        request.confirm_measure = replace(request.confirm_measure,
-                                          min_seconds=options.measure_seconds / 2)
+        request.measure = request.measure.timed_for(options.measure_seconds)
+        request.confirm_measure = request.confirm_measure.timed_for(options.measure_seconds / 2)
     return request

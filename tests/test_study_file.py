@@ -7,7 +7,7 @@ import pytest
 
 from autotune.errors import AutotuneError, StudyError
 from autotune.space import load_space
-from autotune.study_file import load_study_file, parse_duration
+from autotune.study_file import RunOptions, load_study_file, parse_duration, tune_request
 from tuning import assert_file_line_error
 
 STUDIES = sorted((pathlib.Path(__file__).parent.parent / "studies").glob("*.yaml"))
@@ -60,6 +60,15 @@ def test_defaults_and_relative_paths(tmp_path):
         "objective": "latency", "budget": {"trials": None, "timeout": None},
         "space": str(tmp_path / "spaces/small.yaml"), "description": "",
         "data": None, "min_agreement": 0.99, "metric": None, "source": str(tmp_path / "study.yaml")}
+
+
+def test_measure_seconds_sets_the_timed_part_and_caps_the_warm_up():
+    quick = tune_request(RunOptions(model="resnet50", measure_seconds=0.2))
+    assert (quick.measure.min_seconds, quick.measure.warmup_seconds) == (0.2, 0.2)
+    assert (quick.confirm_measure.min_seconds, quick.confirm_measure.warmup_seconds) == (0.1, 0.1)
+    default = tune_request(RunOptions(model="resnet50"))
+    assert (default.measure.min_seconds, default.measure.warmup_seconds) == (2.0, 1.0)
+    assert (default.confirm_measure.min_seconds, default.confirm_measure.warmup_seconds) == (1.0, 1.0)
 
 
 def test_full_study(tmp_path):
