@@ -2,7 +2,7 @@
 path returned.
 
     python benchmarks/call_overhead.py [--model mobilenet_v3_large] [--paths torchscript,inductor,openvino,onnxruntime] [--rounds 15]
-                                       [--skip-guards]
+                                       [--skip-guards] [--free-tensors]
 
 One fresh process per path. It compiles the model with the ipex backend on that path, keeps the
 callable the path returned and the arguments dynamo hands it, then times, interleaved in rounds:
@@ -13,6 +13,8 @@ run inside it. A last row is the peer without that layer: ONNX Runtime's session
 `torch.onnx.export` of the whole model, as compare runs it. Prints medians of per-round medians and the layer's share of the call.
 ``--skip-guards`` times under ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``,
 torch's own switch for a server whose inputs never change kind: what the guards' share is.
+``--free-tensors`` captures with ``torch._dynamo.config.install_free_tensors = True``: the
+parameters become constants of the graph instead of inputs dynamo gathers on every call.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ CONTROL = "control"
 PEER = "ort-on-export"  # ONNX Runtime on torch.onnx.export of the whole model: no torch.compile
 
 
-def _child(model_name: str, path: str, rounds: int, skip_guards: bool) -> dict:
+def _child(model_name: str, path: str, rounds: int, skip_guards: bool, free_tensors: bool) -> dict:
     import torch
+
+    torch._dynamo.config.install_free_tensors = free_tensors
 
     from autotune.models import ModelSpec, build
     from backend import compiler
@@ -106,19 +110,23 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", default="torchscript,inductor,openvino,onnxruntime")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--skip-guards", action="store_true")
+    parser.add_argument("--free-tensors", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.model, args.child, args.rounds, args.skip_guards)))
+        print(json.dumps(_child(args.model, args.child, args.rounds, args.skip_guards,
+                                 args.free_tensors)))
         return 0
     env = {**os.environ, "IPEX_AUTOTUNE_CACHE": tempfile.mkdtemp(prefix="call-overhead-")}
     print(f"{args.model}, batch 1, {args.rounds} rounds; ms, medians of per-round medians"
-          + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else ""))
+          + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else "")
+          + (", parameters captured as constants (install_free_tensors)" if args.free_tensors else ""))
     print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s}")
     for path in [CONTROL, *args.paths.split(","), PEER]:
         run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
                               str(args.rounds), "--child", path,
-                              *(["--skip-guards"] if args.skip_guards else [])], env=env, capture_output=True,
+                              *(["--skip-guards"] if args.skip_guards else []),
+                              *(["--free-tensors"] if args.free_tensors else [])], env=env, capture_output=True,
                              text=True)
         if run.returncode:
             print(f"{path:14s} failed: {run.stderr.strip().splitlines()[-1]}")
