@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "and int8 are gated on the held-out part)")
     comp.add_argument("--min-agreement", type=float, help="as for `run` (default 0.99)")
     comp.add_argument("--metric", help="as for `run`")
-    comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round")
+    comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round (default 1); "
+                      "the warm-up before them lasts at most as long (default 1)")
     comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
                       "(default 3m)")
     comp.set_defaults(func=cmd_compare)
