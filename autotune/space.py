@@ -44,7 +44,7 @@ ONNXRUNTIME_DEFAULT = "ONNX Runtime, all optimizations"
 STATIC_RECIPES: dict[str, dict[str, Any]] = {
     TORCHSCRIPT_DEFAULT: {"path": TORCHSCRIPT},              # the backend's default: oneDNN Graph
     # each engine's recommended latency setting (its defaults) next: an engine was the fastest
-    # float32 recipe on every suite model, and a short budget must reach them (README, "Numbers")
+    # float32 recipe on most suite models, and a short budget must reach them (README, "Numbers")
     OPENVINO_LATENCY: {"path": OPENVINO},
     ONNXRUNTIME_DEFAULT: {"path": ONNXRUNTIME},
     INDUCTOR_DEFAULT: {"path": INDUCTOR},                    # torch.compile's compiler, frozen

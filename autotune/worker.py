@@ -335,6 +335,9 @@ def _user_metric(spec: WorkerSpec, output: Any, reference: Any, held_out: list) 
                            f"{float32_score!r}; the gate keeps a fraction (--min-agreement) of "
                            "float32's score, so it must be a finite number above zero, higher "
                            "is better")
+    if not math.isfinite(score):  # NaN or inf would pass or break the gate's comparison
+        raise TrialFailure(FailureKind.ACCURACY, f"--metric {spec.metric} scored this config "
+                           f"{score!r} (float32: {float32_score!r}): not a number the gate can keep")
     return {"metric": f"your metric {spec.metric}, as a fraction of float32's",
             "higher_is_better": True, "value": round(score / float32_score, 6),
             "bound": spec.min_agreement, "score": score, "float32_score": float32_score}

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                               *(["--free-tensors"] if args.free_tensors else [])], env=env, capture_output=True,
                              text=True)
         if run.returncode:
-            print(f"{path:14s} failed: {run.stderr.strip().splitlines()[-1]}")
+            print(f"{path:14s} failed: {(run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]}")
             continue
         result = json.loads(run.stdout.strip().splitlines()[-1])
         if path == PEER:
