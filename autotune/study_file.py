@@ -291,6 +291,9 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
     if metric and not data:
         raise StudyError(f"--metric {metric}: it scores the held-out part of your inputs; give "
                          "them with --data (or data: in the study file)")
+    if metric and set(dtypes) == {"float32"}:
+        log.warning("--metric %s is unused: it gates bfloat16 and int8 against float32, and only "
+                    "float32 is tuned (add --dtype float32,bfloat16 or int8)", metric)
     if options.min_agreement is not None and not 0 < options.min_agreement <= 1:
         raise StudyError(f"--min-agreement {options.min_agreement}: expected a fraction in (0, 1], "
                          "e.g. 0.99")
