@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from autotune.bench import Stats
+
 CONTROL = "control"
 PEER = "ort-on-export"  # ONNX Runtime on torch.onnx.export of the whole model: no torch.compile
 
@@ -42,7 +44,7 @@ def _child(model_name: str, path: str, rounds: int, skip_guards: bool, free_tens
 
     model, inputs = build(ModelSpec(model_name))
     if path == PEER:
-        return {"path's callable": _median_of_rounds(_exported_session(model, inputs), rounds)}
+        return _median_of_rounds(_exported_session(model, inputs), rounds)
     captured: dict = {}
 
     def backend(gm, example_inputs):
@@ -100,8 +102,10 @@ def _median_of_rounds(whole, rounds: int, inner=None):
                 call()
                 times.append(time.perf_counter() - start)
             medians[name].append(statistics.median(times) * 1e3)
-    result = {name: statistics.median(values) for name, values in medians.items()}
-    return result if inner else result[""]
+    result = {name: Stats.of(values).median_ms for name, values in medians.items()}
+    # the noise of the first call's per-round medians: a layer within it is not a number
+    result["spread"] = Stats.of(next(iter(medians.values()))).spread
+    return result if inner else {"path's callable": result[""], "spread": result["spread"]}
 
 
 def main(argv=None) -> int:
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
     print(f"{args.model}, batch 1, {args.rounds} rounds; ms, medians of per-round medians"
           + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else "")
           + (", parameters captured as constants (install_free_tensors)" if args.free_tensors else ""))
-    print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s}")
+    print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s} "
+          f"{'IQR':>5s}  (IQR: of the per-round medians, as a share; a layer within it is noise)")
     for path in [CONTROL, *args.paths.split(","), PEER]:
         run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
                               str(args.rounds), "--child", path,
@@ -129,16 +134,17 @@ def main(argv=None) -> int:
                               *(["--free-tensors"] if args.free_tensors else [])], env=env, capture_output=True,
                              text=True)
         if run.returncode:
-            print(f"{path:14s} failed: {(run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]}")
+            last_line = (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
+            print(f"{path:14s} failed: {last_line}")
             continue
         result = json.loads(run.stdout.strip().splitlines()[-1])
         if path == PEER:
             alone = result["path's callable"]
-            print(f"{path:14s} {'-':>19s} {alone:13.3f}")
+            print(f"{path:14s} {'-':>19s} {alone:13.3f} {'':7s} {'':6s} {result['spread']:5.0%}")
             continue
         whole, inner = result["torch.compile call"], result["path's callable"]
         print(f"{path:14s} {whole:19.3f} {inner:13.3f} {whole - inner:7.3f} "
-              f"{(whole - inner) / whole:6.0%}")
+              f"{(whole - inner) / whole:6.0%} {result['spread']:5.0%}")
     return 0
 
 

@@ -89,6 +89,11 @@ def label_accuracy(outputs: torch.Tensor, inputs: tuple) -> float:
     return (outputs.argmax(1) == true_classes(inputs[0])).float().mean().item()
 
 
+def largest_logit(outputs: torch.Tensor, inputs: tuple) -> float:
+    """A ``--metric`` that overflows to inf on a candidate whose outputs do."""
+    return outputs.abs().max().item()
+
+
 def scores_zero(outputs: torch.Tensor, inputs: tuple) -> float:
     """A ``--metric`` no fraction can be kept of."""
     return 0.0

@@ -149,7 +149,7 @@ def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message):
 
 def test_your_metric_judges_as_a_fraction_of_float32s_score_and_fails_below_the_bound(trained):
     from autotune import data
-    from autotune.worker import TrialFailure, WorkerSpec, _accuracy_gate
+    from autotune.worker import FailureKind, TrialFailure, WorkerSpec, _accuracy_gate
 
     model = trained["model"]
     split = data.load(trained["data"], int8_models.batches(1, seed=0))
@@ -170,6 +170,13 @@ def test_your_metric_judges_as_a_fraction_of_float32s_score_and_fails_below_the_
     zero = WorkerSpec(model={}, candidate={}, reference_path="", metric="int8_models:scores_zero")
     with pytest.raises(TrialFailure, match="must be a finite number above zero"), torch.no_grad():
         _accuracy_gate(zero, model, model, split)
+
+    def overflowing(x):  # inf would be "infinitely better" than float32 and pass the bound
+        return model(x) * float("inf")
+    largest = WorkerSpec(model={}, candidate={}, reference_path="", metric="int8_models:largest_logit")
+    with pytest.raises(TrialFailure, match="not a number the gate can keep") as failed, torch.no_grad():
+        _accuracy_gate(largest, model, overflowing, split)
+    assert failed.value.kind == FailureKind.ACCURACY
 
 
 def test_a_config_tuned_with_your_metric_is_stored_with_its_figures(trained):

@@ -71,6 +71,16 @@ def test_measure_seconds_sets_the_timed_part_and_caps_the_warm_up():
     assert (default.confirm_measure.min_seconds, default.confirm_measure.warmup_seconds) == (1.0, 1.0)
 
 
+def test_a_metric_with_only_float32_tuned_says_it_is_unused(caplog):
+    options = dict(model="resnet50", data="mydata:batches", metric="mymetric:score")
+    with caplog.at_level("WARNING"):
+        tune_request(RunOptions(**options, dtypes=("float32", "bfloat16")))
+    assert "is unused" not in caplog.text  # the control: bfloat16 is gated by it
+    with caplog.at_level("WARNING"):
+        tune_request(RunOptions(**options))
+    assert "--metric mymetric:score is unused" in caplog.text
+
+
 def test_full_study(tmp_path):
     study = load_study_file(write(tmp_path, """
         model: vit_b_16
