@@ -7,9 +7,13 @@ path returned.
 One fresh process per path. It compiles the model with the ipex backend on that path, keeps the
 callable the path returned and the arguments dynamo hands it, then times, interleaved in rounds:
 the whole `torch.compile` call, and that callable on those arguments. The difference is dynamo's
-layer around our graph (guards, gathering the parameters it passes as inputs). A control
-process does the same with a backend whose callable returns a constant: the layer with nothing
-run inside it. A last row is the peer without that layer: ONNX Runtime's session on a
+layer around our graph (guards, gathering the parameters it passes as inputs). Control
+processes do the same with a backend whose callable runs no engine: ``control`` returns a
+constant (the layer with nothing inside it); ``control-evict`` first reads a 64 MB buffer, past
+the L3, as an engine streaming its weights does; ``control-spin`` first spins for 1.5 ms and
+touches no memory; ``control-threads`` first runs torch matmuls on torch's OpenMP threads. If
+the layer grows with evict but not with spin, it is dynamo's per-call work running from cold
+caches. A last row is the peer without that layer: ONNX Runtime's session on a
 `torch.onnx.export` of the whole model, as compare runs it. Prints medians of per-round medians and the layer's share of the call.
 ``--skip-guards`` times under ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``,
 torch's own switch for a server whose inputs never change kind: what the guards' share is.
@@ -31,6 +35,10 @@ import time
 from autotune.bench import Stats
 
 CONTROL = "control"
+EVICTING_CONTROL = "control-evict"
+SPINNING_CONTROL = "control-spin"
+THREADED_CONTROL = "control-threads"
+CONTROLS = (CONTROL, EVICTING_CONTROL, SPINNING_CONTROL, THREADED_CONTROL)
 PEER = "ort-on-export"  # ONNX Runtime on torch.onnx.export of the whole model: no torch.compile
 
 
@@ -48,9 +56,13 @@ def _child(model_name: str, path: str, rounds: int, skip_guards: bool, free_tens
     captured: dict = {}
 
     def backend(gm, example_inputs):
-        if path == CONTROL:
+        if path in CONTROLS:
             output = gm(*example_inputs)
-            compiled = lambda *args: output  # noqa: E731  nothing run inside the layer
+            work = _control_work(path)
+
+            def compiled(*args):
+                work()
+                return output
         else:
             compiled = compiler.ipex_backend(gm, example_inputs,
                                              options={"path": path, "autotune": False})
@@ -68,6 +80,26 @@ def _child(model_name: str, path: str, rounds: int, skip_guards: bool, free_tens
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         inner, args = captured["callable"], captured["args"]
         return _median_of_rounds(lambda: whole(*inputs), rounds, lambda: inner(*args))
+
+
+def _control_work(kind: str):
+    import numpy
+
+    if kind == EVICTING_CONTROL:
+        buffer = numpy.ones(16 << 20, dtype=numpy.float32)  # 64 MB: past a Zen 4 CCD's 32 MB L3
+        return lambda: float(buffer.sum())
+    if kind == THREADED_CONTROL:
+        import torch
+
+        a, b = torch.randn(384, 384), torch.randn(384, 384)
+        return lambda: [torch.mm(a, b) for _ in range(12)]
+    if kind == SPINNING_CONTROL:
+        def spin(seconds=0.0015):
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        return spin
+    return lambda: None
 
 
 def _exported_session(model, inputs):
@@ -127,7 +159,7 @@ def main(argv=None) -> int:
           + (", parameters captured as constants (install_free_tensors)" if args.free_tensors else ""))
     print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s} "
           f"{'IQR':>5s}  (IQR: of the per-round medians, as a share; a layer within it is noise)")
-    for path in [CONTROL, *args.paths.split(","), PEER]:
+    for path in [*CONTROLS, *args.paths.split(","), PEER]:
         run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
                               str(args.rounds), "--child", path,
                               *(["--skip-guards"] if args.skip_guards else []),
