@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -191,11 +192,14 @@ def cmd_compare(args) -> int:
     zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure = request.confirm_measure.timed_for(args.measure_seconds)
+    if args.skip_guards:
+        request.confirm_measure = dataclasses.replace(request.confirm_measure, skip_guards=True)
     if args.max_wait:
         request.max_wait_s = parse_duration(args.max_wait)
     result = compare(request, on_start=lambda: print(
         f"comparing {request.model.name} (batch {request.model.batch_size}, {request.threads} "
-        f"threads), {args.rounds} interleaved rounds in fresh processes...", file=sys.stderr))
+        f"threads), {args.rounds} interleaved rounds in fresh processes"
+        + (", torch.compile's guards skipped" if args.skip_guards else "") + "...", file=sys.stderr))
     eager = result.candidates[EAGER].stats
     best_static = result.best_static(request.dtypes[0])
     static = result.candidates[best_static].stats if best_static else None
@@ -219,6 +223,9 @@ def cmd_compare(args) -> int:
     for dtype in request.dtypes:
         print(f"{named_for(BEST_STATIC, dtype)}: {result.best_static(dtype) or 'every recipe failed'}")
     print(result.noise_note())
+    if args.skip_guards:
+        print("torch.compile's guards were skipped (set_stance skip_guard_eval_unsafe) in every "
+              "torch.compile candidate; eager and ONNX Runtime on the export have none")
     print(f"tuned config applied by the lookup: {result.tuned_source or 'none'}")
     return 0
 
@@ -439,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "the warm-up before them lasts at most as long (default 1)")
     comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
                       "(default 3m)")
+    comp.add_argument("--skip-guards", action="store_true",
+                      help="time every torch.compile call under torch.compiler.set_stance("
+                           "'default', skip_guard_eval_unsafe=True), as a server whose inputs "
+                           "never change shape or dtype may run; the peers outside torch.compile "
+                           "are unaffected")
     comp.set_defaults(func=cmd_compare)
 
     sub.add_parser("models", help="list model names").set_defaults(func=cmd_models)

@@ -12,6 +12,7 @@ processes). The six default models take over an hour on 2 cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -72,7 +73,9 @@ def write_table(rows, args, argv) -> None:
     lines = [f"Measured {datetime.date.today()} on {info['cpu']}, {info['cores']} cores, torch "
              f"{torch.__version__}, dtypes {','.join(args.dtype)}, by `python benchmarks/suite.py "
              f"{' '.join(argv or sys.argv[1:])}`. Medians of {args.rounds} interleaved rounds in fresh "
-             "processes; ratios within one run.", "",
+             "processes; ratios within one run"
+             + (", torch.compile's guards skipped (set_stance skip_guard_eval_unsafe)"
+                if args.skip_guards else "") + ".", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, batch, m, trials, rate, fma, knobs, accuracy, noise in rows:
         cells = [f"{m[c]:.2f}" if m.get(c) else "failed" if c in m else "-" for c in shown]
@@ -122,6 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=0,
                         help="synthetic images for --data (int8 needs them): half calibrate, "
                              "half judge accuracy")
+    parser.add_argument("--skip-guards", action="store_true",
+                        help="compare times every torch.compile call with its guards skipped, "
+                             "as `autotune compare --skip-guards`; the tuning is unchanged")
     parser.add_argument("-o", "--output", default="benchmarks/results.md")
     args = parser.parse_args(argv)
     rows = []
@@ -136,6 +142,8 @@ def main(argv=None) -> int:
         print(f"== tuning {name} batch {spec.batch_size}", file=sys.stderr, flush=True)
         tuned = Tuner(request).run()
         request.confirm_rounds = args.rounds
+        request.confirm_measure = dataclasses.replace(request.confirm_measure,
+                                                      skip_guards=args.skip_guards)
         result = compare(request)
         best_static = result.best_static(args.dtype[0])
         named = {named_for(BEST_STATIC, args.dtype[0]): best_static}
