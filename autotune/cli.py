@@ -212,7 +212,7 @@ def cmd_compare(args) -> int:
             print(f"{name:{width}s} {'failed':>10s}  {(cand.failure or '')[:70]}")
             continue
         rate, fma = result.gflops(name), result.fma_peak(name)
-        share_of_peak = f"{100 * rate / fma:9.1f}%" if fma else "-".rjust(10)  # int8: no FMA peak
+        share_of_peak = f"{100 * rate / fma:9.1f}%" if fma else "-".rjust(10)  # no peak for its dtype (int8 has none)
         print(f"{name:{width}s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "

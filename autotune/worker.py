@@ -390,10 +390,10 @@ def _measure(call: Callable[[], Any], command: dict, warmed: bool) -> dict:
     settings = MeasureSettings.of(command)
     if not warmed:
         warm_up(call, count=settings.warmup_count, seconds=settings.warmup_seconds)
-    # after the warm-up: the compiled entries exist, and the stance only skips checking them
-    stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-              if settings.skip_guards else contextlib.nullcontext())
-    with stance:
+    # after the warm-up: the compiled entries exist, and the stance only skips checking them.
+    # set_stance applies on construction, so it is built in the with statement itself.
+    with (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+          if settings.skip_guards else contextlib.nullcontext()):
         prune_above = command.get("prune_above_ms")
         samples: list[float] = []
         if prune_above:

@@ -86,15 +86,15 @@ def _control_work(kind: str):
     import numpy
 
     if kind == EVICTING_CONTROL:
-        buffer = numpy.ones(16 << 20, dtype=numpy.float32)  # 64 MB: past a Zen 4 CCD's 32 MB L3
+        buffer = numpy.ones(16 << 20, dtype=numpy.float32)  # 64 MB: past the L3 of most CPUs
         return lambda: float(buffer.sum())
-    if kind == THREADED_CONTROL:
+    if kind == THREADED_CONTROL:  # little data, but wakes torch's OpenMP pool as an engine does
         import torch
 
         a, b = torch.randn(384, 384), torch.randn(384, 384)
         return lambda: [torch.mm(a, b) for _ in range(12)]
     if kind == SPINNING_CONTROL:
-        def spin(seconds=0.0015):
+        def spin(seconds=0.0015):  # about as long as mobilenet's engine call
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 pass
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     print(f"{args.model}, batch 1, {args.rounds} rounds; ms, medians of per-round medians"
           + (", guards skipped (skip_guard_eval_unsafe)" if args.skip_guards else "")
           + (", parameters captured as constants (install_free_tensors)" if args.free_tensors else ""))
-    print(f"{'path':14s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s} "
+    print(f"{'path':16s} {'torch.compile call':>19s} {'its callable':>13s} {'layer':>7s} {'share':>6s} "
           f"{'IQR':>5s}  (IQR: of the per-round medians, as a share; a layer within it is noise)")
     for path in [*CONTROLS, *args.paths.split(","), PEER]:
         run = subprocess.run([sys.executable, __file__, "--model", args.model, "--rounds",
@@ -167,15 +167,15 @@ def main(argv=None) -> int:
                              text=True)
         if run.returncode:
             last_line = (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
-            print(f"{path:14s} failed: {last_line}")
+            print(f"{path:16s} failed: {last_line}")
             continue
         result = json.loads(run.stdout.strip().splitlines()[-1])
         if path == PEER:
             alone = result["path's callable"]
-            print(f"{path:14s} {'-':>19s} {alone:13.3f} {'':7s} {'':6s} {result['spread']:5.0%}")
+            print(f"{path:16s} {'-':>19s} {alone:13.3f} {'':7s} {'':6s} {result['spread']:5.0%}")
             continue
         whole, inner = result["torch.compile call"], result["path's callable"]
-        print(f"{path:14s} {whole:19.3f} {inner:13.3f} {whole - inner:7.3f} "
+        print(f"{path:16s} {whole:19.3f} {inner:13.3f} {whole - inner:7.3f} "
               f"{(whole - inner) / whole:6.0%} {result['spread']:5.0%}")
     return 0
 

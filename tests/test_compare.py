@@ -125,26 +125,33 @@ def test_the_suite_names_the_tuned_config_and_says_when_it_is_the_default():
 @pytest.mark.parametrize("skip_guards", [False, True])
 def test_skip_guards_times_under_the_stance_that_checks_no_guards(skip_guards):
     """Each timed call takes a new shape, so a call whose guards are checked recompiles, and one
-    under skip_guard_eval_unsafe is refused by torch instead (the warm-up checks them as usual)."""
+    under skip_guard_eval_unsafe is refused by torch instead (the warm-up checks them as usual,
+    and the stance ends with the measurement)."""
+    from autotune.bench import MeasureSettings
     from autotune.worker import _measure
 
-    torch._dynamo.reset()
     compiles = []
 
     def counting_backend(gm, example_inputs):
         compiles.append(example_inputs[0].shape)
         return gm.forward
 
-    compiled = torch.compile(lambda x: x.sum(), backend=counting_backend, dynamic=False)
-    sizes = iter(range(1, 100))
-    call = lambda: compiled(torch.ones(next(sizes)))  # noqa: E731
-    command = {"warmup_count": 2, "warmup_seconds": 0.0, "min_runs": 3, "min_seconds": 0.0,
-               "skip_guards": skip_guards}
-    if skip_guards:
-        with pytest.raises(RuntimeError, match="skip_guard_eval_unsafe"):
-            _measure(call, command, warmed=False)
-        assert len(compiles) == 2  # the warm-up's calls, with their guards checked
-    else:
-        assert _measure(call, command, warmed=False)["stats"]["runs"] == 3
-        assert len(compiles) == 5
     torch._dynamo.reset()
+    try:
+        compiled = torch.compile(lambda x: x.sum(), backend=counting_backend, dynamic=False)
+        sizes = iter(range(1, 100))
+        call = lambda: compiled(torch.ones(next(sizes)))  # noqa: E731
+        # the worker gets its settings as the command dict the parent sends
+        command = MeasureSettings(warmup_count=2, warmup_seconds=0.0, min_runs=3, min_seconds=0.0,
+                                  skip_guards=skip_guards).to_dict()
+        if skip_guards:
+            with pytest.raises(RuntimeError, match="skip_guard_eval_unsafe"):
+                _measure(call, command, warmed=False)
+            assert len(compiles) == 2  # the warm-up's calls, with their guards checked
+            call()
+            assert len(compiles) == 3  # after the measurement, guards are checked again
+        else:
+            assert _measure(call, command, warmed=False)["stats"]["runs"] == 3
+            assert len(compiles) == 5
+    finally:
+        torch._dynamo.reset()
