@@ -17,8 +17,8 @@ class MeasureSettings:
     warmup_seconds: float = 1.0
     min_runs: int = 20
     min_seconds: float = 2.0
-    # times under torch's serving stance (guards not evaluated), as a server may run: dynamo's
-    # per-call layer without them (benchmarks/call_overhead.py)
+    # times under torch's serving stance (skip_guard_eval_unsafe), as a server may run: dynamo's
+    # per-call layer with most guards unchecked (benchmarks/call_overhead.py)
     skip_guards: bool = False
 
     @classmethod

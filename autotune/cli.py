@@ -212,7 +212,8 @@ def cmd_compare(args) -> int:
             print(f"{name:{width}s} {'failed':>10s}  {(cand.failure or '')[:70]}")
             continue
         rate, fma = result.gflops(name), result.fma_peak(name)
-        share_of_peak = f"{100 * rate / fma:9.1f}%" if fma else "-".rjust(10)  # no peak for its dtype (int8 has none)
+        # no peak measured for its dtype (int8 has none)
+        share_of_peak = f"{100 * rate / fma:9.1f}%" if fma else "-".rjust(10)
         print(f"{name:{width}s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "
@@ -450,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--skip-guards", action="store_true",
                       help="time every torch.compile call under torch.compiler.set_stance("
                            "'default', skip_guard_eval_unsafe=True), as a server whose inputs "
-                           "never change shape or dtype may run; the peers outside torch.compile "
+                           "and globals never change may run (a new shape is still refused; other "
+                           "changes would run the stale graph); the peers outside torch.compile "
                            "are unaffected")
     comp.set_defaults(func=cmd_compare)
 

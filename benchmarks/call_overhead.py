@@ -11,9 +11,9 @@ layer around our graph (guards, gathering the parameters it passes as inputs). C
 processes do the same with a backend whose callable runs no engine: ``control`` returns a
 constant (the layer with nothing inside it); ``control-evict`` first reads a 64 MB buffer, past
 the L3, as an engine streaming its weights does; ``control-spin`` first spins for 1.5 ms and
-touches no memory; ``control-threads`` first runs torch matmuls on torch's OpenMP threads. If
-the layer grows with evict but not with spin, it is dynamo's per-call work running from cold
-caches. A last row is the peer without that layer: ONNX Runtime's session on a
+touches no memory; ``control-threads`` first runs torch matmuls on torch's OpenMP threads. A
+layer that grows with evict or threads but not with spin comes from what the work leaves
+behind (cold caches, woken threads), not from how long it takes. A last row is the peer without that layer: ONNX Runtime's session on a
 `torch.onnx.export` of the whole model, as compare runs it. Prints medians of per-round medians and the layer's share of the call.
 ``--skip-guards`` times under ``torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)``,
 torch's own switch for a server whose inputs never change kind: what the guards' share is.

@@ -123,7 +123,7 @@ def test_the_suite_names_the_tuned_config_and_says_when_it_is_the_default():
 
 
 @pytest.mark.parametrize("skip_guards", [False, True])
-def test_skip_guards_times_under_the_stance_that_checks_no_guards(skip_guards):
+def test_skip_guards_times_the_calls_under_torchs_serving_stance(skip_guards):
     """Each timed call takes a new shape, so a call whose guards are checked recompiles, and one
     under skip_guard_eval_unsafe is refused by torch instead (the warm-up checks them as usual,
     and the stance ends with the measurement)."""
