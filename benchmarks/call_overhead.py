@@ -88,7 +88,7 @@ def _control_work(kind: str):
     if kind == EVICTING_CONTROL:
         buffer = numpy.ones(16 << 20, dtype=numpy.float32)  # 64 MB: past the L3 of most CPUs
         return lambda: float(buffer.sum())
-    if kind == THREADED_CONTROL:  # little data, but wakes torch's OpenMP pool as an engine does
+    if kind == THREADED_CONTROL:  # little data, but wakes a thread pool, as an engine does
         import torch
 
         a, b = torch.randn(384, 384), torch.randn(384, 384)
