@@ -180,6 +180,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
         start = time.perf_counter()
         compiled, used = compile_graph(gm, example_inputs, fallback)
         source = "default (stored config failed)"
+    if not _trains(gm, example_inputs):
+        _guard_weight_identity(gm, example_inputs)
     for graphs in _recorders:
         graphs.append({**keys, "config_id": used.config_id, "config": used.to_dict(),
                        "dtype": used.dtype, "source": source,
@@ -191,6 +193,25 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
                    **keys}
     compiled.ipex_config = used  # inspectable by tests and tools
     return compiled
+
+
+def _guard_weight_identity(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Make dynamo recompile when other weight tensors reach this graph.
+
+    Every inference path bakes the weights into what it compiles (a frozen trace, an engine's
+    model, Inductor's freezing), but dynamo passes them as inputs and guards only their shape:
+    a second instance of the same module class would run the first one's weights. Inductor's
+    own freezing guards their identity the same way."""
+    from torch._dynamo.guards import GuardBuilder, install_guard
+    from torch._guards import TracingContext
+
+    if TracingContext.try_get() is None:  # called outside torch.compile: no cache to guard
+        return
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, is_weight in zip(placeholders, constant_mask(gm, example_inputs)):
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        if is_weight and source is not None:
+            install_guard(source.make_guard(GuardBuilder.ID_MATCH))
 
 
 def weights_of(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[[], str]:

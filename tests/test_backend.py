@@ -14,6 +14,7 @@ import backend as ipex
 from backend.errors import UnsupportedOnThisCPU
 from backend.fingerprint import cpu_features
 from backend.knobs import INDUCTOR, TORCHSCRIPT
+from backend.paths import registered
 
 from models import build
 from tuner_models import tiny_swin
@@ -36,6 +37,31 @@ def test_entry_point_in_a_fresh_interpreter_that_imports_nothing_of_ours():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["ok", "BackendConfig"]
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        x = torch.relu(self.fc(x))
+        torch._dynamo.graph_break()  # dynamo reuses this frame's graph for every _Block
+        return x
+
+
+@pytest.mark.parametrize("path", sorted(registered()))
+def test_every_module_instance_runs_with_its_own_weights(path):
+    # every path bakes the weights in; dynamo passes them as inputs and would hand the first
+    # instance's compiled graph to the next one of the same class
+    torch.manual_seed(0)
+    first, second, stack = _Block().eval(), _Block().eval(), nn.Sequential(_Block(), _Block()).eval()
+    x = torch.randn(2, 16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        for model in (first, second, stack, first):
+            compiled = torch.compile(model, backend="ipex", options={"path": path, "autotune": False})
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture
