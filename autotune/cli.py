@@ -211,9 +211,8 @@ def cmd_compare(args) -> int:
         if s is None:
             print(f"{name:{width}s} {'failed':>10s}  {(cand.failure or '')[:70]}")
             continue
-        rate, fma = result.gflops(name), result.fma_peak(name)
-        # no peak measured for its dtype (int8 has none)
-        share_of_peak = f"{100 * rate / fma:9.1f}%" if fma else "-".rjust(10)
+        rate, share = result.gflops(name), result.share_of_fma_peak(name)
+        share_of_peak = "-".rjust(10) if share is None else f"{100 * share:9.1f}%"
         print(f"{name:{width}s} {s.median_ms:10.2f} {100 * s.spread:5.1f}% "
               f"{eager.median_ms / s.median_ms if eager else 0:8.2f}x "
               f"{static.median_ms / s.median_ms if static else 0:9.2f}x {rate:8.1f} "

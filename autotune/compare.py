@@ -43,6 +43,11 @@ class Comparison:
             dtype = cand.graphs[0]["dtype"]
         return self.peaks.get(f"fma {dtype}")
 
+    def share_of_fma_peak(self, name: str) -> float | None:
+        """The candidate's rate over its dtype's FMA peak; None where there is none (int8)."""
+        rate, peak = self.gflops(name), self.fma_peak(name)
+        return rate / peak if rate and peak else None
+
     def noise_note(self) -> str:
         """Whether this run's ratios can be trusted, and why not."""
         noise = median_noise(self.candidates)

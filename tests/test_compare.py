@@ -39,6 +39,16 @@ def test_each_candidate_is_measured_against_the_peak_of_its_dtype():
     assert result.fma_peak("inductor bf16") == 400.0
     assert result.fma_peak(IPEX_LOOKUP) == 400.0
     assert result.gflops(EAGER) == 100.0
+    assert result.share_of_fma_peak(EAGER) == 0.5
+
+
+def test_an_int8_candidate_has_no_share_of_a_float_peak():
+    stats = Stats.of([10.0, 10.0, 10.0])
+    int8 = BackendConfig({"path": "openvino", "dtype": "int8"}, check_cpu=False)  # naming only
+    result = Comparison({"openvino int8": Candidate("openvino int8", int8, stats=stats)}, gflop=1.0,
+                        peaks={"fma float32": 200.0, "fma bfloat16": 400.0}, tuned_source=None)
+    assert result.gflops("openvino int8") == 100.0
+    assert result.share_of_fma_peak("openvino int8") is None  # printed as "-", not nan%
 
 
 def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():
