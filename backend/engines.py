@@ -23,7 +23,7 @@ import torch
 from .errors import PathUnavailable, first_line
 from .fingerprint import cpu_features, workload_key
 from .graph import (ambient_autocast_dtype, constant_mask, lift_constants, non_tensor_inputs,
-                    outputs_close)
+                    output_on_copies, outputs_close)
 
 CACHE_ENV = "IPEX_AUTOTUNE_CACHE"
 CACHE_LIMIT_ENV = "IPEX_AUTOTUNE_CACHE_MB"
@@ -125,11 +125,9 @@ def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title:
     if no_numpy:
         raise EngineUnavailable(f"graph takes {', '.join(no_numpy)} inputs, which the engines' "
                                 "numpy interface cannot pass")
-    # on copies: a graph that writes into its inputs must not write into the caller's
-    args = [x.clone() if not c else x for x, c in zip(example_inputs, mask)]
     with torch.no_grad():
-        expected = gm(*args)
-    if any(not torch.equal(a, x) for a, x, c in zip(args, example_inputs, mask) if not c):
+        expected, wrote = output_on_copies(gm, example_inputs, mask)
+    if wrote:
         raise EngineUnavailable("graph modifies its inputs in place, which a converted graph "
                                 "cannot do to the caller's tensors")
     expected = tuple(expected) if isinstance(expected, (list, tuple)) else (expected,)

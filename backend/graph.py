@@ -22,6 +22,18 @@ def constant_mask(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> li
     return mask
 
 
+def output_on_copies(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                     mask: Sequence[bool]) -> tuple[Any, bool]:
+    """The graph's output on copies of the caller's inputs, and whether it wrote into them: a run
+    at compile time must not change the caller's tensors."""
+    copies = [x.clone() if not c and isinstance(x, torch.Tensor) else x
+              for x, c in zip(example_inputs, mask)]
+    output = gm(*copies)
+    wrote = any(not torch.equal(copy, x) for copy, x, c in zip(copies, example_inputs, mask)
+                if not c and isinstance(x, torch.Tensor))
+    return output, wrote
+
+
 def non_tensor_inputs(example_inputs: Sequence[Any], mask: Sequence[bool]) -> list[str]:
     """Type names of the user inputs that are not tensors (SymInts, Python values): what a trace
     or a converted graph would fix as constants."""

@@ -11,7 +11,7 @@ import torch
 from .config import BackendConfig
 from .errors import PathUnavailable, first_line
 from .graph import (ambient_autocast_dtype, compute_autocast, constant_mask, intra_op_threads,
-                    non_tensor_inputs, outputs_close)
+                    non_tensor_inputs, output_on_copies, outputs_close)
 from .knobs import INDUCTOR, TORCHSCRIPT
 from .notices import warn_once
 from .paths import CompilePath, register
@@ -157,12 +157,14 @@ def compile_torchscript(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
 
 def _compile(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
              config: BackendConfig) -> Callable:
+    with torch.no_grad(), compute_autocast(config.dtype):
+        expected, wrote = output_on_copies(gm, example_inputs, constant_mask(gm, example_inputs))
+    if wrote:  # the trace and the check below would each write into the caller's tensors again
+        raise TorchScriptUnavailable("graph modifies its inputs in place, which tracing it would "
+                                     "repeat on the caller's tensors")
     frozen, mask = trace_and_freeze(gm, example_inputs, config)
     user_positions = [i for i, c in enumerate(mask) if not c]
     user_inputs = [example_inputs[i] for i in user_positions]
-
-    with torch.no_grad(), compute_autocast(config.dtype):
-        expected = gm(*example_inputs)
     try:
         with _quiet_jit(), torch.no_grad(), onednn_fusion(config.onednn_fusion), \
                 intra_op_threads(config.threads):

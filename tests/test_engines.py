@@ -15,7 +15,7 @@ from backend import compiler, lookup, notices
 from backend.config import BackendConfig
 from backend.errors import UnsupportedOnThisCPU
 from backend.fingerprint import cpu_features
-from backend.knobs import INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, engine_settings
+from backend.knobs import INDUCTOR, KNOBS, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, engine_settings
 from backend.store import ConfigStore
 
 from models import build
@@ -241,14 +241,15 @@ class AddsInPlace(torch.nn.Module):
         return x * 2
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_graph_that_writes_into_its_input_falls_back_and_writes_once(engine, caplog):
+# TorchScript runs the graph at compile time too (the trace, the check against it)
+@pytest.mark.parametrize("path", (*ENGINES, TORCHSCRIPT))
+def test_a_graph_that_writes_into_its_input_falls_back_and_writes_once(path, caplog):
     notices._said.clear()
     caplog.set_level(logging.WARNING, logger="backend")
     torch._dynamo.reset()
     x = torch.zeros(2, 3)
     with torch.no_grad():
-        out = torch.compile(AddsInPlace(), backend="ipex", options={"path": engine})(x)
+        out = torch.compile(AddsInPlace(), backend="ipex", options={"path": path})(x)
     assert torch.equal(x, torch.ones(2, 3)) and torch.equal(out, torch.full((2, 3), 2.0))
     warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
     assert len(warnings) == 1 and "modifies its inputs in place" in warnings[0], warnings
