@@ -266,18 +266,41 @@ def _alive(pid: int) -> bool:
 # ------------------------------------------------------------------------------ confirmation
 def claim_confirmation(storage_url: str, study_name: str, trials_total: int) -> str | None:
     """Take the confirmation of these trials for this tuner, since it (and the store write)
-    happens once per study state, by one tuner. None when taken; else the tuner that has it."""
+    happens once per study state, by one tuner. None when this tuner has it; else why not.
+    The claim of a tuner that died on this host before it finished is taken over."""
     name = _confirmation_claim(study_name, trials_total)
     with ConfigStore(storage_url) as store:
         if store.claim(name, tuner_id()):
             return None
-        return store.claim_owner(name) or "another tuner"
+        owner = store.claim_owner(name) or "another tuner"
+        if store.claim_owner(_confirmed(name)):
+            return (f"these {trials_total} trials were confirmed by {owner}, its result stored: "
+                    "nothing left to confirm (a larger --trials queues more trials)")
+        if _died_here(owner) and store.take_over(name, owner, tuner_id()):
+            return None
+        return f"confirmation of these {trials_total} trials is run by {owner}; this worker stops here"
+
+
+def confirmation_done(storage_url: str, study_name: str, trials_total: int) -> None:
+    """Mark the confirmation finished: its claim outlives its tuner, and must not be taken over."""
+    with ConfigStore(storage_url) as store:
+        store.claim(_confirmed(_confirmation_claim(study_name, trials_total)), tuner_id())
 
 
 def release_confirmation(storage_url: str, study_name: str, trials_total: int) -> None:
     """Give the claim back: this tuner did not finish the confirmation, a rerun may."""
     with ConfigStore(storage_url) as store:
         store.release(_confirmation_claim(study_name, trials_total))
+
+
+def _died_here(owner: str) -> bool:
+    """A tuner of this host ("host:pid") that no longer runs; one on another host cannot be told."""
+    host, _, pid = owner.partition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def _confirmed(claim: str) -> str:
+    return f"{claim}:done"
 
 
 def _confirmation_claim(study_name: str, trials_total: int) -> str:

@@ -191,9 +191,8 @@ class Tuner:
         if not counts.complete:
             outcome = Outcome(message="no trial completed: nothing to confirm or store"
                               + _noisy_note(study))
-        elif holder := study_queue.claim_confirmation(request.storage_url, study.study_name, counts.total):
-            outcome = Outcome(deferred=True, message=f"confirmation of these {counts.total} trials is "
-                                                     f"run by {holder}; this worker stops here")
+        elif why_not := study_queue.claim_confirmation(request.storage_url, study.study_name, counts.total):
+            outcome = Outcome(deferred=True, message=why_not)
         else:
             outcome = self._confirm_and_store(study, counts.total)
         return TuneResult(
@@ -217,6 +216,7 @@ class Tuner:
                 outcome = replace(outcome, stored_ids=store_winner(
                     study, outcome, storage_url=request.storage_url, hardware=request.hardware,
                     model_label=request.model.name))
+            study_queue.confirmation_done(request.storage_url, study.study_name, trials_total)
             return outcome
         except BaseException as exc:
             study_queue.release_confirmation(request.storage_url, study.study_name, trials_total)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import (DateTime, Float, Index, Integer, LargeBinary, String, Text, create_engine,
-                        delete, event, func, inspect, select)
+                        delete, event, func, inspect, select, update)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -658,6 +658,15 @@ class ConfigStore:
         """Give a claim back (its job did not complete), so that another caller can take it."""
         with self._session() as session:
             session.execute(delete(_Claim).where(_Claim.name == name))
+
+    def take_over(self, name: str, lost_owner: str, owner: str) -> bool:
+        """Move a claim whose owner is gone to ``owner``: True for exactly one caller."""
+        if self.read_only:
+            raise StoreError(f"config store {self._shown_url} is open read-only; cannot claim")
+        with self._session() as session:
+            moved = session.execute(update(_Claim).where(_Claim.name == name, _Claim.owner == lost_owner)
+                                    .values(owner=owner))
+            return moved.rowcount == 1
 
     def claim_owner(self, name: str) -> str | None:
         if not self._readable():

@@ -22,7 +22,8 @@ from autotune.models import ModelSpec
 from autotune.trial_attrs import LOST
 from autotune.confirmation import BACKEND_DEFAULT, choose_winner, confirm
 from autotune.evidence import MIN_ROUNDS
-from autotune.study_queue import GRACE_PERIOD_S, fail_dead_trials, fail_orphaned_trials, heartbeat_of
+from autotune.study_queue import (GRACE_PERIOD_S, claim_confirmation, confirmation_done, fail_dead_trials,
+                                  fail_orphaned_trials, heartbeat_of)
 from autotune.tuner import Tuner, TuneRequest, open_study
 from autotune.workbench import Candidate
 from autotune.worker import (EAGER, EAGER_BF16, TOLERANCES, TORCH_COMPILE_DEFAULT, TrialFailure, _measure,
@@ -305,6 +306,34 @@ def test_a_trial_whose_tuner_on_this_host_died_unreaped_is_failed_at_once(tmp_pa
     dead, alive = study.get_trials(deepcopy=False)
     assert dead.state == TrialState.FAIL and dead.user_attrs["failure_kind"] == "orphaned"
     assert alive.state == TrialState.RUNNING
+
+
+def test_the_confirmation_of_a_tuner_that_died_here_is_taken_over_and_a_finished_one_is_not(tmp_path):
+    # a tuner killed while confirming (SIGKILL, the OOM killer, a dropped SSH session) kept its
+    # claim, and every rerun of the same budget stopped at "is run by" and stored nothing
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here, me = socket.gethostname(), f"{socket.gethostname()}:{os.getpid()}"
+    with ConfigStore(url) as store:
+        assert store.claim("confirm:killed:4", f"{here}:{gone.pid}")
+        assert store.claim("confirm:running:4", f"{here}:{os.getpid()}")
+        assert store.claim("confirm:elsewhere:4", f"other-host:{gone.pid}")  # its liveness is unknown
+        assert store.claim("confirm:finished:4", f"{here}:{gone.pid}")
+    confirmation_done(url, "finished", 4)
+
+    assert claim_confirmation(url, "killed", 4) is None
+    with ConfigStore(url, read_only=True) as store:
+        assert store.claim_owner("confirm:killed:4") == me
+    assert "is run by" in claim_confirmation(url, "killed", 4)  # taken over once: now alive
+    assert "is run by" in claim_confirmation(url, "running", 4)
+    assert "is run by" in claim_confirmation(url, "elsewhere", 4)
+    assert "were confirmed by" in claim_confirmation(url, "finished", 4)
+    with ConfigStore(url) as store:  # two rerunners find the same dead owner: one takes it
+        assert store.claim("confirm:raced:4", f"{here}:{gone.pid}")
+        assert store.take_over("confirm:raced:4", f"{here}:{gone.pid}", "a:1")
+        assert not store.take_over("confirm:raced:4", f"{here}:{gone.pid}", "b:2")
+        assert store.claim_owner("confirm:raced:4") == "a:1"
 
 
 def test_a_tuner_joining_while_another_queues_the_budget_waits_for_the_whole_queue(tmp_path):
