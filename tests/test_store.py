@@ -53,6 +53,7 @@ def store(store_url):
 # -- contract: every database -------------------------------------------------------------------
 
 def test_best_is_the_fastest_of_all_records_and_nothing_is_overwritten(store):
+    # one run's records: the lowest median is the highest speedup over the same default
     records = [make_record(m, config={"path": "inductor", "threads": threads})
                for m, threads in ((3.0, 1), (1.5, 2), (2.0, 3))]
     ids = [store.put(record) for record in records]
@@ -61,6 +62,15 @@ def test_best_is_the_fastest_of_all_records_and_nothing_is_overwritten(store):
     best = store.best("wl-1", "hw-a")
     assert best.latency["median_ms"] == 1.5 and best.config_id == records[1].config_id
     assert best.id == ids[1]
+
+
+def test_best_ranks_records_of_different_runs_by_their_speedup_not_their_raw_median(store):
+    # a quiet day kept the default at 4.0 ms; a busy day measured its default at 5.6 and a config
+    # 1.25x faster than it at 4.5: a higher raw median, but the better config
+    store.put(make_record(4.0, speedup=1.0, config={"path": "torchscript"}))
+    store.put(make_record(4.5, speedup=1.25, created_at=T0 - timedelta(hours=1)))
+    assert store.best("wl-1", "hw-a").speedup == 1.25
+    assert [r.speedup for r in store.list()] == [1.25]
 
 
 def test_best_is_per_hardware_key(store):
