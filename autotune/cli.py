@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,23 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1], e.g. 0.99")
     return value
 
 
@@ -399,12 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive_int)
     run.add_argument("--timeout", help="search time budget, e.g. 20m (confirmation comes after)")
     run.add_argument("--trial-timeout", help="hard limit per trial, e.g. 10m")
-    run.add_argument("--memory-limit", type=float, help="MB per trial process")
-    run.add_argument("--tolerance", type=float, help="relative error allowed against eager float32")
+    run.add_argument("--memory-limit", type=_positive_number, help="MB per trial process")
+    run.add_argument("--tolerance", type=_positive_number, help="relative error allowed against eager float32")
     run.add_argument("--data", help="your own inputs: a torch.save file (a tensor of inputs, or a "
                      "list of batches) or module:callable; the first half calibrates int8, the "
                      "rest judges reduced precision's accuracy. int8 needs it")
-    run.add_argument("--min-agreement", type=float,
+    run.add_argument("--min-agreement", type=_fraction,
                      help="top-1 agreement with float32 on the held-out data that a bfloat16 or "
                           "int8 config must keep (default 0.99); with --metric, the fraction of "
                           "float32's score it must keep")
@@ -414,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--space", help="search space name or YAML file")
     run.add_argument("--study-name")
     run.add_argument("--seed", type=int)
-    run.add_argument("--measure-seconds", type=float,
+    run.add_argument("--measure-seconds", type=_positive_number,
                      help="timed seconds per trial (default 2; confirmation rounds use half); "
                           "the warm-up before them lasts at most as long (default 1)")
     run.add_argument("--confirm-rounds", type=_positive_int,
@@ -441,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rounds", type=_positive_int, default=5)
     comp.add_argument("--data", help="your own inputs, as for `run` (int8 needs them; bfloat16 "
                       "and int8 are gated on the held-out part)")
-    comp.add_argument("--min-agreement", type=float, help="as for `run` (default 0.99)")
+    comp.add_argument("--min-agreement", type=_fraction, help="as for `run` (default 0.99)")
     comp.add_argument("--metric", help="as for `run`")
-    comp.add_argument("--measure-seconds", type=float, help="timed seconds per candidate per round (default 1); "
+    comp.add_argument("--measure-seconds", type=_positive_number, help="timed seconds per candidate per round (default 1); "
                       "the warm-up before them lasts at most as long (default 1)")
     comp.add_argument("--max-wait", help="how long to wait for a quiet machine before each round "
                       "(default 3m)")

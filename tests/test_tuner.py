@@ -180,6 +180,23 @@ def test_counts_below_one_are_a_clear_error(flag, value, capsys):
     assert f"argument {flag}: {value!r} is not a whole number of at least 1" in err
 
 
+@pytest.mark.parametrize("command,flag,value,valid", [
+    ("run", "--tolerance", "0", "a number above 0"),  # 0 used to become the default silently
+    ("run", "--tolerance", "nan", "a number above 0"),
+    ("run", "--memory-limit", "-1", "a number above 0"),
+    ("run", "--measure-seconds", "0", "a number above 0"),
+    ("run", "--min-agreement", "95", "a fraction in (0, 1]"),
+    ("compare", "--min-agreement", "-1", "a number above 0"),  # turned compare's gate off
+    ("compare", "--min-agreement", "95", "a fraction in (0, 1]"),  # failed every candidate
+    ("compare", "--measure-seconds", "inf", "a number above 0"),
+])
+def test_numbers_out_of_range_are_a_clear_error(command, flag, value, valid, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--model", "resnet18", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {value!r} is not {valid}" in capsys.readouterr().err
+
+
 def test_export_import_round_trip(populated_store, tmp_path, capsys):
     out = tmp_path / "tuned.yaml"
     assert cli.main(["export", "-o", str(out), "--storage", populated_store]) == 0
