@@ -18,7 +18,7 @@ from .confirmation import median_noise
 from .space import STATIC_RECIPES
 from .tuner import TuneRequest
 from .workbench import Candidate
-from .worker import EAGER, EAGER_BF16, INT8_PEERS, IPEX_LOOKUP, PEERS, TORCH_COMPILE_DEFAULT
+from .worker import EAGER, EAGER_BF16, INT8_PEERS, IPEX_LOOKUP, PEERS, TOLERANCES, TORCH_COMPILE_DEFAULT
 
 
 NOISY_IQR = 0.10  # a median relative IQR above this: the run's ratios are not to be trusted
@@ -95,8 +95,10 @@ def candidates_for(request: TuneRequest) -> dict[str, Candidate]:
             config = BackendConfig({**recipe, "threads": threads, **dtype_knob})
             named = named_for(name, config.dtype)  # ONNX Runtime's is float32 in any study
             found[named] = Candidate(named, config)
-    # the stored config may be bfloat16 when the tuning allowed it: compare with that tolerance
-    found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=request.dtypes[-1])
+    # the store may apply any of the dtypes: judged with the loosest one's tolerance, whatever
+    # order --dtype gave them in
+    loosest = max(request.dtypes, key=TOLERANCES.__getitem__)
+    found[IPEX_LOOKUP] = Candidate(IPEX_LOOKUP, None, kind=IPEX_LOOKUP, dtype=loosest)
     return found
 
 

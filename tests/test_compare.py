@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from autotune.compare import Comparison
+from autotune.compare import Comparison, candidates_for
 from autotune.peak import fma_peak_gflops, model_gflop
 from autotune.bench import Stats
 from autotune.models import ModelSpec
@@ -49,6 +49,13 @@ def test_an_int8_candidate_has_no_share_of_a_float_peak():
                         peaks={"fma float32": 200.0, "fma bfloat16": 400.0}, tuned_source=None)
     assert result.gflops("openvino int8") == 100.0
     assert result.share_of_fma_peak("openvino int8") is None  # printed as "-", not nan%
+
+
+@pytest.mark.parametrize("dtypes", [("float32", "int8"), ("int8", "float32")])
+def test_the_lookup_is_judged_with_the_tolerance_of_the_loosest_dtype_it_may_apply(dtypes):
+    # by --dtype's last, a stored int8 config failed float32's tolerance in "int8,float32"
+    request = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), dtypes=dtypes)
+    assert candidates_for(request)[IPEX_LOOKUP].dtype == "int8"
 
 
 def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():
