@@ -38,4 +38,5 @@ PEAK_RSS_MB = "peak_rss_mb"
 INTERFERENCE = "interference"      # what else ran on its cores while it was timed (quiet.py)
 READY_KEYS = ("compile_s", "error", "graphs", "threads", "cpus")  # from the worker's start
 ACCURACY_FIGURES = "accuracy"      # a reduced-precision trial's gate on held-out data
+TOO_SPREAD = "too_spread"          # its relative IQR, measured twice above MAX_TRIAL_SPREAD
 STATS_KEYS = ("median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs")   # from its measurement

@@ -32,6 +32,10 @@ from .worker import MIN_AGREEMENT, PRUNE_RUNS, TrialFailure
 
 log = logging.getLogger("autotune")
 
+# A trial whose timed runs spread wider than this (IQR over median) is measured again; still so,
+# it is kept with a mark, but neither prunes other trials nor is printed as a speedup.
+MAX_TRIAL_SPREAD = 0.25
+
 
 @dataclass
 class TuneRequest:
@@ -294,13 +298,18 @@ class Tuner:
             _fail(study, trial, FailureKind.NOISY, f"measured twice on a busy machine "
                   f"({seen.describe(self.bench.cpus_used)}); a rerun queues a trial in its place")
             return f"#{trial.number} noisy: not counted"
-        return _tell_measured(study, trial, ready, measured,
+        spread = _too_spread(measured)
+        if spread is not None:  # a number the sampler may see, but no bar to prune others by
+            trial.set_user_attr(attrs.TOO_SPREAD, round(spread, 3))
+        told = _tell_measured(study, trial, ready, measured,
                               peak_rss_mb=max(worker.peak_rss_mb, measured["peak_rss_mb"]))
+        return told + (f" (IQR {100 * spread:.0f}%: not a number to prune by)" if spread is not None else "")
 
     def _measure_on_quiet(self, worker, prune_above: float | None,
                           heartbeat: Callable[[], None]) -> tuple[dict, quiet.Interference]:
         """A trial's timing on a quiet machine, waited for; one taken on a busy machine (which
-        could prune a good config) is taken again, unpruned. Returns it and what else ran."""
+        could prune a good config), or spread too widely to be a number, is taken again,
+        unpruned. Returns it and what else ran."""
         for attempt in range(2):
             before = self.bench.gate.wait(on_look=heartbeat)
             watch = self.bench.gate.watch()
@@ -308,10 +317,13 @@ class Tuner:
                                       prune_above_ms=None if before.busy or attempt else prune_above,
                                       **self.request.measure.to_dict())
             seen = watch.stop()  # a quiet window is a good number, however long the wait before
-            if not seen.busy:
+            spread = _too_spread(measured)
+            if not seen.busy and spread is None:
                 break
             again = "; measuring it again" if not attempt else ""
-            log.warning(f"trial measured on a busy machine ({seen.describe(self.bench.cpus_used)}){again}")
+            why = (f"on a busy machine ({seen.describe(self.bench.cpus_used)})" if seen.busy
+                   else f"with an IQR of {100 * spread:.0f}% of its median")
+            log.warning(f"trial measured {why}{again}")
         return measured, seen
 
     def _progress(self, study: optuna.Study, start: float, done_at_start: int | None,
@@ -322,7 +334,8 @@ class Tuner:
         done = len([t for t in trials if t.state.is_finished() and not (
             t.state == TrialState.FAIL and t.user_attrs.get(attrs.FAILURE_KIND) in LOST)])
         total = max(self.request.trials, done)  # a rerun may ask for fewer than the study has
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        # a timing spread too widely to be a number is no bar and no baseline
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and attrs.TOO_SPREAD not in t.user_attrs]
         default_id = self.request.default_config().config_id
         default_ms = next((t.value for t in complete
                            if t.user_attrs.get(attrs.CONFIG_ID) == default_id), None)
@@ -360,6 +373,8 @@ def _answer_from_earlier(study: optuna.Study, trial: optuna.Trial, config: Backe
             continue
         if previous.state == TrialState.COMPLETE:
             trial.set_user_attr(attrs.DUPLICATE_OF, previous.number)
+            if attrs.TOO_SPREAD in previous.user_attrs:
+                trial.set_user_attr(attrs.TOO_SPREAD, previous.user_attrs[attrs.TOO_SPREAD])
             study.tell(trial, previous.value)
             return f"#{trial.number} same config as #{previous.number}"
         if previous.user_attrs.get(attrs.FAILURE_KIND) in DETERMINISTIC:
@@ -386,6 +401,14 @@ def _tell_measured(study: optuna.Study, trial: optuna.Trial, ready: dict, measur
         return f"#{trial.number} pruned ({stats['median_ms']:.2f} ms after {PRUNE_RUNS} runs)"
     study.tell(trial, stats["median_ms"])
     return f"#{trial.number} {stats['median_ms']:.2f} ms"
+
+
+def _too_spread(measured: dict) -> float | None:
+    """The relative IQR of a full measurement above MAX_TRIAL_SPREAD, else None (a pruned one
+    stopped after too few runs to tell)."""
+    stats = measured["stats"]
+    spread = stats["iqr_ms"] / stats["median_ms"] if stats["median_ms"] else 0.0
+    return spread if not measured["pruned"] and spread > MAX_TRIAL_SPREAD else None
 
 
 def _noisy_note(study: optuna.Study) -> str:

@@ -2,6 +2,7 @@
 the accuracy gate (a wrong config is a failed trial, never a winner), the winner rule, pruning,
 and the heartbeat that fails the trials of a tuner that went silent on another host."""
 
+import logging
 import os
 import re
 import socket
@@ -24,7 +25,7 @@ from autotune.confirmation import BACKEND_DEFAULT, choose_winner, confirm
 from autotune.evidence import MIN_ROUNDS
 from autotune.study_queue import (GRACE_PERIOD_S, claim_confirmation, confirmation_done, fail_dead_trials,
                                   fail_orphaned_trials, heartbeat_of)
-from autotune.tuner import Tuner, TuneRequest, open_study
+from autotune.tuner import MAX_TRIAL_SPREAD, Tuner, TuneRequest, open_study
 from autotune.workbench import Candidate
 from autotune.worker import (EAGER, EAGER_BF16, TOLERANCES, TORCH_COMPILE_DEFAULT, TrialFailure, _measure,
                              should_prune)
@@ -116,6 +117,35 @@ def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path
                          recipes=loose_tuner.space.static_recipes(loose.dtypes))
     assert wrong_id not in {c.config.config_id for c in candidates.values() if c.config}
     assert choose_winner(candidates).winner.config.to_dict() == passed.user_attrs["config"]
+
+
+def test_a_trial_spread_too_widely_is_measured_again_and_is_no_bar_for_the_others(tmp_path, monkeypatch,
+                                                                                  caplog):
+    # every other call 3 ms slower: an IQR as wide as the median. As the best so far it would
+    # set the pruning bar and the "x vs default" of the progress line.
+    monkeypatch.setenv("FAULT_PLAN", "0:jitter")
+    caplog.set_level(logging.WARNING, logger="autotune")
+    request = quick_request(tmp_path)
+    tuner = Tuner(request)
+    tuner.bench.ensure_reference()
+    study = open_study(request)
+    study.enqueue_trial(WRONG)
+    tuner.search(study)
+    [jittery] = study.get_trials(deepcopy=False)
+    measured = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial measured")]
+    assert len(measured) == 2, measured  # taken again
+    if "with an IQR of" in measured[-1]:
+        assert jittery.state == TrialState.COMPLETE
+        assert jittery.user_attrs["too_spread"] > MAX_TRIAL_SPREAD
+    else:  # this shared host was busy at the last measurement: failed as noisy, no bar either
+        assert jittery.user_attrs["failure_kind"] == "noisy", measured
+    assert tuner._progress(study, time.monotonic(), None, "").best_ms is None
+
+    study.enqueue_trial(LOOSE)
+    tuner.search(study)
+    steady = study.get_trials(deepcopy=False)[1]
+    assert steady.state == TrialState.COMPLETE and "too_spread" not in steady.user_attrs
+    assert tuner._progress(study, time.monotonic(), None, "").best_ms == steady.value
 
 
 def test_bfloat16_is_judged_by_its_own_tolerance(tmp_path, monkeypatch):

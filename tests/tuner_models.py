@@ -1,6 +1,6 @@
 """module:callable models for tuner tests. Faults are chosen per trial by $FAULT_PLAN,
 e.g. "1:segfault,2:hang,3:wrong=0.002", so a real worker process crashes, hangs, raises, bloats
-or answers wrong; "pause" stops until the test creates $FAULT_MARKER_DIR/resume-N ("wrong=E": every output is off by the relative error E, for the accuracy gate)."""
+or answers wrong; "jitter" makes every other call slower; "pause" stops until the test creates $FAULT_MARKER_DIR/resume-N ("wrong=E": every output is off by the relative error E, for the accuracy gate)."""
 
 import ctypes
 import os
@@ -15,6 +15,9 @@ def _planned_fault() -> str | None:
     """This worker's fault: the plan's entry for its trial number (None outside trials)."""
     plan = dict(item.split(":") for item in os.environ.get("FAULT_PLAN", "").split(",") if item)
     return plan.get(os.environ.get("AUTOTUNE_TRIAL_NUMBER", ""))
+
+
+_calls: list[None] = []
 
 
 @torch.compiler.disable  # run eagerly: traced, the unused allocations would be optimised away
@@ -33,6 +36,10 @@ def _fault():
             time.sleep(0.05)
         if fault == "pause":
             os.environ["FAULT_PLAN"] = ""
+    elif fault == "jitter":  # every other call 3 ms longer: an IQR as wide as the median
+        _calls.append(None)
+        if len(_calls) % 2:
+            time.sleep(0.003)
     elif fault == "raise":
         raise RuntimeError("this model refuses trial " + os.environ["AUTOTUNE_TRIAL_NUMBER"])
     elif fault == "memory":
