@@ -73,6 +73,10 @@ def open_study(storage_url: str, study_name: str, *, seed: int | None, hardware:
         raise StudyError(f"study {study.study_name!r} belongs to hardware {existing} "
                          f"({study.user_attrs.get('hardware')}), this worker is {hw_key} "
                          f"({hardware}); tune other hardware in its own study (--study-name)")
+    tuned, asked = study.user_attrs.get("model"), about.get("model")
+    if tuned and asked and tuned != asked:  # its trials, answers and claims are of another model
+        raise StudyError(f"study {study.study_name!r} tunes {_model_text(tuned)}; this run asks for "
+                         f"{_model_text(asked)}; tune it in its own study (--study-name)")
     if not existing:
         study.set_metric_names(["median latency (ms)"])
         study.set_user_attr("hardware_key", hw_key)
@@ -82,6 +86,10 @@ def open_study(storage_url: str, study_name: str, *, seed: int | None, hardware:
         study.set_user_attr("torch_version", torch.__version__)
     fail_dead_trials(study)
     return study
+
+
+def _model_text(model: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in model.items() if v is not None)
 
 
 def _open_storage(url: str) -> optuna.storages.RDBStorage:

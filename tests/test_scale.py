@@ -169,6 +169,21 @@ def test_worker_on_other_hardware_refuses_to_join(tmp_path, capsys):
     assert hardware_key(one_core.hardware) in err and hardware_key(this_host.hardware) in err
 
 
+def test_a_run_for_other_input_shapes_refuses_the_study_of_the_old_ones(tmp_path, capsys):
+    # the study name has the batch size but not the shapes: the second run found its budget
+    # done, confirmed nothing and stored nothing for the new graph
+    url = f"sqlite:///{tmp_path / 'shapes.db'}"
+    open_study(TuneRequest(model=ModelSpec("user_models:module_only", input_shapes=(3, 8, 8)),
+                           space="quick", storage=url))
+    code = cli.main(["run", "--model", "user_models:module_only", "--input-shape", "1,3,16,16",
+                     "--space", "quick", "--storage", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "tunes name user_models:module_only, batch_size 1, input_shape [3, 8, 8]" in err
+    assert "asks for name user_models:module_only, batch_size 1, input_shape [3, 16, 16]" in err
+    assert "--study-name" in err
+
+
 def test_cpus_outside_this_process_affinity_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "--model", "resnet18", "--cpus", "0,999"])
