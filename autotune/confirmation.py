@@ -15,7 +15,7 @@ import torch
 
 from backend import BackendConfig
 from backend.fingerprint import hardware_key
-from backend.quantization import QuantizedModel
+from backend.quantization import INT8, QuantizedModel
 from backend.store import ConfigStore, Precision, TunedRecord
 
 from . import trial_attrs as attrs
@@ -191,7 +191,28 @@ def _with_slower_than_baselines(outcome: Outcome, candidates: dict[str, Candidat
 
 def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: dict,
                  model_label: str) -> tuple[int, ...]:
-    """The winner in the study's attributes, and in the store once per graph it compiled."""
+    """The winner in the study's attributes, and in the store once per graph it compiled. An
+    int8 winner applies only to the weights it was calibrated for: the same rounds' choice
+    among the other candidates is stored beside it, for the lookup to apply to other weights."""
+    winner = outcome.winner
+    latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
+    study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
+                                   "stats": latency,
+                                   "baselines": {n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats},
+                                   "kept_default": outcome.kept_default, "message": outcome.message})
+    ids = _put(study, outcome, storage_url=storage_url, hardware=hardware, model_label=model_label)
+    if winner.config.dtype == INT8:
+        for_other_weights = choose_winner({n: c for n, c in outcome.candidates.items()
+                                           if c.config is None or c.config.dtype != INT8})
+        if for_other_weights.winner:
+            ids += _put(study, for_other_weights, storage_url=storage_url, hardware=hardware,
+                        model_label=model_label)
+    return ids
+
+
+def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: dict,
+         model_label: str) -> tuple[int, ...]:
+    """The outcome's winner in the store, once per graph it compiled."""
     winner = outcome.winner
     baselines = {n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats}
     default = outcome.candidates[BACKEND_DEFAULT]
@@ -199,9 +220,6 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
     if default.stats and winner.config != default.config:
         speedup = default.stats.median_ms / winner.stats.median_ms
     latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
-    study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
-                                   "stats": latency, "baselines": baselines,
-                                   "kept_default": outcome.kept_default, "message": outcome.message})
     ids = []
     with ConfigStore(storage_url) as store:
         for graph in winner.graphs:

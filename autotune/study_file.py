@@ -287,6 +287,10 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
             raise StudyError(NO_DATA)
         log.warning(NO_DATA)
         dtypes = tuple(d for d in dtypes if d != "int8")
+    model = model_spec(options, study)
+    if "int8" in dtypes and ":" not in model.name and not model.checkpoint:
+        log.warning("int8 on %s's random weights: its record is bound to them, and your trained "
+                    "weights will not match it; give them with --checkpoint", model.name)
     metric = options.metric or study.get("metric")
     if metric and not data:
         raise StudyError(f"--metric {metric}: it scores the held-out part of your inputs; give "
@@ -310,7 +314,7 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
         "confirm_max_rounds": options.confirm_max_rounds,
         "max_wait_s": options.max_wait and _seconds(options.max_wait),
     }
-    request = TuneRequest(model=model_spec(options, study), storage=options.storage,
+    request = TuneRequest(model=model, storage=options.storage,
                           study_name=options.study_name, seed=options.seed, cpus=options.cpus,
                           jobs=options.jobs, **{k: v for k, v in given.items() if v})
     if options.measure_seconds:

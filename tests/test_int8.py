@@ -104,6 +104,8 @@ def test_weights_changed_after_calibration_are_detected_and_int8_is_not_applied(
     applied, log = _lookup(tuned, "changed", tmp_path)
     assert applied["config"].get("dtype", "float32") == "float32"
     assert log.count("was calibrated for other weights than this model's") == 1, log
+    # the same confirmation's choice without int8, stored beside it, not the defaults
+    assert applied["source"].startswith("store"), log
 
 
 def test_a_config_whose_accuracy_fails_the_gate_is_never_stored(trained):
