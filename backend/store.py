@@ -154,6 +154,30 @@ def _check_stats(name: str, stats: Any) -> dict[str, Any]:
     return dict(stats)
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_evidence(latency: dict[str, Any]) -> None:
+    """The noise and speedup evidence a confirmation stores beside the latency, when present:
+    `ls`, `show`, `explain` and the report read every one of these fields."""
+    noise = latency.get("noise")
+    if noise is not None:
+        shape = "a mapping with iqr and median_iqr (fractions, at least 0), rounds and quiet_rounds (counts)"
+        if not (isinstance(noise, Mapping) and all(_number(noise.get(k)) and noise[k] >= 0
+                                                   for k in ("iqr", "median_iqr"))
+                and _count(noise.get("rounds")) and _count(noise.get("quiet_rounds"))
+                and noise["quiet_rounds"] <= noise["rounds"]):
+            raise RecordError(f"latency.noise: got {noise!r}; expected {shape}")
+    verdict = latency.get("speedup_evidence")
+    if verdict is not None:
+        if not (isinstance(verdict, Mapping) and verdict.get("outcome") in ("faster", "slower", "undecided")
+                and _number(verdict.get("p_value")) and 0 <= verdict["p_value"] <= 1
+                and _count(verdict.get("rounds"))):
+            raise RecordError(f"latency.speedup_evidence: got {verdict!r}; expected a mapping with "
+                              "outcome (faster, slower or undecided), p_value in [0, 1] and rounds")
+
+
 def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = False) -> TunedRecord:
     """A record that holds the schema, with its config normalised and its ``config_id`` recomputed.
 
@@ -166,6 +190,7 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
     _check_keys(values, recompute_hardware_key)
     values["config"], values["config_id"] = _checked_config(values["config"])
     values["latency"] = _check_stats("latency", values["latency"])
+    _check_evidence(values["latency"])
     if not isinstance(values["baselines"], Mapping):
         raise RecordError(f"baselines: got {values['baselines']!r}; expected a mapping of "
                           "candidate name to latency stats")
