@@ -448,6 +448,8 @@ def _is_int8(config: Mapping[str, Any]) -> bool:
     return config.get("dtype") == "int8"
 
 
+CONNECT_TIMEOUT_S = 10  # PostgreSQL; a URL's own ?connect_timeout= wins
+
 # Fastest first, by the speedup over the backend default measured in the record's own run: two
 # runs' raw medians differ by the day's load on a shared host (resnet50's default: 19.1-23.0 ms),
 # so an old record from a quiet day would hide a better config tuned on a busy one. Then the
@@ -520,6 +522,9 @@ class ConfigStore:
             self._create_schema()
 
     def _engine_options(self, url: URL) -> dict[str, Any]:
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            # an unreachable server must not hold every torch.compile for the TCP timeout (minutes)
+            return {"poolclass": NullPool, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
         if url.get_backend_name() != "sqlite":
             return {"poolclass": NullPool}  # no connection outlives a call, or a fork
         if url.database in (None, "", ":memory:"):

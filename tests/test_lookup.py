@@ -9,10 +9,12 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from types import SimpleNamespace
 
@@ -24,6 +26,7 @@ from autotune.explain import find_allocators, plan
 from autotune.models import ModelSpec
 from autotune.tuner import Tuner, TuneRequest
 from backend import compiler, lookup, notices
+from backend import store as store_module
 from backend.config import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key
 from backend.store import ConfigStore, TunedRecord, default_storage_url
@@ -325,6 +328,31 @@ def test_a_locked_store_costs_one_warning_and_well_under_a_second(cnn_keys, tmp_
     assert len(warnings) == 1 and "database is locked" in warnings[0], warnings
     assert source == "default" and found is None
     assert lookup_s < 1.0, f"a locked lookup took {lookup_s:.2f} s"
+
+
+def test_a_postgres_server_that_never_answers_costs_the_connect_timeout_not_minutes(cnn_keys, monkeypatch,
+                                                                                    caplog):
+    # a firewalled database host: TCP connects, nothing answers; without a timeout libpq waits
+    # for ever (or for the kernel's minutes), inside every torch.compile of every new graph
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(store_module, "CONNECT_TIMEOUT_S", 1)
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/autotune"
+    caplog.set_level(logging.WARNING, logger="backend")
+    lookup.clear_cache()
+    notices._said.clear()
+    answers = []
+    # in a thread: without the timeout it would hang this test run, not fail it
+    looking = threading.Thread(target=lambda: answers.append(lookup.find(cnn_keys, url)), daemon=True)
+    try:
+        looking.start()
+        looking.join(10)
+    finally:
+        silent.close()
+    assert answers == [None], "the lookup was still waiting for the server after 10 s"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert len(warnings) == 1 and "lookup failed, using defaults" in warnings[0], warnings
 
 
 def test_a_stored_config_that_fails_to_compile_falls_back_with_one_warning(tmp_path, monkeypatch,
