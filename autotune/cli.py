@@ -309,8 +309,13 @@ def cmd_export(args) -> int:
     from backend.store import precision_to_dict
 
     store = _store(args)
+    listed = store.list(model_label=args.model)
+    # an int8 record applies only to the weights it was calibrated for: what the lookup applies
+    # to other weights travels with it
+    for_other_weights = [store.best(r.workload_key, r.hardware_key, int8=False)
+                         for r in listed if r.config.get("dtype") == "int8"]
     records = []
-    for r in store.list(model_label=args.model):
+    for r in [*listed, *filter(None, for_other_weights)]:
         precision = store.precision(r.id)
         records.append({**r.to_dict(), **({"precision": precision_to_dict(precision)}
                                           if precision else {})})

@@ -66,7 +66,9 @@ def _read(source: str) -> Any:
         raise DataError(f"--data {source}: no such file, and not module:callable; expected {FORMS}")
     target = _callable(source, "--data", FORMS)
     try:
-        return list(target())
+        returned = target()
+        # one stacked tensor, as a file may hold: split into batches below, not into samples here
+        return returned if isinstance(returned, torch.Tensor) else list(returned)
     except Exception as exc:  # user code
         raise DataError(f"--data {source}: calling it raised {type(exc).__name__}: {exc}") from exc
 
@@ -97,6 +99,9 @@ def _batches(data: Any, source: str, example_inputs: Sequence[torch.Tensor]) -> 
         if len(example_inputs) != 1:
             raise DataError(f"--data {source}: one tensor, but the model takes "
                             f"{len(example_inputs)} inputs; give a list of tuples, one tensor per input")
+        if data.dim() == 0:
+            raise DataError(f"--data {source}: a single number; expected inputs stacked along "
+                            "dimension 0, or a list of batches")
         whole = data.shape[0] // per_batch
         data = [data[i * per_batch:(i + 1) * per_batch] for i in range(whole)]
     if not isinstance(data, (list, tuple)):

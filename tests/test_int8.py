@@ -195,6 +195,21 @@ def test_a_config_tuned_with_your_metric_is_stored_with_its_figures(trained):
     assert accuracy["value"] >= 0.99 and accuracy["score"] >= 0.9 and accuracy["higher_is_better"]
 
 
+def stacked_inputs():
+    return torch.randn(4 * int8_models.BATCH, 3, int8_models.SIZE, int8_models.SIZE)
+
+
+def test_data_from_a_callable_takes_one_stacked_tensor_as_a_file_does_and_refuses_a_scalar(tmp_path):
+    from autotune import data
+    example = int8_models.batches(1, seed=0)
+    # list(tensor) split it into samples, each then refused for its shape
+    split = data.load(f"{__name__}:stacked_inputs", example)
+    assert len(split.calibration) + len(split.held_out) == 4
+    torch.save(torch.tensor(1.0), tmp_path / "scalar.pt")
+    with pytest.raises(data.DataError, match="a single number; expected inputs stacked"):
+        data.load(str(tmp_path / "scalar.pt"), example)  # an IndexError with a traceback before
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--metric", "int8_models:no_such_metric"), "--metric int8_models:no_such_metric: cannot "
                                                   "import it"),
@@ -452,6 +467,10 @@ def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_mode
     with ConfigStore(tuned["url"], read_only=True) as a, ConfigStore(copy, read_only=True) as b:
         [original], [imported] = a.list(), b.list()
         assert b.precision(imported.id) == a.precision(original.id)
+        # the record for other weights came along: without it they would get the defaults
+        fallback = a.best(original.workload_key, original.hardware_key, int8=False)
+        copied = b.best(imported.workload_key, imported.hardware_key, int8=False)
+        assert fallback and copied and copied.config == fallback.config
 
 
 def test_dynamic_activations_compute_their_scales_per_call_and_static_ones_do_not(trained):
