@@ -120,8 +120,11 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     # no confirmed winner yet (running or interrupted): the search-phase numbers
     if not complete:
         return []
-    best = min(complete, key=lambda t: t.value)
-    rows = [{"label": f"best trial so far (#{best.number})", "stats": _stats(best),
+    # a trial whose runs spread too widely is a number the tuner itself does not compare by
+    numbers = [t for t in complete if attrs.TOO_SPREAD not in t.user_attrs]
+    best = min(numbers or complete, key=lambda t: t.value)
+    spread = "" if numbers else ", its runs spread too widely to be a number"
+    rows = [{"label": f"best trial so far (#{best.number}{spread})", "stats": _stats(best),
              "role": "winner"}]
     for t in complete:
         if _is_static(t) and t is not best:
@@ -155,6 +158,8 @@ def _summary(study: optuna.Study, rows: list[dict]) -> str:
     if not winner:
         text = _note("No confirmed winner yet: the study is still running or was interrupted "
                      "before its confirmation round. Numbers are search-phase medians.")
+    elif winner.get("message"):  # the confirmation's own words: inconclusive or decided, and why
+        text = _note(f"{winner['message']} ({stored_evidence(winner['stats'])}).")
     elif winner.get("kept_default"):
         text = _note("No config beat the backend default by more than the measurement noise, "
                      "so the backend default was kept.")

@@ -64,6 +64,27 @@ def test_report_of_a_study_without_finished_trials_explains_what_is_missing():
     assert "1 running" in page
 
 
+def test_report_says_why_the_winner_was_chosen_and_how_sure_and_sets_no_bar_by_a_spread_trial():
+    study = optuna.create_study()
+    for ms, spread in ((1.0, {"too_spread": 0.8}), (2.0, {})):
+        trial = study.ask()
+        for key, value in {"median_ms": ms, **spread}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, ms)
+    page = build_report(study)
+    assert "best trial so far (#1)" in page  # not #0, whose 1.0 ms is no number
+    stats = {"median_ms": 2.0, "noise": {"iqr": 0.31, "median_iqr": 0.3, "rounds": 5,
+                                         "quiet_rounds": 3, "noisy": False},
+             "speedup_evidence": {"outcome": "undecided", "ratio": 0.97, "p_value": 0.2, "rounds": 3},
+             "inconclusive": True, "kept_default": True}
+    message = "inconclusive: the machine was too noisy (median IQR 30%) to decide: rerun"
+    study.set_user_attr("winner", {"candidate": "backend default", "config": {}, "stats": stats,
+                                   "baselines": {}, "kept_default": True, "message": message})
+    page = build_report(study)
+    assert f"{message} (IQR 31%, 2 of 5 rounds busy, inconclusive, the default kept)." in page
+    assert "by more than the measurement noise" not in page  # it was not measured, it was too noisy
+
+
 @pytest.mark.parametrize("args,message", [
     (["--study", "nope"], "no study named 'nope' (studies here: a, b)"),
     (["--model", "resnet50"], "no study of model 'resnet50'"),
