@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .errors import PathUnavailable
+from .notices import warn_once
 
 INT8 = "int8"
 NO_CALIBRATION = ("int8 needs calibration data, and none was given: tune with `autotune run "
@@ -105,16 +106,23 @@ def as_batch(batch: Any) -> Batch:
 
 
 def matching_batches(batches: list[Batch], user_inputs: Sequence[torch.Tensor]) -> list[Batch]:
-    """The calibration batches, checked against what the graph takes: same count, shapes, dtypes."""
+    """The calibration batches shaped as the graph's inputs (count, shapes, dtypes). The others
+    (a data loader's short last batch) are left out with one warning; none left is an error."""
     wanted = [(tuple(t.shape), t.dtype) for t in user_inputs]
-    for batch in batches:
-        got = [(tuple(t.shape), t.dtype) for t in batch]
-        if got != wanted:
-            raise Int8Unavailable(
-                f"the calibration batches do not match this graph's inputs (a batch has "
-                f"{_shapes(got)}; the graph takes {_shapes(wanted)}): int8 calibrates a model "
-                "that compiles to one graph, on batches shaped like its example input")
-    return batches
+    signatures = [[(tuple(t.shape), t.dtype) for t in batch] for batch in batches]
+    matching = [batch for batch, got in zip(batches, signatures) if got == wanted]
+    other = next((got for got in signatures if got != wanted), None)
+    if not matching:
+        raise Int8Unavailable(
+            f"the calibration batches do not match this graph's inputs (a batch has "
+            f"{_shapes(other)}; the graph takes {_shapes(wanted)}): int8 calibrates a model "
+            "that compiles to one graph, on batches shaped like its example input")
+    if other is not None:
+        warn_once(f"int8-calibration-shapes:{_shapes(wanted)}",
+                  f"ipex backend: int8 calibrates on the {len(matching)} of {len(batches)} batches "
+                  f"shaped as this graph's inputs ({_shapes(wanted)}); left out: "
+                  f"{len(batches) - len(matching)} of other shapes, such as {_shapes(other)}")
+    return matching
 
 
 def _shapes(signature: list[tuple[tuple[int, ...], torch.dtype]]) -> str:

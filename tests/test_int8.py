@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import int8_models
-from backend import BackendConfig, lookup, quantization
+from backend import BackendConfig, lookup, notices, quantization
 from backend.errors import KnobError, RecordError
 from autotune.workbench import Candidate
 from backend.store import ConfigStore, TunedRecord
@@ -353,6 +353,23 @@ def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_
         warnings = [r.getMessage() for r in caplog.records if "int8 is unavailable" in r.getMessage()]
         assert len(warnings) == 1 and message in warnings[0], warnings
         assert "compiling it in float32 on the OpenVINO path instead" in warnings[0]
+
+
+def test_int8_calibrates_on_the_batches_shaped_as_the_graph_and_says_what_it_left_out(trained, caplog):
+    # a data loader's short last batch made the whole calibration fall back to float32
+    x = int8_models.batches(1, seed=4)[0]
+    batches = [*int8_models.batches(3, seed=5), torch.randn(2, 3, 32, 32)]
+    torch._dynamo.reset()
+    notices._said.clear()
+    compiled = torch.compile(trained["model"], backend="ipex", options={"path": "openvino", "dtype": "int8"})
+    with caplog.at_level(logging.WARNING, logger="backend"), quantization.calibrating(batches), torch.no_grad():
+        compiled(x)
+    import backend
+    assert backend.last_compile()["config"].dtype == "int8"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
+    assert warnings == ["ipex backend: int8 calibrates on the 3 of 4 batches shaped as this graph's "
+                        "inputs ([8, 3, 32, 32] float32); left out: 1 of other shapes, such as "
+                        "[2, 3, 32, 32] float32"], warnings
 
 
 def test_int8_runs_only_on_a_path_with_a_quantizer():
