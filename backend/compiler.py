@@ -208,10 +208,15 @@ def _guard_weight_identity(gm: torch.fx.GraphModule, example_inputs: Sequence[An
     if TracingContext.try_get() is None:  # called outside torch.compile: no cache to guard
         return
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, is_weight in zip(placeholders, constant_mask(gm, example_inputs)):
-        source = getattr(node.meta.get("grapharg"), "source", None)
-        if is_weight and source is not None:
-            install_guard(source.make_guard(GuardBuilder.ID_MATCH))
+    try:
+        for node, is_weight in zip(placeholders, constant_mask(gm, example_inputs)):
+            source = getattr(node.meta.get("grapharg"), "source", None)
+            if is_weight and source is not None:
+                install_guard(source.make_guard(GuardBuilder.ID_MATCH))
+    except Exception as exc:  # dynamo's internals moved: the model must still run
+        warn_once("weight-guard", f"ipex backend: cannot guard which weights a compiled graph "
+                  f"baked in ({first_line(exc)}); another instance of the same module class "
+                  "would run these weights: compile it after torch._dynamo.reset()")
 
 
 def weights_of(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[[], str]:
