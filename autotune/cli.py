@@ -135,6 +135,16 @@ class _ProgressLine:
         self.stream.flush()
 
 
+def _print_candidates(candidates, marks: dict[str, str], out) -> None:
+    print(f"  {'candidate':34s} {'median ms':>10s} {'IQR %':>7s}", file=out)
+    for name, cand in candidates.items():
+        if cand.stats:
+            mark = f"  <- {marks[name]}" if name in marks else ""
+            print(f"  {name:34s} {cand.stats.median_ms:10.2f} {100 * cand.stats.spread:6.1f}%{mark}", file=out)
+        else:
+            print(f"  {name:34s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
+
+
 def _print_result(result, out=sys.stdout) -> None:
     from .confirmation import BACKEND_DEFAULT
     from .worker import EAGER, TORCH_COMPILE_DEFAULT
@@ -147,14 +157,17 @@ def _print_result(result, out=sys.stdout) -> None:
         print(result.message, file=out)
     if not result.winner:
         return
-    print("\nconfirmation (fresh processes, interleaved rounds):", file=out)
-    print(f"  {'candidate':34s} {'median ms':>10s} {'IQR %':>7s}", file=out)
-    for name, cand in result.candidates.items():
-        if cand.stats:
-            mark = "  <- winner" if cand is result.winner else ""
-            print(f"  {name:34s} {cand.stats.median_ms:10.2f} {100 * cand.stats.spread:6.1f}%{mark}", file=out)
-        else:
-            print(f"  {name:34s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
+    if result.selection:
+        print("\nconfirmation, selection (fresh processes, interleaved rounds): picks the config to test",
+              file=out)
+        tested = {n: "tested" for n, c in result.candidates.items()
+                  if c.config is not None and n != BACKEND_DEFAULT}
+        _print_candidates(result.selection, tested, out)
+        print("\nconfirmation, test (the leader and the defaults again, in new processes and new "
+              "rounds): decides", file=out)
+    else:
+        print("\nconfirmation (fresh processes, interleaved rounds):", file=out)
+    _print_candidates(result.candidates, {result.winner.name: "winner"}, out)
     w = result.winner
     print(f"\nbest config ({w.config.config_id}): {json.dumps(w.config.non_default())}", file=out)
     print(f"median latency {w.stats.median_ms:.2f} ms", file=out)

@@ -32,11 +32,18 @@ BEST_STATIC = "best static recipe"
 STATIC_RECIPE = "static recipe"
 
 
+# Rounds in which every candidate is timed to pick the one to test: the test against the
+# default then runs on fresh processes and fresh rounds. Testing the fastest of ten on the rounds
+# that made it the fastest says "faster" of a config no faster than the default about three
+# times as often as the test's 5% (tests/test_decisions.py simulates it).
+SELECTION_ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a tuner's confirmation ended: what it measured, the winner, what it stored."""
 
-    candidates: dict[str, Candidate] = field(default_factory=dict)
+    candidates: dict[str, Candidate] = field(default_factory=dict)  # the rounds that decided
     winner: Candidate | None = None
     kept_default: bool = False
     verdict: Verdict | None = None   # the winner against the backend default, from paired rounds
@@ -45,18 +52,61 @@ class Outcome:
     message: str = ""
     deferred: bool = False     # another worker of the same study confirms and stores
     interrupted: bool = False
+    selection: dict[str, Candidate] = field(default_factory=dict)  # the rounds that picked the leader
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmation's measurements: ``selection`` timed every candidate to pick the leader
+    (empty when there was nothing to pick between); ``test`` timed the leader, the default and
+    the baselines again, in fresh processes and fresh rounds, and decides."""
+
+    test: dict[str, Candidate]
+    selection: dict[str, Candidate] = field(default_factory=dict)
+    leader: str | None = None
 
 
 def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConfig,
-            recipes: Iterable[Mapping]) -> dict[str, Candidate]:
+            recipes: Iterable[Mapping], selection_rounds: int = SELECTION_ROUNDS) -> Confirmed:
     """The ``top`` configs of the study and every warm-start recipe it ran, with the backend
-    default and the baselines, each in its own fresh process, measured in interleaved rounds."""
+    default and the baselines, each in its own fresh process, measured in interleaved rounds:
+    when more than one config could lead, ``selection_rounds`` of them pick the leader, and the
+    leader is tested against the default in new processes and new rounds."""
+    candidates = candidates_to_confirm(study, top=top, default=default, recipes=recipes)
+    contenders = [c for c in candidates.values() if c.config is not None and c.config != default]
+    if len(contenders) <= 1:  # nothing to pick between: the rounds that test are the only ones
+        return Confirmed(test=_name_best_static(bench.measure_interleaved(candidates, until=_decided)))
+    selection = _name_best_static(bench.measure_interleaved(
+        candidates, until=_quiet_rounds_at_least(selection_rounds),
+        rounds=(selection_rounds, 2 * selection_rounds)))
+    leader = _leader(selection)
+    if leader is None or leader.name == BACKEND_DEFAULT:  # no config to test against the default
+        return Confirmed(test=selection)
+    finalists = [leader, candidates[BACKEND_DEFAULT], candidates[TORCH_COMPILE_DEFAULT], candidates[EAGER]]
+    if leader.config.dtype == INT8:  # the record for other weights is chosen on these rounds too
+        other = _leader({n: c for n, c in selection.items() if c.config is None or c.config.dtype != INT8})
+        if other is not None and other.name != BACKEND_DEFAULT:
+            finalists.insert(1, other)
+    fresh = {c.name: Candidate(c.name, c.config, kind=c.kind, dtype=c.dtype) for c in finalists}
+    test = bench.measure_interleaved(fresh, until=lambda measured: _decided(measured, leader.name))
+    return Confirmed(test=test, selection=selection, leader=leader.name)
+
+
+def candidates_to_confirm(study: optuna.Study, *, top: int, default: BackendConfig,
+                          recipes: Iterable[Mapping]) -> dict[str, Candidate]:
     candidates = _top_trials(study, top, default.config_id)
     candidates = _with_recipes_run(study, candidates, recipes, default.config_id)
     candidates[BACKEND_DEFAULT] = Candidate(BACKEND_DEFAULT, default)
     candidates[TORCH_COMPILE_DEFAULT] = Candidate(TORCH_COMPILE_DEFAULT, None, kind=TORCH_COMPILE_DEFAULT)
     candidates[EAGER] = Candidate(EAGER, None, kind=EAGER)
-    return _name_best_static(bench.measure_interleaved(candidates, until=_decided))
+    return candidates
+
+
+def _quiet_rounds_at_least(count: int):
+    def enough(candidates: dict[str, Candidate]) -> bool:
+        return max((sum(m is not None for m in c.round_medians) for c in candidates.values()),
+                   default=0) >= count
+    return enough
 
 
 def _top_trials(study: optuna.Study, top: int, default_id: str) -> dict[str, Candidate]:
@@ -108,20 +158,22 @@ def _name_best_static(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
     return {c.name: c for c in (renamed if c is best else c for c in candidates.values())}
 
 
-def _leader(candidates: dict[str, Candidate]) -> Candidate | None:
-    """The fastest config in median; the default when it is the default's own config."""
+def _leader(candidates: dict[str, Candidate], name: str | None = None) -> Candidate | None:
+    """The config named, when it was measured; else the fastest config in median. The default
+    when it is the default's own config."""
     tuned = [c for c in candidates.values() if c.stats and c.config is not None]
     if not tuned:
         return None
-    best = min(tuned, key=lambda c: c.stats.median_ms)
+    named = candidates.get(name)
+    best = named if named and named.stats else min(tuned, key=lambda c: c.stats.median_ms)
     default = candidates[BACKEND_DEFAULT]
     return default if best.config == default.config else best
 
 
-def _decided(candidates: dict[str, Candidate]) -> bool:
-    """Whether the rounds so far answer the confirmation's question: is the fastest config
-    faster than the backend default, or not?"""
-    leader, default = _leader(candidates), candidates[BACKEND_DEFAULT]
+def _decided(candidates: dict[str, Candidate], leader: str | None = None) -> bool:
+    """Whether the rounds so far answer the confirmation's question: is the leader (by default
+    the fastest config) faster than the backend default, or not?"""
+    leader, default = _leader(candidates, leader), candidates[BACKEND_DEFAULT]
     if leader is None or leader is default or not default.stats:
         return True
     return paired_verdict(*leader.paired_with(default)).decided
@@ -133,11 +185,15 @@ def median_noise(candidates: dict[str, Candidate]) -> float:
     return statistics.median(spreads) if spreads else 0.0
 
 
-def choose_winner(candidates: dict[str, Candidate]) -> Outcome:
-    """The config the paired rounds favour: the fastest when it is faster than the backend
-    default with confidence, else the default, unless the default itself was shown slower than
-    torch.compile's default or eager, where the fastest config measured is the better bet."""
-    leader, default = _leader(candidates), candidates[BACKEND_DEFAULT]
+def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
+                  selection: dict[str, Candidate] | None = None) -> Outcome:
+    """The config the paired rounds favour: the leader (by default the fastest config) when it
+    is faster than the backend default with confidence, else the default, unless the default
+    itself was shown slower than torch.compile's default or eager, where the leader is the
+    better bet. ``selection``: the rounds that picked the leader, carried for the record."""
+    if selection:
+        return replace(choose_winner(candidates, leader), selection=selection)
+    leader, default = _leader(candidates, leader), candidates[BACKEND_DEFAULT]
     if leader is None:
         return Outcome(candidates=candidates,
                        message="every candidate failed in confirmation: nothing stored")
@@ -198,12 +254,13 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
     latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
     study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
                                    "stats": latency,
-                                   "baselines": {n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats},
+                                   "baselines": baselines_of(outcome),
                                    "kept_default": outcome.kept_default, "message": outcome.message})
     ids = _put(study, outcome, storage_url=storage_url, hardware=hardware, model_label=model_label)
     if winner.config.dtype == INT8:
         for_other_weights = choose_winner({n: c for n, c in outcome.candidates.items()
-                                           if c.config is None or c.config.dtype != INT8})
+                                           if c.config is None or c.config.dtype != INT8},
+                                          selection=outcome.selection)
         if for_other_weights.winner:
             ids += _put(study, for_other_weights, storage_url=storage_url, hardware=hardware,
                         model_label=model_label)
@@ -214,7 +271,7 @@ def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: d
          model_label: str) -> tuple[int, ...]:
     """The outcome's winner in the store, once per graph it compiled."""
     winner = outcome.winner
-    baselines = {n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats}
+    baselines = baselines_of(outcome)
     default = outcome.candidates[BACKEND_DEFAULT]
     speedup = 1.0  # the default over itself, by definition; else a ratio of one confirmation
     if default.stats and winner.config != default.config:
@@ -235,6 +292,14 @@ def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: d
                 torch_version=torch.__version__, study_name=study.study_name, hardware=hardware),
                 precision))
     return tuple(ids)
+
+
+def baselines_of(outcome: Outcome) -> dict[str, dict]:
+    """Every candidate's stats: from the rounds that decided, else (marked) from the selection
+    rounds, which time the candidates that were not tested."""
+    selected = {n: {**c.stats.to_dict(), "rounds": "selection"}
+                for n, c in outcome.selection.items() if c.stats}
+    return {**selected, **{n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats}}
 
 
 def _precision_of(winner: Candidate, graph: dict) -> Precision | None:

@@ -106,14 +106,16 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     configs = {f"trial #{t.number}": t.user_attrs.get(attrs.CONFIG) for t in trials}  # pruned too
     winner = study.user_attrs.get("winner")
-    if winner:  # confirmed: everything measured in the same interleaved rounds
+    if winner:  # confirmed: interleaved rounds
         baselines = winner.get("baselines", {})
         rows = [{"label": f"winner ({winner['candidate']})", "stats": winner["stats"],
                  "role": "winner"}]
         for name, stats in sorted(baselines.items(), key=lambda item: _baseline_rank(item[0])):
             if name != winner["candidate"] and _baseline_rank(name) < len(BASELINE_ORDER):
                 trial = name.partition("(")[2].rstrip(")")
-                rows.append({"label": name, "stats": stats, "config": configs.get(trial),
+                # not tested against the winner: timed in the rounds that picked it
+                label = name + (" (selection rounds)" if stats.get("rounds") == "selection" else "")
+                rows.append({"label": label, "stats": stats, "config": configs.get(trial),
                              "role": "static" if name.startswith((BEST_STATIC, STATIC_RECIPE))
                              else "baseline"})
         return [r for r in rows if r["stats"] and r["stats"].get("median_ms")]
@@ -151,6 +153,8 @@ def _summary(study: optuna.Study, rows: list[dict]) -> str:
     for row in rows[1:]:
         if row["role"] in ("baseline", "static") and not row["label"].startswith(STATIC_RECIPE):
             label = row["label"].split(" (")[0]
+            if row["stats"].get("rounds") == "selection":
+                label += " (selection rounds)"
             cards.append((f"vs {label}", _x(row["stats"]["median_ms"] / top)))
     html_cards = "".join(f'<div class="card"><div class="big">{_esc(v)}</div>'
                          f'<div class="small">{_esc(k)}</div></div>' for k, v in cards)

@@ -21,7 +21,7 @@ from . import quiet, study_queue
 from . import trial_attrs as attrs
 from . import zygote
 from .bench import CONFIRM_MEASURE, MeasureSettings
-from .confirmation import Outcome, choose_winner, confirm, store_winner
+from .confirmation import SELECTION_ROUNDS, Outcome, choose_winner, confirm, store_winner
 from .errors import AutotuneError, StudyError
 from .evidence import MAX_ROUNDS, MIN_ROUNDS
 from .models import ModelSpec
@@ -54,6 +54,7 @@ class TuneRequest:
     confirm_top: int = 3
     confirm_rounds: int = MIN_ROUNDS        # at least; more until the winner is decided...
     confirm_max_rounds: int = MAX_ROUNDS    # ...up to this many
+    selection_rounds: int = SELECTION_ROUNDS  # that pick the config to test, before those rounds
     max_wait_s: float = 180                 # for a quiet machine before a measurement (quiet.py)
     measure: MeasureSettings = MeasureSettings()
     confirm_measure: MeasureSettings = CONFIRM_MEASURE
@@ -119,6 +120,7 @@ class TuneResult:
     stored_ids: tuple[int, ...] = ()
     message: str = ""
     deferred: bool = False  # another worker of the same study confirms and stores
+    selection: dict[str, Candidate] = field(default_factory=dict)  # the rounds that picked the leader
 
     def speedup_over(self, name: str) -> float | None:
         base = self.candidates.get(name)
@@ -205,7 +207,8 @@ class Tuner:
             trials_failed=counts.failed, trials_pruned=counts.pruned,
             wall_s=time.monotonic() - start, interrupted=interrupted or outcome.interrupted,
             candidates=outcome.candidates, winner=outcome.winner, kept_default=outcome.kept_default,
-            stored_ids=outcome.stored_ids, message=outcome.message, deferred=outcome.deferred)
+            stored_ids=outcome.stored_ids, message=outcome.message, deferred=outcome.deferred,
+            selection=outcome.selection)
 
     def _confirm_and_store(self, study: optuna.Study, trials_total: int) -> Outcome:
         """Confirm, choose and store under this tuner's confirmation claim; one that did not
@@ -213,9 +216,11 @@ class Tuner:
         request = self.request
         outcome = Outcome()
         try:
-            outcome = choose_winner(confirm(study, self.bench, top=request.confirm_top,
-                                            default=request.default_config(),
-                                            recipes=self.space.static_recipes(request.dtypes)))
+            confirmed = confirm(study, self.bench, top=request.confirm_top,
+                                default=request.default_config(),
+                                recipes=self.space.static_recipes(request.dtypes),
+                                selection_rounds=request.selection_rounds)
+            outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
             if outcome.winner and request.store_winner:
                 outcome = replace(outcome, stored_ids=store_winner(
                     study, outcome, storage_url=request.storage_url, hardware=request.hardware,

@@ -118,17 +118,19 @@ class Bench:
 
     def measure_interleaved(self, candidates: dict[str, Candidate],
                             after_round: Callable[[], None] | None = None,
-                            until: Callable[[dict[str, Candidate]], bool] | None = None
-                            ) -> dict[str, Candidate]:
+                            until: Callable[[dict[str, Candidate]], bool] | None = None,
+                            rounds: tuple[int, int] | None = None) -> dict[str, Candidate]:
         """Each candidate compiled once in its own fresh process, then timed in rotating rounds
         so that drift on a shared machine hits all of them alike: the candidates again, each with
         its stats or its failure. ``after_round`` runs between rounds, for measurements that
-        should share their drift. Past ``rounds``, rounds go on (up to ``max_rounds``) while
-        ``until`` of the candidates so far says the question is open."""
+        should share their drift. Past ``rounds`` (at least, at most; default the bench's),
+        rounds go on up to the most while ``until`` of the candidates so far says the question
+        is open."""
         workers: dict[str, WorkerProcess] = {}  # every live worker: killed on an error, closed after
         try:
             started = self._start_side_by_side(candidates, workers)
-            return self._time_rounds(started, workers, after_round, until)
+            return self._time_rounds(started, workers, after_round, until,
+                                     rounds or (self.rounds, self.max_rounds))
         except BaseException:
             for worker in workers.values():
                 worker.kill()
@@ -175,11 +177,13 @@ class Bench:
 
     def _time_rounds(self, candidates: dict[str, Candidate], workers: dict[str, WorkerProcess],
                      after_round: Callable[[], None] | None,
-                     until: Callable[[dict[str, Candidate]], bool] | None) -> dict[str, Candidate]:
+                     until: Callable[[dict[str, Candidate]], bool] | None,
+                     at_least_most: tuple[int, int]) -> dict[str, Candidate]:
         """Every ready worker measured once a round, each round starting one further along; a
         round the machine was busy for counts for no candidate."""
         rounds = _Rounds(list(workers))
-        last = max(self.rounds, self.max_rounds if until else 0)
+        first, most = at_least_most
+        last = max(first, most if until else 0)
         while rounds.count < last and rounds.order:
             self.gate.wait()
             watch = self.gate.watch()
@@ -197,7 +201,7 @@ class Bench:
             rounds.add(measured, busy)
             if after_round:
                 after_round()
-            if rounds.count >= self.rounds and until and until(rounds.results(candidates)):
+            if rounds.count >= first and until and until(rounds.results(candidates)):
                 break
         return rounds.results(candidates)
 

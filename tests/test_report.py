@@ -37,7 +37,9 @@ def test_report_compares_the_winner_and_shows_history_knobs_failures_store_and_v
         assert f'{base_ms / winner_ms:.2f}x</div><div class="small">vs {name}' in page
     static = next(k for k in study.user_attrs["winner"]["baselines"] if k.startswith("best static"))
     static_ms = study.user_attrs["winner"]["baselines"][static]["median_ms"]
-    assert f'{static_ms / winner_ms:.2f}x</div><div class="small">vs best static recipe' in page
+    assert (f'{static_ms / winner_ms:.2f}x</div><div class="small">vs best static recipe '
+            '(selection rounds)') in page
+    assert f"<td>{static} (selection rounds)</td>" in page
     assert "worker died with SIGSEGV while compiling" in page and "<td>crash</td>" in page
     assert "AMD EPYC 9R14" in page and "Intel(R) Xeon(R) Platinum 8488C" in page
     assert f"<td>{optuna.__version__}</td>" in page and f"<td>{plotly.__version__}</td>" in page
