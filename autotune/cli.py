@@ -454,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="timed seconds per trial (default 2; confirmation rounds use half); "
                           "the warm-up before them lasts at most as long (default 1)")
     run.add_argument("--confirm-rounds", type=_positive_int,
-                     help="interleaved confirmation rounds, at least (default 5); more follow, up "
-                          "to --max-confirm-rounds, until the winner's ratio to the default is decided")
+                     help="interleaved rounds that test the leader against the default, at least "
+                          "(default 5); more follow, up to --max-confirm-rounds, until the ratio is "
+                          "decided. They come after 3 selection rounds that pick the leader")
     run.add_argument("--max-confirm-rounds", type=_positive_int, help="default 12")
     run.add_argument("--max-wait", help="how long to wait for a quiet machine before measuring, "
                      "e.g. 3m (the default); after it, measurements are marked noisy and decide nothing")

@@ -1,5 +1,6 @@
 """The confirmation: the study's best configs and every warm-start recipe it ran, measured again
-with the baselines in interleaved rounds; the rule that picks the winner; the store write."""
+with the baselines in interleaved selection rounds; the leader they pick tested against the
+backend default in new processes and new rounds; the rule that picks the winner; the store write."""
 
 from __future__ import annotations
 
@@ -83,13 +84,20 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
     if leader is None or leader.name == BACKEND_DEFAULT:  # no config to test against the default
         return Confirmed(test=selection)
     finalists = [leader, candidates[BACKEND_DEFAULT], candidates[TORCH_COMPILE_DEFAULT], candidates[EAGER]]
-    if leader.config.dtype == INT8:  # the record for other weights is chosen on these rounds too
-        other = _leader({n: c for n, c in selection.items() if c.config is None or c.config.dtype != INT8})
+    tested = [leader.name]
+    if leader.config.dtype == INT8:  # the record for other weights is tested on these rounds too
+        other = _leader(_not_int8(selection))
         if other is not None and other.name != BACKEND_DEFAULT:
             finalists.insert(1, other)
+            tested.append(other.name)
     fresh = {c.name: Candidate(c.name, c.config, kind=c.kind, dtype=c.dtype) for c in finalists}
-    test = bench.measure_interleaved(fresh, until=lambda measured: _decided(measured, leader.name))
+    test = bench.measure_interleaved(
+        fresh, until=lambda measured: all(_decided(measured, name) for name in tested))
     return Confirmed(test=test, selection=selection, leader=leader.name)
+
+
+def _not_int8(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
+    return {n: c for n, c in candidates.items() if c.config is None or c.config.dtype != INT8}
 
 
 def candidates_to_confirm(study: optuna.Study, *, top: int, default: BackendConfig,
@@ -128,7 +136,7 @@ def _top_trials(study: optuna.Study, top: int, default_id: str) -> dict[str, Can
 def _with_recipes_run(study: optuna.Study, candidates: dict[str, Candidate], recipes: Iterable[Mapping],
                       default_id: str) -> dict[str, Candidate]:
     """Every warm-start recipe, also one a noisy search-phase run pruned or failed as noisy: the
-    winner must be at least as fast as each of them in the same interleaved rounds. A top trial
+    leader must be at least as fast as each of them in the same selection rounds. A top trial
     that is a recipe is confirmed once, as the recipe."""
     candidates = dict(candidates)
     recipe_ids = {BackendConfig(r).config_id for r in recipes}
@@ -159,13 +167,15 @@ def _name_best_static(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
 
 
 def _leader(candidates: dict[str, Candidate], name: str | None = None) -> Candidate | None:
-    """The config named, when it was measured; else the fastest config in median. The default
-    when it is the default's own config."""
+    """The config named (None when it failed: another config in its place would be picked on
+    the rounds that test it), else the fastest config in median. The default when it is the
+    default's own config."""
     tuned = [c for c in candidates.values() if c.stats and c.config is not None]
+    if name is not None:
+        tuned = [c for c in tuned if c.name == name]
     if not tuned:
         return None
-    named = candidates.get(name)
-    best = named if named and named.stats else min(tuned, key=lambda c: c.stats.median_ms)
+    best = min(tuned, key=lambda c: c.stats.median_ms)
     default = candidates[BACKEND_DEFAULT]
     return default if best.config == default.config else best
 
@@ -193,12 +203,27 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
     better bet. ``selection``: the rounds that picked the leader, carried for the record."""
     if selection:
         return replace(choose_winner(candidates, leader), selection=selection)
-    leader, default = _leader(candidates, leader), candidates[BACKEND_DEFAULT]
+    named, default = candidates.get(leader), candidates[BACKEND_DEFAULT]
+    leader = _leader(candidates, leader)
+    if named is not None and leader is None:
+        why = f"{named.name}, the selection's leader, failed in its test ({_failure(named)})"
+        if not default.stats:
+            return Outcome(candidates=candidates, message=f"{why}, and so did the backend default "
+                           f"({_failure(default)}): nothing stored")
+        return Outcome(candidates=candidates, winner=default, kept_default=True,
+                       message=f"{why}: storing the default")
     if leader is None:
         return Outcome(candidates=candidates,
                        message="every candidate failed in confirmation: nothing stored")
-    if not default.stats or leader is default:
-        return _with_slower_than_baselines(Outcome(candidates=candidates, winner=leader), candidates)
+    if leader is default:
+        return _with_slower_than_baselines(Outcome(
+            candidates=candidates, winner=default, kept_default=True,
+            message="the backend default was the fastest config measured: storing it"), candidates)
+    if not default.stats:
+        return _with_slower_than_baselines(Outcome(
+            candidates=candidates, winner=leader,
+            message=f"the backend default failed in confirmation ({_failure(default)}): storing "
+                    f"{leader.name} without a test against it"), candidates)
     verdict = paired_verdict(*leader.paired_with(default))
     if verdict.outcome == FASTER:
         return _with_slower_than_baselines(Outcome(
@@ -229,6 +254,10 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
                    inconclusive=inconclusive, message=f"{why}: storing the default")
 
 
+def _failure(candidate: Candidate) -> str:
+    return (candidate.failure or "no round on a quiet machine")[:300]
+
+
 def _with_slower_than_baselines(outcome: Outcome, candidates: dict[str, Candidate]) -> Outcome:
     """Say so when the paired rounds show the winner slower than torch.compile's default or eager."""
     notes = []
@@ -248,19 +277,23 @@ def _with_slower_than_baselines(outcome: Outcome, candidates: dict[str, Candidat
 def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: dict,
                  model_label: str) -> tuple[int, ...]:
     """The winner in the study's attributes, and in the store once per graph it compiled. An
-    int8 winner applies only to the weights it was calibrated for: the same rounds' choice
-    among the other candidates is stored beside it, for the lookup to apply to other weights."""
+    int8 winner applies only to the weights it was calibrated for: the same confirmation's
+    choice among the other candidates is stored beside it, for the lookup to apply to other
+    weights."""
     winner = outcome.winner
     latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
+    in_selection = outcome.selection.get(winner.name)
     study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
                                    "stats": latency,
+                                   # what the selection-round baselines compare with
+                                   "selection_stats": in_selection.stats.to_dict()
+                                   if in_selection and in_selection.stats else None,
                                    "baselines": baselines_of(outcome),
                                    "kept_default": outcome.kept_default, "message": outcome.message})
     ids = _put(study, outcome, storage_url=storage_url, hardware=hardware, model_label=model_label)
     if winner.config.dtype == INT8:
-        for_other_weights = choose_winner({n: c for n, c in outcome.candidates.items()
-                                           if c.config is None or c.config.dtype != INT8},
-                                          selection=outcome.selection)
+        for_other_weights = choose_winner(_not_int8(outcome.candidates),
+                                          selection=_not_int8(outcome.selection))
         if for_other_weights.winner:
             ids += _put(study, for_other_weights, storage_url=storage_url, hardware=hardware,
                         model_label=model_label)
@@ -297,7 +330,7 @@ def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: d
 def baselines_of(outcome: Outcome) -> dict[str, dict]:
     """Every candidate's stats: from the rounds that decided, else (marked) from the selection
     rounds, which time the candidates that were not tested."""
-    selected = {n: {**c.stats.to_dict(), "rounds": "selection"}
+    selected = {n: {**c.stats.to_dict(), "measured_in": "selection"}
                 for n, c in outcome.selection.items() if c.stats}
     return {**selected, **{n: c.stats.to_dict() for n, c in outcome.candidates.items() if c.stats}}
 

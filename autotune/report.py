@@ -114,7 +114,7 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
             if name != winner["candidate"] and _baseline_rank(name) < len(BASELINE_ORDER):
                 trial = name.partition("(")[2].rstrip(")")
                 # not tested against the winner: timed in the rounds that picked it
-                label = name + (" (selection rounds)" if stats.get("rounds") == "selection" else "")
+                label = name + (" (selection rounds)" if _in_selection(stats) else "")
                 rows.append({"label": label, "stats": stats, "config": configs.get(trial),
                              "role": "static" if name.startswith((BEST_STATIC, STATIC_RECIPE))
                              else "baseline"})
@@ -143,6 +143,18 @@ def _baseline_rank(name: str) -> int:
     return len(BASELINE_ORDER)  # other confirmed trials: not shown
 
 
+def _in_selection(stats: dict) -> bool:
+    return stats.get("measured_in") == "selection"
+
+
+def _winner_ms(study: optuna.Study, row: dict, confirmed_ms: float) -> float:
+    """What a row's ratio divides by: the winner's median in the same rounds as the row's."""
+    winner = study.user_attrs.get("winner") or {}
+    if _in_selection(row["stats"]) and winner.get("selection_stats"):
+        return winner["selection_stats"]["median_ms"]
+    return confirmed_ms
+
+
 # ---------------------------------------------------------------------------------- sections
 def _summary(study: optuna.Study, rows: list[dict]) -> str:
     winner = study.user_attrs.get("winner")
@@ -153,9 +165,9 @@ def _summary(study: optuna.Study, rows: list[dict]) -> str:
     for row in rows[1:]:
         if row["role"] in ("baseline", "static") and not row["label"].startswith(STATIC_RECIPE):
             label = row["label"].split(" (")[0]
-            if row["stats"].get("rounds") == "selection":
+            if _in_selection(row["stats"]):
                 label += " (selection rounds)"
-            cards.append((f"vs {label}", _x(row["stats"]["median_ms"] / top)))
+            cards.append((f"vs {label}", _x(row["stats"]["median_ms"] / _winner_ms(study, row, top))))
     html_cards = "".join(f'<div class="card"><div class="big">{_esc(v)}</div>'
                          f'<div class="small">{_esc(k)}</div></div>' for k, v in cards)
     text = ""
@@ -195,7 +207,8 @@ def _winner_section(study: optuna.Study, rows: list[dict]) -> str:
         ["candidate", "median", "p10", "p90", "IQR", "runs", "winner's speedup"],
         [[r["label"], _ms(r["stats"]["median_ms"]), _ms(r["stats"].get("p10_ms")),
           _ms(r["stats"].get("p90_ms")), _ms(r["stats"].get("iqr_ms")), r["stats"].get("runs", "-"),
-          "" if r["role"] == "winner" else _x(r["stats"]["median_ms"] / top)] for r in rows],
+          "" if r["role"] == "winner" else _x(r["stats"]["median_ms"] / _winner_ms(study, r, top))]
+         for r in rows],
         numeric=(1, 2, 3, 4, 5, 6))
     winner = study.user_attrs.get("winner")
     config = winner["config"] if winner else None
