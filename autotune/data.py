@@ -9,6 +9,7 @@ Every batch must be shaped like the model's example input: a compiled graph has 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 from backend.quantization import Batch
 
 from .errors import AutotuneError
+
+log = logging.getLogger("autotune")
 
 # NNCF's own default: past a few hundred inputs, calibration statistics stop moving
 MAX_CALIBRATION_INPUTS = 300
@@ -102,7 +105,10 @@ def _batches(data: Any, source: str, example_inputs: Sequence[torch.Tensor]) -> 
         if data.dim() == 0:
             raise DataError(f"--data {source}: a single number; expected inputs stacked along "
                             "dimension 0, or a list of batches")
-        whole = data.shape[0] // per_batch
+        whole, left = divmod(data.shape[0], per_batch)
+        if left:
+            log.warning(f"--data {source}: the last {left} of {data.shape[0]} inputs do not fill a "
+                        f"batch of {per_batch} (the model's batch size); they are left out")
         data = [data[i * per_batch:(i + 1) * per_batch] for i in range(whole)]
     if not isinstance(data, (list, tuple)):
         raise DataError(f"--data {source}: got {type(data).__name__}; expected {FORMS}")

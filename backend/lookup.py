@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +18,10 @@ from .store import ConfigStore, TunedRecord
 log = logging.getLogger("backend")
 
 LOOKUP_BUSY_TIMEOUT_MS = 200
+# A lookup that failed this slowly (an unreachable server's connect timeout) is not tried again
+# on the same store for a while: a model with graph breaks would wait that long for every graph.
+SLOW_FAILURE_S = 1.0
+RETRY_SLOW_STORE_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Found:
 _lock = threading.Lock()
 _stores: dict[str, ConfigStore] = {}
 _cache: dict[tuple, Found | None] = {}
+_slow_until: dict[str, float] = {}  # url -> when its lookups may be tried again
 
 
 def _store(url: str) -> ConfigStore:
@@ -48,6 +54,7 @@ def clear_cache() -> None:
     """Forget cached lookups and open stores (tests, and tools that just wrote the store)."""
     with _lock:
         _cache.clear()
+        _slow_until.clear()
         for store in _stores.values():
             store.close()
         _stores.clear()
@@ -81,12 +88,23 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
     cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"], int8)
     if cache_key in _cache:
         return _cache[cache_key]
+    if time.monotonic() < _slow_until.get(url, 0.0):
+        return None  # not cached: the store is tried again once the wait is over
     found = None
+    start = time.monotonic()
     try:
         found = _find_in(_store(url), keys, int8)
     except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
+        failed_s = time.monotonic() - start
+        slow = failed_s >= SLOW_FAILURE_S
+        if slow:
+            _slow_until[url] = time.monotonic() + RETRY_SLOW_STORE_AFTER_S
         warn_once(f"lookup:{type(exc).__name__}",
-                  f"ipex backend: tuned-config lookup failed, using defaults ({exc})")
+                  f"ipex backend: tuned-config lookup failed, using defaults ({exc})"
+                  + (f"; it took {failed_s:.0f} s, so this process asks that store again only "
+                     f"after {RETRY_SLOW_STORE_AFTER_S:.0f} s" if slow else ""))
+        if slow:
+            return None
     _cache[cache_key] = found
     return found
 

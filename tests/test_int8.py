@@ -210,6 +210,19 @@ def test_data_from_a_callable_takes_one_stacked_tensor_as_a_file_does_and_refuse
         data.load(str(tmp_path / "scalar.pt"), example)  # an IndexError with a traceback before
 
 
+def test_stacked_inputs_that_do_not_fill_the_last_batch_are_left_out_with_one_warning(tmp_path, caplog):
+    from autotune import data
+    example = int8_models.batches(1, seed=0)
+    torch.save(torch.cat([stacked_inputs(), stacked_inputs()[:3]]), tmp_path / "ragged.pt")
+    caplog.set_level(logging.WARNING, logger="autotune")
+    split = data.load(str(tmp_path / "ragged.pt"), example)
+    assert len(split.calibration) + len(split.held_out) == 4
+    total = 4 * int8_models.BATCH + 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--data {tmp_path / 'ragged.pt'}: the last 3 of {total} inputs do not fill a batch of "
+        f"{int8_models.BATCH} (the model's batch size); they are left out"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--metric", "int8_models:no_such_metric"), "--metric int8_models:no_such_metric: cannot "
                                                   "import it"),

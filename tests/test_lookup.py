@@ -348,11 +348,17 @@ def test_a_postgres_server_that_never_answers_costs_the_connect_timeout_not_minu
     try:
         looking.start()
         looking.join(10)
+        assert answers == [None], "the lookup was still waiting for the server after 10 s"
+        # the next graph of the same model does not wait for the same silent server again
+        start = time.perf_counter()
+        assert lookup.find({**cnn_keys, "workload_key": "wl-next-graph"}, url) is None
+        again_s = time.perf_counter() - start
     finally:
         silent.close()
-    assert answers == [None], "the lookup was still waiting for the server after 10 s"
+    assert again_s < 0.5, f"the next graph's lookup waited {again_s:.1f} s"
     warnings = [r.getMessage() for r in caplog.records if r.name == "backend"]
     assert len(warnings) == 1 and "lookup failed, using defaults" in warnings[0], warnings
+    assert "so this process asks that store again only after 60 s" in warnings[0]
 
 
 def test_a_stored_config_that_fails_to_compile_falls_back_with_one_warning(tmp_path, monkeypatch,
