@@ -185,8 +185,8 @@ def cmd_run(args) -> int:
     from .tuner import Tuner
 
     request = _request_from_args(args)
-    zygote.prestart()  # the workers' imports overlap the preflight
     tuner = Tuner(request, progress=_ProgressLine())
+    zygote.prestart()  # the workers' imports overlap the preflight
     tuner.preflight()
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
           f"in study {request.resolved_study_name()} at {request.storage_url}", file=sys.stderr)
@@ -548,9 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at exit
         return code
     except AutotuneError as exc:
+        zygote.shutdown()  # a caller that goes on (a test, a script) keeps no importing zygote
         print(f"autotune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        zygote.shutdown()
         print("\nautotune: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -236,6 +236,7 @@ class Zygote:
         zygote_end.close()
         self.control = parent_end
         self._ready = False
+        self.forked = False
 
     def _await_ready(self) -> None:
         """The imports run while the caller does its own start-up; the first fork waits for them."""
@@ -279,6 +280,7 @@ class Zygote:
         finally:
             os.close(stdin_r)
             os.close(status_w)
+        self.forked = True
         return ForkedWorker(int(line), os.fdopen(stdin_w, "w"), status_r)
 
     def kill(self) -> None:
@@ -304,10 +306,14 @@ def prestart(env: dict | None = None) -> None:
 
 
 def shutdown() -> None:
-    """Let this process's zygote go (it exits once its workers have)."""
+    """Let this process's zygote go: it exits once its workers have; one that forked none yet
+    is stopped, so that its imports do not go on beside whatever this process does next."""
     global _zygote
     if _zygote is not None:
-        _zygote.close()
+        if _zygote.forked:
+            _zygote.close()
+        else:
+            _zygote.kill()
         _zygote = None
 
 

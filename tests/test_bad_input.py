@@ -201,6 +201,21 @@ def test_jobs_outside_the_usable_cores_are_refused_alike(jobs, tmp_path, capsys)
     assert not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["--model", "user_models:module_only", "--input-shape", "1,3,8,8", "--jobs", "0"],
+    ["--model", "nosuchmod:build"],  # found out in the preflight, beside the zygote's imports
+])
+def test_a_run_refused_leaves_no_zygote_importing_beside_what_runs_next(args, tmp_path, capsys):
+    # a zygote left importing torch (seconds of a core) made the next tests here twice as slow
+    from autotune import zygote
+    zygote.shutdown()
+    assert cli.main(["run", *args, "--storage", f"sqlite:///{tmp_path / 's.db'}"]) == 2
+    capsys.readouterr()
+    children = subprocess.run(["ps", "-o", "args=", "--ppid", str(os.getpid())],
+                              capture_output=True, text=True).stdout
+    assert "autotune.zygote" not in children, children
+
+
 # -- 7. output into a closed pipe ----------------------------------------------------------------
 
 # Records enough for about 4x a pipe's 64 KiB buffer of each command's output (export and show
