@@ -306,8 +306,10 @@ def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: d
     winner = outcome.winner
     baselines = baselines_of(outcome)
     default = outcome.candidates[BACKEND_DEFAULT]
-    speedup = 1.0  # the default over itself, by definition; else a ratio of one confirmation
-    if default.stats and winner.config != default.config:
+    # the ratio of one confirmation, when its test showed it; else no speedup is claimed (the
+    # default itself, or a leader stored because the default lost to torch.compile's default)
+    speedup = 1.0
+    if default.stats and outcome.verdict and outcome.verdict.outcome == FASTER:
         speedup = default.stats.median_ms / winner.stats.median_ms
     latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
     ids = []

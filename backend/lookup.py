@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from sqlalchemy.exc import OperationalError
+
 from .config import BackendConfig
 from .errors import AutotuneError, StoreError
 from .fingerprint import hardware_key
@@ -91,12 +93,15 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
     if time.monotonic() < _slow_until.get(url, 0.0):
         return None  # not cached: the store is tried again once the wait is over
     found = None
-    start = time.monotonic()
+    start = None
     try:
-        found = _find_in(_store(url), keys, int8)
+        store = _store(url)
+        start = time.monotonic()
+        found = _find_in(store, keys, int8)
     except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
-        failed_s = time.monotonic() - start
-        slow = failed_s >= SLOW_FAILURE_S
+        failed_s = time.monotonic() - start if start is not None else 0.0
+        # the database did not answer, slowly: a bad record or a locked file is not that
+        slow = isinstance(exc.__cause__, OperationalError) and failed_s >= SLOW_FAILURE_S
         if slow:
             _slow_until[url] = time.monotonic() + RETRY_SLOW_STORE_AFTER_S
         warn_once(f"lookup:{type(exc).__name__}",

@@ -21,6 +21,7 @@ from autotune.confirmation import BACKEND_DEFAULT, choose_winner, store_winner
 from autotune.tuner import TuneRequest, open_study
 from autotune.workbench import Candidate
 from autotune.bench import Stats
+from autotune.worker import TORCH_COMPILE_DEFAULT
 from backend import BackendConfig
 from backend.fingerprint import hardware_info, hardware_key
 from backend.store import ConfigStore, TunedRecord
@@ -333,6 +334,32 @@ def test_a_winner_with_the_default_config_is_stored_at_speedup_one(tmp_path):
     [record] = ConfigStore(request.storage_url, read_only=True).list()
     assert record.config_id == default.config_id and record.speedup == 1.0
     assert re.search(r"\s1\.00x\s", _ls(request.storage_url))
+
+
+
+def test_a_leader_stored_without_a_shown_gain_claims_no_speedup(tmp_path):
+    # Not shown faster than the default, but stored because the default lost to torch.compile's
+    # default: its median ratio (1.05x) was stored as its speedup, and the lookup printed it.
+    request = TuneRequest(model=ModelSpec("user_models:module_only", input_shapes=(3, 8, 8)),
+                          storage=f"sqlite:///{tmp_path / 'store.db'}", space="quick")
+    default = request.default_config()
+    leader = BackendConfig({**default.to_dict(), "channels_last": False})
+
+    def measured(name, config, rounds, kind=""):
+        return Candidate(name, config, stats=Stats.of(rounds), round_medians=rounds, kind=kind,
+                         graphs=[{"workload_key": "wl-self", "family_key": "fam-self",
+                                  "batch_size": 1, "config": (config or default).to_dict()}])
+
+    candidates = {"trial #0": measured("trial #0", leader, [9.0, 10.5] * 5),
+                  BACKEND_DEFAULT: measured(BACKEND_DEFAULT, default, [10.0] * 10),
+                  TORCH_COMPILE_DEFAULT: measured(TORCH_COMPILE_DEFAULT, None, [8.0] * 10,
+                                                  TORCH_COMPILE_DEFAULT)}
+    outcome = choose_winner(candidates)
+    assert outcome.winner.name == "trial #0" and outcome.verdict.outcome == "undecided"
+    store_winner(open_study(request), outcome, storage_url=request.storage_url,
+                 hardware=request.hardware, model_label=request.model.name)
+    [record] = ConfigStore(request.storage_url, read_only=True).list()
+    assert record.config_id == leader.config_id and record.speedup == 1.0
 
 
 def _ls(url) -> str:

@@ -22,8 +22,8 @@ from benchmarks import selection_bias
 from autotune.bench import Stats
 from autotune.models import ModelSpec
 from autotune.trial_attrs import LOST
-from autotune.confirmation import BACKEND_DEFAULT, choose_winner, confirm
-from autotune.evidence import MIN_ROUNDS
+from autotune.confirmation import BACKEND_DEFAULT, SELECTION_ROUNDS, choose_winner, confirm
+from autotune.evidence import MAX_ROUNDS, MIN_ROUNDS
 from autotune.study_queue import (GRACE_PERIOD_S, claim_confirmation, confirmation_done, fail_dead_trials,
                                   fail_orphaned_trials, heartbeat_of)
 from autotune.tuner import MAX_TRIAL_SPREAD, Tuner, TuneRequest, open_study
@@ -449,8 +449,9 @@ def test_the_run_prints_the_selection_and_the_test_that_decided():
 
 
 class ScriptedBench:
-    """measure_interleaved answering from a script, one per call: name -> per-round median in ms,
-    or a failure string. Records the names each call timed."""
+    """measure_interleaved answering from a script, one per call: name -> a median in ms every
+    round (or a list, one per round), or a failure string. Rounds go on as the bench's do: at
+    least the first, up to the most while ``until`` says undecided. Records the names timed."""
 
     def __init__(self, *script):
         self.script, self.calls = list(script), []
@@ -458,11 +459,18 @@ class ScriptedBench:
     def measure_interleaved(self, candidates, after_round=None, until=None, rounds=None):
         answers = self.script[len(self.calls)]
         self.calls.append(list(candidates))
-        timed = {}
-        for name, cand in candidates.items():
-            answer = answers.get(name, 50.0)
-            timed[name] = (replace(cand, failure=answer) if isinstance(answer, str)
-                           else _candidate(name, [answer] * MIN_ROUNDS, cand.config, cand.kind))
+        first, most = rounds or (MIN_ROUNDS, MAX_ROUNDS)
+        for count in range(1, max(first, most if until else 0) + 1):
+            timed = {}
+            for name, cand in candidates.items():
+                answer = answers.get(name, 50.0)
+                if isinstance(answer, str):
+                    timed[name] = replace(cand, failure=answer)
+                    continue
+                medians = (answer * count)[:count] if isinstance(answer, list) else [answer] * count
+                timed[name] = _candidate(name, medians, cand.config, cand.kind)
+            if count >= first and until and until(timed):
+                break
         return timed
 
 
@@ -496,16 +504,20 @@ def test_the_leader_is_tested_in_new_rounds_and_the_others_keep_their_selection_
     assert outcome.verdict.outcome == "faster"
     baselines = baselines_of(outcome)
     assert baselines["trial #0"]["median_ms"] == 9.3 and "measured_in" not in baselines["trial #0"]
-    assert baselines["trial #1"] == {**_candidate("", [9.5] * MIN_ROUNDS).stats.to_dict(),
+    assert baselines["trial #1"] == {**_candidate("", [9.5] * SELECTION_ROUNDS).stats.to_dict(),
                                      "measured_in": "selection"}
 
 
 def test_an_int8_leader_is_tested_beside_the_fastest_other_config_the_record_for_other_weights():
+    # the int8 leader is decided after 5 rounds; the other config, one round in five slower,
+    # only after 9 (8 of 9 faster: p=0.020): the rounds go on until both are
+    other_rounds = [9.0, 9.0, 11.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]
     bench = ScriptedBench({"trial #0": 9.5, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
-                          {"trial #2": 5.0, "trial #0": 9.0, BACKEND_DEFAULT: 10.0})
+                          {"trial #2": 5.0, "trial #0": other_rounds, BACKEND_DEFAULT: 10.0})
     outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
     assert bench.calls[1] == ["trial #2", "trial #0", BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER]
     assert outcome.winner.name == "trial #2"
+    assert len(outcome.candidates["trial #0"].round_medians) == 9
     others = choose_winner({n: c for n, c in outcome.candidates.items() if n != "trial #2"})
     assert others.winner.name == "trial #0" and others.verdict.outcome == "faster"
 
