@@ -36,7 +36,7 @@ STATIC_RECIPE = "static recipe"
 # Rounds in which every candidate is timed to pick the one to test: the test against the
 # default then runs on fresh processes and fresh rounds. Testing the fastest of ten on the rounds
 # that made it the fastest says "faster" of a config no faster than the default about three
-# times as often as the test's 5% (tests/test_decisions.py simulates it).
+# times as often as the test's 5% (benchmarks/selection_bias.py simulates it).
 SELECTION_ROUNDS = 3
 
 
