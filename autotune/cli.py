@@ -173,7 +173,11 @@ def _print_result(result, out=sys.stdout) -> None:
     print(f"median latency {w.stats.median_ms:.2f} ms", file=out)
     for name in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER):
         ratio = result.speedup_over(name)
-        if ratio and ratio >= 1:
+        unshown = (name == BACKEND_DEFAULT and result.winner.name != BACKEND_DEFAULT
+                   and not result.shown_faster)
+        if ratio and unshown:  # a ratio of medians the test could not tell from noise
+            print(f"  {ratio:.2f}x the backend default's speed in medians: not shown faster", file=out)
+        elif ratio and ratio >= 1:
             print(f"  {ratio:.2f}x faster than {name}", file=out)
         elif ratio:
             print(f"  {1 / ratio:.2f}x slower than {name}", file=out)

@@ -23,7 +23,7 @@ from . import zygote
 from .bench import CONFIRM_MEASURE, MeasureSettings
 from .confirmation import SELECTION_ROUNDS, Outcome, choose_winner, confirm, store_winner
 from .errors import AutotuneError, StudyError
-from .evidence import MAX_ROUNDS, MIN_ROUNDS
+from .evidence import FASTER, MAX_ROUNDS, MIN_ROUNDS
 from .models import ModelSpec
 from .space import SearchSpace, load_space
 from .trial_attrs import DETERMINISTIC, LOST, FailureKind
@@ -121,6 +121,7 @@ class TuneResult:
     message: str = ""
     deferred: bool = False  # another worker of the same study confirms and stores
     selection: dict[str, Candidate] = field(default_factory=dict)  # the rounds that picked the leader
+    shown_faster: bool = False  # the test showed the winner faster than the backend default
 
     def speedup_over(self, name: str) -> float | None:
         base = self.candidates.get(name)
@@ -208,7 +209,8 @@ class Tuner:
             wall_s=time.monotonic() - start, interrupted=interrupted or outcome.interrupted,
             candidates=outcome.candidates, winner=outcome.winner, kept_default=outcome.kept_default,
             stored_ids=outcome.stored_ids, message=outcome.message, deferred=outcome.deferred,
-            selection=outcome.selection)
+            selection=outcome.selection,
+            shown_faster=bool(outcome.verdict) and outcome.verdict.outcome == FASTER)
 
     def _confirm_and_store(self, study: optuna.Study, trials_total: int) -> Outcome:
         """Confirm, choose and store under this tuner's confirmation claim; one that did not

@@ -438,7 +438,9 @@ def test_the_run_prints_the_selection_and_the_test_that_decided():
     cli._print_result(TuneResult(study_name="s", storage_url="sqlite://", trials_total=2, trials_complete=2,
                                  trials_failed=0, trials_pruned=0, wall_s=1.0, interrupted=False,
                                  candidates=outcome.candidates, winner=outcome.winner,
-                                 selection=outcome.selection), out=(printed := io.StringIO()))
+                                 selection=outcome.selection,
+                                 shown_faster=outcome.verdict.outcome == "faster"),
+                      out=(printed := io.StringIO()))
     out = printed.getvalue()
     picked, decided = out.split("confirmation, test")
     assert "confirmation, selection" in picked
@@ -446,6 +448,23 @@ def test_the_run_prints_the_selection_and_the_test_that_decided():
     assert "<- winner" not in picked and "<- tested" not in picked.split("trial #2")[1]
     assert re.search(r"trial #1 +9\.20 .*<- winner", decided) and "trial #2" not in decided
     assert "1.09x faster than backend default" in decided  # from the test's rounds, not 10/9
+
+
+def test_a_leader_stored_without_a_shown_gain_is_not_printed_as_faster():
+    import io
+
+    from autotune.tuner import TuneResult
+
+    # 5 of 10 rounds faster: undecided, but the default lost to torch.compile's default
+    outcome = _winner_of([10.0] * 10, [9.0, 10.5] * 5, compile_default_rounds=[8.0] * 10)
+    assert outcome.winner.name == "trial #1" and outcome.verdict.outcome == "undecided"
+    cli._print_result(TuneResult(study_name="s", storage_url="sqlite://", trials_total=2, trials_complete=2,
+                                 trials_failed=0, trials_pruned=0, wall_s=1.0, interrupted=False,
+                                 candidates=outcome.candidates, winner=outcome.winner,
+                                 shown_faster=False), out=(printed := io.StringIO()))
+    out = printed.getvalue()
+    assert "faster than backend default" not in out, out
+    assert "x the backend default's speed in medians: not shown faster" in out
 
 
 class ScriptedBench:
