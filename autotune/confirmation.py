@@ -202,7 +202,8 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
     itself was shown slower than torch.compile's default or eager, where the leader is the
     better bet. ``selection``: the rounds that picked the leader, carried for the record."""
     if selection:
-        return replace(choose_winner(candidates, leader), selection=selection)
+        outcome = replace(choose_winner(candidates, leader), selection=selection)
+        return _unless_int8_lost(outcome, candidates, leader)
     named, default = candidates.get(leader), candidates[BACKEND_DEFAULT]
     leader = _leader(candidates, leader)
     if named is not None and leader is None:
@@ -252,6 +253,28 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
                         f"the fastest config measured, {leader.name}, is stored"), candidates)
     return Outcome(candidates=candidates, winner=default, kept_default=True, verdict=verdict,
                    inconclusive=inconclusive, message=f"{why}: storing the default")
+
+
+def _unless_int8_lost(outcome: Outcome, candidates: dict[str, Candidate], leader: str | None) -> Outcome:
+    """An int8 leader that is not stored leaves these weights, too, to the fastest config that is
+    not int8, when its test shows it faster. It was tested beside the leader on the same rounds
+    as the record for other weights, a test declared before the rounds ran: deciding on it here
+    takes no second look."""
+    named = candidates.get(leader)
+    if named is None or named.config.dtype != INT8 or (outcome.winner and outcome.winner.name == leader):
+        return outcome
+    other = next((n for n, c in candidates.items() if n != BACKEND_DEFAULT and c.config is not None
+                  and c.config.dtype != INT8), None)
+    if other is None:
+        return outcome
+    instead = choose_winner(_not_int8(candidates), other)
+    if instead.winner is None or instead.kept_default:
+        return outcome
+    why = (f"{leader}, the int8 leader, failed in its test ({_failure(named)})" if not named.stats else
+           f"{leader}, the int8 leader, was not shown faster than the backend default "
+           f"({outcome.verdict.describe()})")
+    return replace(instead, selection=outcome.selection,
+                   message=f"{why}; of the configs that are not int8, {instead.message}")
 
 
 def _failure(candidate: Candidate) -> str:

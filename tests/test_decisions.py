@@ -565,3 +565,30 @@ def test_a_default_that_leads_the_selection_is_kept_without_a_test():
     outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG)
     assert len(bench.calls) == 1 and outcome.winner.name == BACKEND_DEFAULT and outcome.kept_default
     assert outcome.message == "the backend default was the fastest config measured: storing it"
+
+
+def test_an_int8_leader_that_fails_its_test_leaves_all_weights_to_the_other_finalist_shown_faster():
+    # the record for other weights was tested on the same rounds: its test holds for these too
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
+                          {"trial #2": "worker died with SIGSEGV", "trial #0": 9.0, BACKEND_DEFAULT: 10.0})
+    outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
+    assert outcome.winner.name == "trial #0" and not outcome.kept_default
+    assert outcome.verdict.outcome == "faster" and outcome.selection
+    assert outcome.message.startswith("trial #2, the int8 leader, failed in its test (worker died with "
+                                      "SIGSEGV); of the configs that are not int8, trial #0 is ")
+
+
+def test_an_int8_leader_not_shown_faster_leaves_all_weights_to_the_other_finalist_shown_faster():
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
+                          {"trial #2": [9.0, 11.0], "trial #0": 9.0, BACKEND_DEFAULT: 10.0})
+    outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
+    assert outcome.winner.name == "trial #0" and outcome.verdict.outcome == "faster"
+    assert outcome.message.startswith("trial #2, the int8 leader, was not shown faster than the backend default (")
+
+
+def test_an_int8_leader_that_fails_beside_an_other_finalist_not_faster_leaves_the_default():
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
+                          {"trial #2": "timeout", "trial #0": [9.0, 11.0], BACKEND_DEFAULT: 10.0})
+    outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
+    assert outcome.winner.name == BACKEND_DEFAULT and outcome.kept_default
+    assert outcome.message == "trial #2, the selection's leader, failed in its test (timeout): storing the default"
