@@ -16,6 +16,7 @@ import torch
 import int8_models
 from backend import BackendConfig, lookup, notices, quantization
 from backend.errors import KnobError, RecordError
+from autotune import cli
 from autotune.workbench import Candidate
 from backend.store import ConfigStore, TunedRecord
 from tuning import worker_pythonpath
@@ -38,12 +39,28 @@ def trained(tmp_path_factory):
             "space": str(space), "model": model}
 
 
+def _run_argv(url, study, *extra, model="int8_models:classifier"):
+    return ["run", "--model", model, "--batch-size", str(int8_models.BATCH), "--trials", "2",
+            "--study-name", study, "--storage", url, "--seed", "0", "--measure-seconds", "0.3",
+            "--confirm-rounds", "5", "--max-confirm-rounds", "8", "--confirm-top", "1",
+            "--max-wait", "5s", *extra]
+
+
 def _tune(url, study, *extra, model="int8_models:classifier"):
-    argv = [sys.executable, "-m", "autotune.cli", "run", "--model", model, "--batch-size",
-            str(int8_models.BATCH), "--trials", "2", "--study-name", study, "--storage", url,
-            "--seed", "0", "--measure-seconds", "0.3", "--confirm-rounds", "5",
-            "--max-confirm-rounds", "8", "--confirm-top", "1", "--max-wait", "5s", *extra]
+    argv = [sys.executable, "-m", "autotune.cli", *_run_argv(url, study, *extra, model=model)]
     return subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def autotune(capsys, caplog):
+    """The CLI in this process (a refusal needs no fresh one, and saves its imports): its exit
+    code, stdout, and stderr with the log's lines."""
+    def run(*argv):
+        caplog.clear()
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err + "".join(f"{r.getMessage()}\n" for r in caplog.records)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +139,16 @@ def test_a_config_whose_accuracy_fails_the_gate_is_never_stored(trained):
     assert not any(c.get("dtype") == "int8" for c in stored), run.stdout
 
 
-def test_int8_without_data_is_refused_with_its_reason(tmp_path):
+def test_int8_without_data_is_refused_with_its_reason(tmp_path, autotune):
     url = f"sqlite:///{tmp_path}/none.db"
-    alone = _tune(url, "alone", "--dtype", "int8")
-    assert alone.returncode != 0
-    assert "int8 is not tried: it needs --data" in alone.stderr
-    assert "random inputs calibrate random scales" in alone.stderr
+    code, _, said = autotune(*_run_argv(url, "alone", "--dtype", "int8"))
+    assert code != 0
+    assert "int8 is not tried: it needs --data" in said
+    assert "random inputs calibrate random scales" in said
     # beside another dtype it is dropped with the same line (the missing space stops the run)
-    beside = _tune(url, "beside", "--dtype", "float32,int8", "--space", str(tmp_path / "none.yaml"))
-    assert beside.stderr.count("int8 is not tried: it needs --data") == 1
+    code, _, said = autotune(*_run_argv(url, "beside", "--dtype", "float32,int8", "--space",
+                                        str(tmp_path / "none.yaml")))
+    assert code != 0 and said.count("int8 is not tried: it needs --data") == 1, said
     assert not os.path.exists(tmp_path / "none.db")
 
 
@@ -140,12 +158,12 @@ def test_int8_without_data_is_refused_with_its_reason(tmp_path):
                        "[8, 3, 32, 32] float32"),
     ("one_batch.pt", "at least 2 are needed"),
 ])
-def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message):
+def test_bad_data_is_refused_before_any_study_exists(tmp_path, bad, message, autotune):
     torch.save([torch.randn(8, 3, 16, 16)] * 2, tmp_path / "wrong_shape.pt")
     torch.save(torch.randn(8, 3, 32, 32), tmp_path / "one_batch.pt")
     url = f"sqlite:///{tmp_path}/bad.db"
-    run = _tune(url, "bad", "--dtype", "int8", "--data", str(tmp_path / bad))
-    assert run.returncode != 0 and message in run.stderr, run.stderr
+    code, _, said = autotune(*_run_argv(url, "bad", "--dtype", "int8", "--data", str(tmp_path / bad)))
+    assert code != 0 and message in said, said
     assert not os.path.exists(tmp_path / "bad.db")
 
 
@@ -228,17 +246,18 @@ def test_stacked_inputs_that_do_not_fill_the_last_batch_are_left_out_with_one_wa
                                                   "import it"),
     (("--metric", "label_accuracy"), "--metric label_accuracy: not module:callable"),
 ])
-def test_a_bad_metric_is_refused_before_any_study_exists(trained, tmp_path, extra, message):
+def test_a_bad_metric_is_refused_before_any_study_exists(trained, tmp_path, extra, message, autotune):
     url = f"sqlite:///{tmp_path}/bad.db"
-    run = _tune(url, "bad", "--dtype", "int8", "--data", trained["data"], *extra)
-    assert run.returncode != 0 and message in run.stderr, run.stderr
+    code, _, said = autotune(*_run_argv(url, "bad", "--dtype", "int8", "--data", trained["data"], *extra))
+    assert code != 0 and message in said, said
     assert not os.path.exists(tmp_path / "bad.db")
 
 
-def test_a_metric_without_data_is_refused(tmp_path):
+def test_a_metric_without_data_is_refused(tmp_path, autotune):
     url = f"sqlite:///{tmp_path}/bad.db"
-    run = _tune(url, "bad", "--dtype", "float32,bfloat16", "--metric", "int8_models:label_accuracy")
-    assert run.returncode != 0 and "it scores the held-out part of your inputs" in run.stderr
+    code, _, said = autotune(*_run_argv(url, "bad", "--dtype", "float32,bfloat16", "--metric",
+                                        "int8_models:label_accuracy"))
+    assert code != 0 and "it scores the held-out part of your inputs" in said, said
     assert not os.path.exists(tmp_path / "bad.db")
 
 
@@ -403,7 +422,8 @@ def _record(config):
                        study_name="s", hardware={"cpu": "c"})
 
 
-def test_an_int8_record_without_its_quantized_model_is_refused_by_every_path_into_the_store(tmp_path):
+def test_an_int8_record_without_its_quantized_model_is_refused_by_every_path_into_the_store(tmp_path,
+                                                                                           autotune):
     url = f"sqlite:///{tmp_path}/store.db"
     with ConfigStore(url) as store:
         with pytest.raises(RecordError, match="is int8 but comes without its quantized model"):
@@ -414,15 +434,14 @@ def test_an_int8_record_without_its_quantized_model_is_refused_by_every_path_int
     record = _record({"path": "openvino", "dtype": "int8"}).to_dict()
     record["hardware"] = {"cpu": "c", "features": [], "cores": 2, "sockets": 1, "machine": "x86_64"}
     export.write_text(yaml.safe_dump({"records": [record]}))
-    run = subprocess.run([sys.executable, "-m", "autotune.cli", "import", str(export), "--storage", url],
-                         env=ENV, capture_output=True, text=True)
-    assert run.returncode != 0 and "without its quantized model" in run.stderr, run.stderr
+    code, _, said = autotune("import", str(export), "--storage", url)
+    assert code != 0 and "without its quantized model" in said, said
     with ConfigStore(url) as store:
         assert store.list() == []
 
 
 def test_an_int8_record_without_passing_gate_figures_is_refused_by_every_path_into_the_store(
-        tuned, tmp_path):
+        tuned, tmp_path, autotune):
     from backend.store import Precision
     model = quantization.QuantizedModel("openvino", "digest", {"model.xml": b"x", "model.bin": b"y"})
     failing = {"metric": "top-1 agreement with float32", "value": 0.5, "bound": 0.99, "inputs": 8}
@@ -438,14 +457,12 @@ def test_an_int8_record_without_passing_gate_figures_is_refused_by_every_path_in
         assert store.list() == []
     import yaml
     export = tmp_path / "export.yaml"
-    subprocess.run([sys.executable, "-m", "autotune.cli", "export", "-o", str(export), "--storage",
-                    tuned["url"]], env=ENV, check=True, capture_output=True, timeout=120)
+    assert autotune("export", "-o", str(export), "--storage", tuned["url"])[0] == 0
     document = yaml.safe_load(export.read_text())
     document["records"][0]["precision"]["accuracy"]["value"] = 0.5
     export.write_text(yaml.safe_dump(document))
-    run = subprocess.run([sys.executable, "-m", "autotune.cli", "import", str(export), "--storage", url],
-                         env=ENV, capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "the accuracy gate failed (top-1 agreement" in run.stderr, run.stderr
+    code, _, said = autotune("import", str(export), "--storage", url)
+    assert code != 0 and "the accuracy gate failed (top-1 agreement" in said, said
     with ConfigStore(url) as store:
         assert store.list() == []
 
@@ -483,12 +500,12 @@ def test_prepare_calibrate_convert_then_torch_compile_runs_int8_by_hand(trained)
         ipex.prepare(trained["model"], preset="fast")
 
 
-def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_model(tuned, tmp_path):
+def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_model(tuned, tmp_path,
+                                                                                  autotune):
     def cli(*argv):
-        run = subprocess.run([sys.executable, "-m", "autotune.cli", *argv], env=ENV,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr
-        return run.stdout
+        code, out, said = autotune(*argv)
+        assert code == 0, said
+        return out
     shown = cli("show", "int8_models:classifier", "--storage", tuned["url"])
     assert "accuracy: top-1 agreement with float32" in shown
     cli("export", "-o", str(tmp_path / "export.yaml"), "--storage", tuned["url"])
