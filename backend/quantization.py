@@ -163,7 +163,9 @@ def prepare(model: torch.nn.Module, *, preset: str = "performance", model_type: 
 
 def convert(prepared: Prepared) -> torch.nn.Module:
     """The calibrated model, marked so that ``torch.compile(model, backend="ipex")`` quantizes
-    it to int8 on the batches it saw (explicit ``options=`` still win over the mark)."""
+    it to int8 on the batches it saw (explicit ``options=`` still win over the mark). Its
+    parameters stop requiring gradients: an int8 model does not train, and a graph that needs
+    them would compile in float32 when called outside ``torch.no_grad()``."""
     if not isinstance(prepared, Prepared):
         raise TypeError(f"convert() takes what prepare() returned, not {type(prepared).__name__}")
     if not prepared.batches:
@@ -171,7 +173,7 @@ def convert(prepared: Prepared) -> torch.nn.Module:
                          "batches through it first (prepared(batch) for each)")
     from .optimize import OPTIMIZE_MARK
 
-    model = prepared.model
+    model = prepared.model.requires_grad_(False)
     for tensor in list(model.parameters()) + list(model.buffers()):
         setattr(tensor, OPTIMIZE_MARK, dict(prepared.knobs))
         setattr(tensor, CALIBRATION_MARK, prepared.batches)
