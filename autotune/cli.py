@@ -99,6 +99,7 @@ def _options(args):
         seed=flags.get("seed"), measure_seconds=flags.get("measure_seconds"),
         confirm_rounds=flags.get("confirm_rounds"), confirm_top=flags.get("confirm_top"),
         confirm_max_rounds=flags.get("max_confirm_rounds"), max_wait=flags.get("max_wait"),
+        selection_rounds=flags.get("selection_rounds"),
         cpus=flags.get("cpus"), jobs=flags.get("jobs", 1), data=flags.get("data"),
         min_agreement=flags.get("min_agreement"), metric=flags.get("metric"))
 
@@ -460,8 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--confirm-rounds", type=_positive_int,
                      help="interleaved rounds that test the leader against the default, at least "
                           "(default 5); more follow, up to --max-confirm-rounds, until the ratio is "
-                          "decided. They come after 3 selection rounds that pick the leader")
+                          "decided. They come after the selection rounds that pick the leader")
     run.add_argument("--max-confirm-rounds", type=_positive_int, help="default 12")
+    run.add_argument("--selection-rounds", type=_positive_int,
+                     help="quiet interleaved rounds of every confirmed config that pick the leader "
+                          "to test (default 3; up to twice as many when some are busy)")
     run.add_argument("--max-wait", help="how long to wait for a quiet machine before measuring, "
                      "e.g. 3m (the default); after it, measurements are marked noisy and decide nothing")
     run.add_argument("--confirm-top", type=_positive_int,

@@ -236,6 +236,7 @@ class RunOptions:
     confirm_rounds: int | None = None
     confirm_top: int | None = None
     confirm_max_rounds: int | None = None
+    selection_rounds: int | None = None
     max_wait: str | float | None = None            # for a quiet machine: "3m" or seconds
     cpus: list[int] | None = None
     jobs: int = 1
@@ -311,7 +312,7 @@ def tune_request(options: RunOptions, study_path: str | os.PathLike | None = Non
         "trial_timeout_s": options.trial_timeout and _seconds(options.trial_timeout),
         "memory_limit_mb": options.memory_limit_mb, "tolerance": options.tolerance,
         "confirm_rounds": options.confirm_rounds, "confirm_top": options.confirm_top,
-        "confirm_max_rounds": options.confirm_max_rounds,
+        "confirm_max_rounds": options.confirm_max_rounds, "selection_rounds": options.selection_rounds,
         "max_wait_s": options.max_wait and _seconds(options.max_wait),
     }
     request = TuneRequest(model=model, storage=options.storage,

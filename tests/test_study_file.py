@@ -62,6 +62,15 @@ def test_defaults_and_relative_paths(tmp_path):
         "data": None, "min_agreement": 0.99, "metric": None, "source": str(tmp_path / "study.yaml")}
 
 
+def test_selection_rounds_come_from_the_flag_else_the_default():
+    from autotune import cli
+    from autotune.confirmation import SELECTION_ROUNDS
+
+    assert tune_request(RunOptions(model="resnet50")).selection_rounds == SELECTION_ROUNDS
+    args = cli.build_parser().parse_args(["run", "--model", "resnet50", "--selection-rounds", "5"])
+    assert tune_request(cli._options(args)).selection_rounds == 5
+
+
 def test_measure_seconds_sets_the_timed_part_and_caps_the_warm_up():
     quick = tune_request(RunOptions(model="resnet50", measure_seconds=0.2))
     assert (quick.measure.min_seconds, quick.measure.warmup_seconds) == (0.2, 0.2)

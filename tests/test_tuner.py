@@ -173,7 +173,7 @@ def test_bad_input_is_one_paragraph_error_and_loses_nothing(args, message, popul
     assert _stored(populated_store) == before
 
 
-@pytest.mark.parametrize("flag", ["--trials", "--confirm-top", "--confirm-rounds"])
+@pytest.mark.parametrize("flag", ["--trials", "--confirm-top", "--confirm-rounds", "--selection-rounds"])
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_counts_below_one_are_a_clear_error(flag, value, capsys):
     # 0 used to mean "the default" and -1 confirmed every trial of the study
