@@ -113,9 +113,7 @@ def _comparison(study: optuna.Study, trials: list[FrozenTrial]) -> list[dict]:
         for name, stats in sorted(baselines.items(), key=lambda item: _baseline_rank(item[0])):
             if name != winner["candidate"] and _baseline_rank(name) < len(BASELINE_ORDER):
                 trial = name.partition("(")[2].rstrip(")")
-                # not tested against the winner: timed in the rounds that picked it
-                label = name + (" (selection rounds)" if _in_selection(stats) else "")
-                rows.append({"label": label, "stats": stats, "config": configs.get(trial),
+                rows.append({"label": _labelled(name, stats), "stats": stats, "config": configs.get(trial),
                              "role": "static" if name.startswith((BEST_STATIC, STATIC_RECIPE))
                              else "baseline"})
         return [r for r in rows if r["stats"] and r["stats"].get("median_ms")]
@@ -147,12 +145,18 @@ def _in_selection(stats: dict) -> bool:
     return stats.get("measured_in") == "selection"
 
 
-def _winner_ms(study: optuna.Study, row: dict, confirmed_ms: float) -> float:
-    """What a row's ratio divides by: the winner's median in the same rounds as the row's."""
-    winner = study.user_attrs.get("winner") or {}
-    if _in_selection(row["stats"]) and winner.get("selection_stats"):
-        return winner["selection_stats"]["median_ms"]
-    return confirmed_ms
+def _labelled(name: str, stats: dict) -> str:
+    # not tested against the winner: timed in the rounds that picked it
+    return name + (" (selection rounds)" if _in_selection(stats) else "")
+
+
+def _ratio_to_winner(study: optuna.Study, row: dict, confirmed_ms: float) -> float | None:
+    """A row's median over the winner's in the same rounds; None when the winner has no median
+    in the row's rounds (it failed in selection and won the test): no ratio across rounds."""
+    if not _in_selection(row["stats"]):
+        return row["stats"]["median_ms"] / confirmed_ms
+    selected = (study.user_attrs.get("winner") or {}).get("selection_stats")
+    return row["stats"]["median_ms"] / selected["median_ms"] if selected else None
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -164,10 +168,8 @@ def _summary(study: optuna.Study, rows: list[dict]) -> str:
     cards = [("winner" if winner else "best so far", _ms(top))]
     for row in rows[1:]:
         if row["role"] in ("baseline", "static") and not row["label"].startswith(STATIC_RECIPE):
-            label = row["label"].split(" (")[0]
-            if _in_selection(row["stats"]):
-                label += " (selection rounds)"
-            cards.append((f"vs {label}", _x(row["stats"]["median_ms"] / _winner_ms(study, row, top))))
+            label = _labelled(row["label"].split(" (")[0], row["stats"])
+            cards.append((f"vs {label}", _x(_ratio_to_winner(study, row, top))))
     html_cards = "".join(f'<div class="card"><div class="big">{_esc(v)}</div>'
                          f'<div class="small">{_esc(k)}</div></div>' for k, v in cards)
     text = ""
@@ -207,7 +209,7 @@ def _winner_section(study: optuna.Study, rows: list[dict]) -> str:
         ["candidate", "median", "p10", "p90", "IQR", "runs", "winner's speedup"],
         [[r["label"], _ms(r["stats"]["median_ms"]), _ms(r["stats"].get("p10_ms")),
           _ms(r["stats"].get("p90_ms")), _ms(r["stats"].get("iqr_ms")), r["stats"].get("runs", "-"),
-          "" if r["role"] == "winner" else _x(r["stats"]["median_ms"] / _winner_ms(study, r, top))]
+          "" if r["role"] == "winner" else _x(_ratio_to_winner(study, r, top))]
          for r in rows],
         numeric=(1, 2, 3, 4, 5, 6))
     winner = study.user_attrs.get("winner")

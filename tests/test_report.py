@@ -107,3 +107,23 @@ def test_report_errors_name_what_exists(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_selection_round_row_gets_no_ratio_when_the_winner_has_no_median_in_those_rounds():
+    # the default failed in selection and won the test: its test median and a recipe's
+    # selection median come from different rounds, and a ratio of the two would mean nothing
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("median_ms", 2.0)
+    study.tell(trial, 2.0)
+    static = "best static recipe (trial #0)"
+    study.set_user_attr("winner", {
+        "candidate": "backend default", "config": {"path": "torchscript"}, "kept_default": True,
+        "stats": {"median_ms": 4.0}, "selection_stats": None, "message": "",
+        "baselines": {"eager": {"median_ms": 8.0},
+                      static: {"median_ms": 2.0, "measured_in": "selection"}}})
+    page = build_report(study)
+    assert "2.00x</div><div class=\"small\">vs eager" in page  # same rounds: a ratio
+    assert "-</div><div class=\"small\">vs best static recipe (selection rounds)" in page
+    assert f"<td>{static} (selection rounds)</td>" in page
+    assert "0.50x" not in page  # 2.0 / 4.0, across rounds
