@@ -120,6 +120,7 @@ class _ProgressLine:
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.tty = stream.isatty()
+        self.bar_drawn = False
 
     def __call__(self, p) -> None:
         width = 20
@@ -131,8 +132,15 @@ class _ProgressLine:
         line = f"[{bar}] {p.done}/{p.total} trials | {best}{speedup}{left} | last: {p.last}"
         if self.tty:
             self.stream.write("\r\033[K" + line)
+            self.bar_drawn = True
         else:
             self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        """A line of its own, below the bar."""
+        self.stream.write(("\n" if self.bar_drawn else "") + text + "\n")
+        self.bar_drawn = False
         self.stream.flush()
 
 
@@ -171,7 +179,8 @@ def _print_result(result, out=sys.stdout) -> None:
     _print_candidates(result.candidates, {result.winner.name: "winner"}, out)
     w = result.winner
     print(f"\nbest config ({w.config.config_id}): {json.dumps(w.config.non_default())}", file=out)
-    print(f"median latency {w.stats.median_ms:.2f} ms", file=out)
+    # ratios of the medians in the table above; the test's verdict is the paired rounds' ratio
+    print(f"median latency {w.stats.median_ms:.2f} ms; its medians' ratios:", file=out)
     for name in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER):
         ratio = result.speedup_over(name)
         unshown = (name == BACKEND_DEFAULT and result.winner.name != BACKEND_DEFAULT
@@ -190,7 +199,8 @@ def cmd_run(args) -> int:
     from .tuner import Tuner
 
     request = _request_from_args(args)
-    tuner = Tuner(request, progress=_ProgressLine())
+    line = _ProgressLine()
+    tuner = Tuner(request, progress=line, say=line.say)
     zygote.prestart()  # the workers' imports overlap the preflight
     tuner.preflight()
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "

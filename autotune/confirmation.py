@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -68,7 +68,8 @@ class Confirmed:
 
 
 def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConfig,
-            recipes: Iterable[Mapping], selection_rounds: int = SELECTION_ROUNDS) -> Confirmed:
+            recipes: Iterable[Mapping], selection_rounds: int = SELECTION_ROUNDS,
+            say: Callable[[str], None] = lambda text: None) -> Confirmed:
     """The ``top`` configs of the study and every warm-start recipe it ran, with the backend
     default and the baselines, each in its own fresh process, measured in interleaved rounds:
     when more than one config could lead, ``selection_rounds`` of them pick the leader, and the
@@ -76,7 +77,11 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
     candidates = candidates_to_confirm(study, top=top, default=default, recipes=recipes)
     contenders = [c for c in candidates.values() if c.config is not None and c.config != default]
     if len(contenders) <= 1:  # nothing to pick between: the rounds that test are the only ones
+        say(f"confirming: {len(candidates)} candidates, each in a fresh process, timed in "
+            "interleaved rounds until the config is decided against the backend default")
         return Confirmed(test=_name_best_static(bench.measure_interleaved(candidates, until=_decided)))
+    say(f"confirming: {len(candidates)} candidates, each in a fresh process, timed in "
+        f"{selection_rounds} interleaved selection rounds that pick the config to test")
     selection = _name_best_static(bench.measure_interleaved(
         candidates, until=_quiet_rounds_at_least(selection_rounds),
         rounds=(selection_rounds, 2 * selection_rounds)))
@@ -91,6 +96,8 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
             finalists.insert(1, other)
             tested.append(other.name)
     fresh = {c.name: Candidate(c.name, c.config, kind=c.kind, dtype=c.dtype) for c in finalists}
+    say(f"confirming: testing {' and '.join(tested)} against the backend default, with the "
+        "baselines, in new processes and new rounds")
     test = bench.measure_interleaved(
         fresh, until=lambda measured: all(_decided(measured, name) for name in tested))
     return Confirmed(test=test, selection=selection, leader=leader.name)

@@ -165,7 +165,8 @@ def _search_slice(request: TuneRequest, cpus: list[int]) -> bool:
 
 
 class Tuner:
-    def __init__(self, request: TuneRequest, progress: Callable[[Progress], None] | None = None):
+    def __init__(self, request: TuneRequest, progress: Callable[[Progress], None] | None = None,
+                 say: Callable[[str], None] | None = None):
         slices = request.core_slices()  # also refuses --jobs 0 or below
         self.slices = slices if len(slices) > 1 else None
         if self.slices:
@@ -173,6 +174,7 @@ class Tuner:
             request = replace(request, cpus=self.slices[0], jobs=1)
         self.request = request
         self.progress = progress or (lambda p: None)
+        self.say = say or (lambda text: None)  # what the tuner is doing, between progress lines
         self.space: SearchSpace = load_space(request.space).restrict(
             cores=request.threads, dtypes=request.dtypes)
         self.bench = request.bench()
@@ -221,7 +223,7 @@ class Tuner:
             confirmed = confirm(study, self.bench, top=request.confirm_top,
                                 default=request.default_config(),
                                 recipes=self.space.static_recipes(request.dtypes),
-                                selection_rounds=request.selection_rounds)
+                                selection_rounds=request.selection_rounds, say=self.say)
             outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
             if outcome.winner and request.store_winner:
                 outcome = replace(outcome, stored_ids=store_winner(

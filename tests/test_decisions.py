@@ -592,3 +592,17 @@ def test_an_int8_leader_that_fails_beside_an_other_finalist_not_faster_leaves_th
     outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
     assert outcome.winner.name == BACKEND_DEFAULT and outcome.kept_default
     assert outcome.message == "trial #2, the selection's leader, failed in its test (timeout): storing the default"
+
+
+def test_the_confirmation_says_what_it_times_before_each_set_of_rounds():
+    # minutes of compiles on a real model: the user sees what runs, not a silent pause
+    said = []
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.5, BACKEND_DEFAULT: 10.0},
+                          {"trial #0": 9.3, BACKEND_DEFAULT: 10.0})
+    confirm(_study_of(OTHER_CONFIG, SECOND_CONFIG), bench, top=3, default=DEFAULT_CONFIG, recipes=[],
+            say=said.append)
+    assert said == [
+        "confirming: 5 candidates, each in a fresh process, timed in 3 interleaved selection "
+        "rounds that pick the config to test",
+        "confirming: testing trial #0 against the backend default, with the baselines, in new "
+        "processes and new rounds"]

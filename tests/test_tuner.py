@@ -97,6 +97,7 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     progress = re.findall(r"\] (\d+)/(\d+) trials", rerun.stderr)
     assert progress and all(int(done) <= int(total) == 5 for done, total in progress), progress
     assert "~-" not in rerun.stderr, "negative time left"
+    assert "confirming: " in rerun.stderr, "the confirmation ran without a word"
 
     # the stored winner carries its config, statistics and speedup, consistent with the study
     records = ConfigStore(url, read_only=True).list(model_label="tuner_models:faulty_cnn")
