@@ -135,7 +135,9 @@ def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
     for trial in study.trials:
         reason = trial.user_attrs.get("failure_reason", "")
         assert "locked" not in reason and "OperationalError" not in reason, reason
-        assert trial.state != optuna.trial.TrialState.FAIL, (trial.number, reason)
+        # a trial measured twice beside hypervisor steal fails as noisy, by design: not the reads
+        if trial.state == optuna.trial.TrialState.FAIL:
+            assert trial.user_attrs.get("failure_kind") == "noisy", (trial.number, reason)
     assert len(final["trials"]) == len(study.trials) >= 4
     assert "winner" in study.user_attrs
     assert "vs torch.compile default" in report_for(url, study_name="live")
