@@ -65,6 +65,7 @@ class Confirmed:
     test: dict[str, Candidate]
     selection: dict[str, Candidate] = field(default_factory=dict)
     leader: str | None = None
+    other: str | None = None  # beside an int8 leader: the fastest other config, tested too
 
 
 def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConfig,
@@ -78,10 +79,10 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
     contenders = [c for c in candidates.values() if c.config is not None and c.config != default]
     if len(contenders) <= 1:  # nothing to pick between: the rounds that test are the only ones
         say(f"confirming: {len(candidates)} candidates, each in a fresh process, timed in "
-            "interleaved rounds until the config is decided against the backend default")
+            "interleaved rounds until they decide against the backend default")
         return Confirmed(test=_name_best_static(bench.measure_interleaved(candidates, until=_decided)))
     say(f"confirming: {len(candidates)} candidates, each in a fresh process, timed in "
-        f"{selection_rounds} interleaved selection rounds that pick the config to test")
+        f"{selection_rounds} quiet interleaved selection rounds that pick the config to test")
     selection = _name_best_static(bench.measure_interleaved(
         candidates, until=_quiet_rounds_at_least(selection_rounds),
         rounds=(selection_rounds, 2 * selection_rounds)))
@@ -90,6 +91,7 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
         return Confirmed(test=selection)
     finalists = [leader, candidates[BACKEND_DEFAULT], candidates[TORCH_COMPILE_DEFAULT], candidates[EAGER]]
     tested = [leader.name]
+    other = None
     if leader.config.dtype == INT8:  # the record for other weights is tested on these rounds too
         other = _leader(_not_int8(selection))
         if other is not None and other.name != BACKEND_DEFAULT:
@@ -100,7 +102,8 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
         "baselines, in new processes and new rounds")
     test = bench.measure_interleaved(
         fresh, until=lambda measured: all(_decided(measured, name) for name in tested))
-    return Confirmed(test=test, selection=selection, leader=leader.name)
+    return Confirmed(test=test, selection=selection, leader=leader.name,
+                     other=other.name if len(tested) > 1 else None)
 
 
 def _not_int8(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
@@ -203,14 +206,15 @@ def median_noise(candidates: dict[str, Candidate]) -> float:
 
 
 def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
-                  selection: dict[str, Candidate] | None = None) -> Outcome:
+                  selection: dict[str, Candidate] | None = None, other: str | None = None) -> Outcome:
     """The config the paired rounds favour: the leader (by default the fastest config) when it
     is faster than the backend default with confidence, else the default, unless the default
     itself was shown slower than torch.compile's default or eager, where the leader is the
-    better bet. ``selection``: the rounds that picked the leader, carried for the record."""
+    better bet. ``selection``: the rounds that picked the leader, carried for the record;
+    ``other``: the config tested beside an int8 leader."""
     if selection:
         outcome = replace(choose_winner(candidates, leader), selection=selection)
-        return _unless_int8_lost(outcome, candidates, leader)
+        return _unless_int8_lost(outcome, candidates, leader, other) if other else outcome
     named, default = candidates.get(leader), candidates[BACKEND_DEFAULT]
     leader = _leader(candidates, leader)
     if named is not None and leader is None:
@@ -262,25 +266,27 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
                    inconclusive=inconclusive, message=f"{why}: storing the default")
 
 
-def _unless_int8_lost(outcome: Outcome, candidates: dict[str, Candidate], leader: str | None) -> Outcome:
-    """An int8 leader that is not stored leaves these weights, too, to the fastest config that is
-    not int8, when its test shows it faster. It was tested beside the leader on the same rounds
-    as the record for other weights, a test declared before the rounds ran: deciding on it here
-    takes no second look."""
-    named = candidates.get(leader)
-    if named is None or named.config.dtype != INT8 or (outcome.winner and outcome.winner.name == leader):
-        return outcome
-    other = next((n for n, c in candidates.items() if n != BACKEND_DEFAULT and c.config is not None
-                  and c.config.dtype != INT8), None)
-    if other is None:
+def _unless_int8_lost(outcome: Outcome, candidates: dict[str, Candidate], leader: str,
+                      other: str) -> Outcome:
+    """An int8 leader that is not stored leaves these weights, too, to ``other``, the fastest
+    config that is not int8, when its test shows it faster. Both tests were declared before the
+    rounds ran (``other``'s as the record for other weights), so neither picks on the rounds that
+    test it; but two chances at "faster" for one set of weights make a false one up to twice as
+    likely as one test's, when neither config is faster."""
+    named = candidates[leader]
+    if outcome.winner and outcome.winner.name == leader:
         return outcome
     instead = choose_winner(_not_int8(candidates), other)
-    if instead.winner is None or instead.kept_default:
-        return outcome
-    why = (f"{leader}, the int8 leader, failed in its test ({_failure(named)})" if not named.stats else
-           f"{leader}, the int8 leader, was not shown faster than the backend default "
-           f"({outcome.verdict.describe()})")
-    return replace(instead, selection=outcome.selection,
+    if not (instead.verdict and instead.verdict.outcome == FASTER):
+        shown = (instead.verdict.describe() if instead.verdict else "no test: the backend default "
+                 "failed" if candidates[other].stats else _failure(candidates[other]))
+        return replace(outcome, message=f"{outcome.message}; {other}, the fastest config that is "
+                                        f"not int8, was not shown faster either ({shown})")
+    why = (f"{leader}, the int8 leader, failed in its test ({_failure(named)})" if not named.stats
+           else f"{leader}, the int8 leader, was not shown faster than the backend default"
+           + (f" ({outcome.verdict.describe()})" if outcome.verdict else ""))
+    # the int8 leader stays among the candidates: its test-round figures, not its selection ones
+    return replace(instead, candidates=candidates, selection=outcome.selection,
                    message=f"{why}; of the configs that are not int8, {instead.message}")
 
 

@@ -224,7 +224,7 @@ class Tuner:
                                 default=request.default_config(),
                                 recipes=self.space.static_recipes(request.dtypes),
                                 selection_rounds=request.selection_rounds, say=self.say)
-            outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
+            outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection, confirmed.other)
             if outcome.winner and request.store_winner:
                 outcome = replace(outcome, stored_ids=store_winner(
                     study, outcome, storage_url=request.storage_url, hardware=request.hardware,

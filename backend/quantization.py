@@ -151,7 +151,9 @@ class Prepared(torch.nn.Module):
 def prepare(model: torch.nn.Module, *, preset: str = "performance", model_type: str = "cnn",
             inplace: bool = False) -> Prepared:
     """Wrap an inference model for calibration: run your calibration batches through the result,
-    then ``convert`` it. ``preset`` and ``model_type`` are the ov_int8_* knobs."""
+    then ``convert`` it. ``preset`` and ``model_type`` are the ov_int8_* knobs. A copy of the model
+    is prepared; with ``inplace=True`` the model itself is (``convert`` then turns its gradients
+    off)."""
     from .config import BackendConfig  # here: config imports this module's siblings
 
     knobs = {"path": "openvino", "dtype": INT8, "ov_int8_preset": preset,

@@ -67,7 +67,7 @@ def ten_configs_study() -> optuna.Study:
 
 def tested_on_fresh_rounds(study, bench):
     confirmed = confirm(study, bench, top=10, default=DEFAULT, recipes=[])
-    return choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
+    return choose_winner(confirmed.test, confirmed.leader, confirmed.selection, confirmed.other)
 
 
 def tested_on_its_selection_rounds(study, bench):

@@ -131,7 +131,7 @@ def test_a_wrong_config_fails_its_trial_with_its_figures_and_never_wins(tmp_path
                         recipes=loose_tuner.space.static_recipes(loose.dtypes))
     measured = [*confirmed.selection.values(), *confirmed.test.values()]
     assert wrong_id not in {c.config.config_id for c in measured if c.config}
-    outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
+    outcome = choose_winner(confirmed.test, confirmed.leader, confirmed.selection, confirmed.other)
     gated = [t.user_attrs["config"] for t in study.get_trials(deepcopy=False)
              if t.state == TrialState.COMPLETE]
     assert passed.user_attrs["config"] in gated and outcome.winner.config.to_dict() in gated
@@ -464,7 +464,7 @@ def test_a_leader_stored_without_a_shown_gain_is_not_printed_as_faster():
                                  shown_faster=False), out=(printed := io.StringIO()))
     out = printed.getvalue()
     assert "faster than backend default" not in out, out
-    assert "x the backend default's speed in medians: not shown faster" in out
+    assert "x the backend default's speed: not shown faster" in out
 
 
 class ScriptedBench:
@@ -509,7 +509,7 @@ def _study_of(*configs):
 
 def _confirmed(bench, *configs):
     confirmed = confirm(_study_of(*configs), bench, top=3, default=DEFAULT_CONFIG, recipes=[])
-    return choose_winner(confirmed.test, confirmed.leader, confirmed.selection)
+    return choose_winner(confirmed.test, confirmed.leader, confirmed.selection, confirmed.other)
 
 
 def test_the_leader_is_tested_in_new_rounds_and_the_others_keep_their_selection_stats():
@@ -574,6 +574,8 @@ def test_an_int8_leader_that_fails_its_test_leaves_all_weights_to_the_other_fina
     outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
     assert outcome.winner.name == "trial #0" and not outcome.kept_default
     assert outcome.verdict.outcome == "faster" and outcome.selection
+    # the int8 leader keeps its test-round failure, not its flattering selection median
+    assert outcome.candidates["trial #2"].failure == "worker died with SIGSEGV"
     assert outcome.message.startswith("trial #2, the int8 leader, failed in its test (worker died with "
                                       "SIGSEGV); of the configs that are not int8, trial #0 is ")
 
@@ -591,7 +593,19 @@ def test_an_int8_leader_that_fails_beside_an_other_finalist_not_faster_leaves_th
                           {"trial #2": "timeout", "trial #0": [9.0, 11.0], BACKEND_DEFAULT: 10.0})
     outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
     assert outcome.winner.name == BACKEND_DEFAULT and outcome.kept_default
-    assert outcome.message == "trial #2, the selection's leader, failed in its test (timeout): storing the default"
+    assert outcome.message.startswith(
+        "trial #2, the selection's leader, failed in its test (timeout): storing the default; "
+        "trial #0, the fastest config that is not int8, was not shown faster either (undecided")
+
+
+def test_an_int8_leader_that_fails_beside_an_other_config_stored_only_for_lack_of_a_test_leaves_the_default():
+    # the default failed too: "stored without a test against it" is no test showing it faster
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
+                          {"trial #2": "timeout", "trial #0": 9.0, BACKEND_DEFAULT: "timeout"})
+    outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
+    assert outcome.winner is None, outcome.message
+    assert outcome.message.endswith("trial #0, the fastest config that is not int8, was not shown "
+                                    "faster either (no test: the backend default failed)")
 
 
 def test_the_confirmation_says_what_it_times_before_each_set_of_rounds():
@@ -602,7 +616,7 @@ def test_the_confirmation_says_what_it_times_before_each_set_of_rounds():
     confirm(_study_of(OTHER_CONFIG, SECOND_CONFIG), bench, top=3, default=DEFAULT_CONFIG, recipes=[],
             say=said.append)
     assert said == [
-        "confirming: 5 candidates, each in a fresh process, timed in 3 interleaved selection "
-        "rounds that pick the config to test",
+        "confirming: 5 candidates, each in a fresh process, timed in 3 quiet interleaved "
+        "selection rounds that pick the config to test",
         "confirming: testing trial #0 against the backend default, with the baselines, in new "
         "processes and new rounds"]

@@ -64,6 +64,8 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
     assert by_number[0].state == optuna.trial.TrialState.COMPLETE
     assert result.trials_total == 6 and result.trials_failed == 4
     assert result.winner is not None and result.stored_ids
+    for name in (BACKEND_DEFAULT, "torch.compile default", "eager"):  # all under the memory limit
+        assert result.candidates[name].stats, result.candidates[name].failure
 
 
 @pytest.mark.slow
