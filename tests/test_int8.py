@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 def _run_argv(url, study, *extra, model="int8_models:classifier"):
     return ["run", "--model", model, "--batch-size", str(int8_models.BATCH), "--trials", "2",
             "--study-name", study, "--storage", url, "--seed", "0", "--measure-seconds", "0.3",
-            "--confirm-rounds", "5", "--max-confirm-rounds", "8", "--confirm-top", "1",
+            "--confirm-rounds", "5", "--max-confirm-rounds", "12", "--confirm-top", "1",
             "--max-wait", "5s", *extra]
 
 
