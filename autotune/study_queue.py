@@ -242,17 +242,20 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
         owner_host, _, pid = trial.user_attrs.get(attrs.TUNER, "").partition(":")
         if owner_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        _fail_orphaned(_storage_of(study), trial._trial_id,
-                       f"the tuner (pid {pid}) died during this trial")
-        failed += 1
+        failed += _fail_orphaned(_storage_of(study), trial._trial_id,
+                                 f"the tuner (pid {pid}) died during this trial")
     return failed
 
 
 def _fail_orphaned(storage: optuna.storages.BaseStorage, trial_id: int, reason: str) -> bool:
-    """Failed as lost with its tuner: the kind and reason first, as a failed trial refuses them."""
-    storage.set_trial_user_attr(trial_id, attrs.FAILURE_KIND, FailureKind.ORPHANED)
-    storage.set_trial_user_attr(trial_id, attrs.FAILURE_REASON, reason)
-    return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    """Failed as lost with its tuner: the kind and reason first, as a failed trial refuses them.
+    False when another tuner of the study failed it first (both saw the same dead owner)."""
+    try:
+        storage.set_trial_user_attr(trial_id, attrs.FAILURE_KIND, FailureKind.ORPHANED)
+        storage.set_trial_user_attr(trial_id, attrs.FAILURE_REASON, reason)
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 def _alive(pid: int) -> bool:

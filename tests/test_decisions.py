@@ -620,3 +620,15 @@ def test_the_confirmation_says_what_it_times_before_each_set_of_rounds():
         "selection rounds that pick the config to test",
         "confirming: testing trial #0 against the backend default, with the baselines, in new "
         "processes and new rounds"]
+
+
+def test_a_trial_another_tuner_failed_first_as_orphaned_is_no_error(tmp_path):
+    # two fleet tuners saw the same dead owner: the second crashed with UpdateFinishedTrialError
+    import optuna
+
+    from autotune.study_queue import _fail_orphaned, _storage_of
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    trial = study.ask()
+    storage = _storage_of(study)
+    assert _fail_orphaned(storage, trial._trial_id, "the tuner died")
+    assert not _fail_orphaned(storage, trial._trial_id, "the tuner died")
