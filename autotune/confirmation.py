@@ -91,7 +91,6 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
         return Confirmed(test=selection)
     finalists = [leader, candidates[BACKEND_DEFAULT], candidates[TORCH_COMPILE_DEFAULT], candidates[EAGER]]
     tested = [leader.name]
-    other = None
     if leader.config.dtype == INT8:  # the record for other weights is tested on these rounds too
         other = _leader(_not_int8(selection))
         if other is not None and other.name != BACKEND_DEFAULT:
@@ -103,7 +102,7 @@ def confirm(study: optuna.Study, bench: Bench, *, top: int, default: BackendConf
     test = bench.measure_interleaved(
         fresh, until=lambda measured: all(_decided(measured, name) for name in tested))
     return Confirmed(test=test, selection=selection, leader=leader.name,
-                     other=other.name if len(tested) > 1 else None)
+                     other=tested[1] if len(tested) > 1 else None)
 
 
 def _not_int8(candidates: dict[str, Candidate]) -> dict[str, Candidate]:
