@@ -117,9 +117,9 @@ def _request_from_args(args):
 class _ProgressLine:
     """One line per trial (a redrawn bar on a terminal): done, best, speedup, time left."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr  # read at call time, so a redirected stderr is honoured
+        self.tty = self.stream.isatty()
         self.bar_drawn = False
 
     def __call__(self, p) -> None:
@@ -154,9 +154,11 @@ def _print_candidates(candidates, marks: dict[str, str], out) -> None:
             print(f"  {name:34s} {'failed':>10s}  {cand.failure[:80] if cand.failure else ''}", file=out)
 
 
-def _print_result(result, out=sys.stdout) -> None:
+def _print_result(result, out=None) -> None:
     from .confirmation import BACKEND_DEFAULT
     from .worker import EAGER, TORCH_COMPILE_DEFAULT
+
+    out = out or sys.stdout
 
     print(file=out)
     print(f"study {result.study_name}: {result.trials_total} trials ({result.trials_complete} complete, "
@@ -180,10 +182,11 @@ def _print_result(result, out=sys.stdout) -> None:
     w = result.winner
     print(f"\nbest config ({w.config.config_id}): {json.dumps(w.config.non_default())}", file=out)
     # ratios of the medians in the table above; the test's verdict is the paired rounds' ratio
-    ratios = any(result.speedup_over(n) for n in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER))
+    others = [n for n in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER) if n != w.name]
+    ratios = any(result.speedup_over(n) for n in others)
     print(f"median latency {w.stats.median_ms:.2f} ms" + ("; its medians' ratios:" if ratios else ""),
           file=out)
-    for name in (BACKEND_DEFAULT, TORCH_COMPILE_DEFAULT, EAGER):
+    for name in others:
         ratio = result.speedup_over(name)
         unshown = (name == BACKEND_DEFAULT and result.winner.name != BACKEND_DEFAULT
                    and not result.shown_faster)

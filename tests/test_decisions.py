@@ -467,6 +467,34 @@ def test_a_leader_stored_without_a_shown_gain_is_not_printed_as_faster():
     assert "x the backend default's speed: not shown faster" in out
 
 
+def test_a_default_that_wins_is_not_printed_as_faster_than_itself():
+    import io
+
+    from autotune.tuner import TuneResult
+
+    outcome = _winner_of([10.0] * 10, [11.0] * 10)
+    assert outcome.winner.name == BACKEND_DEFAULT
+    cli._print_result(TuneResult(study_name="s", storage_url="sqlite://", trials_total=2, trials_complete=2,
+                                 trials_failed=0, trials_pruned=0, wall_s=1.0, interrupted=False,
+                                 candidates=outcome.candidates, winner=outcome.winner,
+                                 shown_faster=False), out=(printed := io.StringIO()))
+    out = printed.getvalue()
+    ratios = out.split("median latency")[1]
+    assert "than backend default" not in ratios and "backend default's speed" not in ratios, out
+    assert "5.00x faster than torch.compile default" in ratios, out
+
+
+def test_the_progress_line_and_the_result_write_to_the_streams_in_use_when_they_print(capsys):
+    from autotune.tuner import TuneResult
+
+    cli._ProgressLine().say("confirming: 2 candidates")  # capsys swapped the streams after import
+    cli._print_result(TuneResult(study_name="s", storage_url="sqlite://", trials_total=0, trials_complete=0,
+                                 trials_failed=0, trials_pruned=0, wall_s=1.0, interrupted=False,
+                                 message="nothing to store"))
+    printed = capsys.readouterr()
+    assert "confirming: 2 candidates" in printed.err and "nothing to store" in printed.out, printed
+
+
 class ScriptedBench:
     """measure_interleaved answering from a script, one per call: name -> a median in ms every
     round (or a list, one per round), or a failure string. Rounds go on as the bench's do: at
