@@ -42,6 +42,7 @@ _lock = threading.Lock()
 _stores: dict[str, ConfigStore] = {}
 _cache: dict[tuple, Found | None] = {}
 _slow_until: dict[str, float] = {}  # url -> when its lookups may be tried again
+_generation = 0  # bumped by clear_cache: a lookup begun before it must not cache its answer
 
 
 def _store(url: str) -> ConfigStore:
@@ -54,7 +55,9 @@ def _store(url: str) -> ConfigStore:
 
 def clear_cache() -> None:
     """Forget cached lookups and open stores (tests, and tools that just wrote the store)."""
+    global _generation
     with _lock:
+        _generation += 1
         _cache.clear()
         _slow_until.clear()
         for store in _stores.values():
@@ -94,6 +97,7 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
         return None  # not cached: the store is tried again once the wait is over
     found = None
     start = None
+    generation = _generation
     try:
         store = _store(url)
         start = time.monotonic()
@@ -110,7 +114,9 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
                      f"after {RETRY_SLOW_STORE_AFTER_S:.0f} s" if slow else ""))
         if slow:
             return None
-    _cache[cache_key] = found
+    with _lock:
+        if generation == _generation:  # else the store may have changed since it answered
+            _cache[cache_key] = found
     return found
 
 

@@ -254,6 +254,35 @@ def compile_under_fault(name, caplog):
     return backend_messages(caplog, logging.WARNING), graph["source"], seconds
 
 
+def test_a_lookup_that_answered_before_a_clear_does_not_cache_its_stale_answer(tmp_path, cnn_keys,
+                                                                               monkeypatch):
+    # a lookup reads an empty store; meanwhile a tool stores a config and clears the cache
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    ConfigStore(url).close()
+    answered, go_on, found_first = threading.Event(), threading.Event(), []
+    read_store = lookup._find_in
+
+    def slow_read(store, keys, int8):
+        found = read_store(store, keys, int8)
+        answered.set()
+        go_on.wait(10)
+        return found
+
+    monkeypatch.setattr(lookup, "_find_in", slow_read)
+    reader = threading.Thread(target=lambda: found_first.append(lookup.find(cnn_keys, url)))
+    reader.start()
+    assert answered.wait(10)
+    with ConfigStore(url) as store:
+        store.put(make_record(cnn_keys, {"threads": 1}))
+    lookup.clear_cache()
+    go_on.set()
+    reader.join(10)
+    assert found_first == [None]
+    monkeypatch.setattr(lookup, "_find_in", read_store)
+    found = lookup.find(cnn_keys, url)
+    assert found is not None and found.record.study_name == "handwritten"
+
+
 def test_a_missing_store_is_silent(tmp_path, monkeypatch, caplog):
     # Before the first `autotune run` there is no store; that is normal, not worth a warning.
     monkeypatch.setenv("IPEX_AUTOTUNE_STORAGE", f"sqlite:///{tmp_path / 'none' / 'store.db'}")
