@@ -267,13 +267,15 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
 
 def _unless_int8_lost(outcome: Outcome, candidates: dict[str, Candidate], leader: str,
                       other: str) -> Outcome:
-    """An int8 leader that is not stored leaves these weights, too, to ``other``, the fastest
-    config that is not int8, when its test shows it faster. Both tests were declared before the
+    """An int8 leader that is not shown faster (failed, kept the default, or stored only because
+    the default lost to a baseline) leaves these weights, too, to ``other``, the fastest config
+    that is not int8, when its test shows it faster. Both tests were declared before the
     rounds ran (``other``'s as the record for other weights), so neither picks on the rounds that
-    test it; but two chances at "faster" for one set of weights make a false one up to twice as
-    likely as one test's, when neither config is faster."""
+    test it. Two chances at "faster" for one set of weights could make a false one up to twice as
+    likely as one test's; simulated, it was less likely (benchmarks/selection_bias.py)."""
     named = candidates[leader]
-    if outcome.winner and outcome.winner.name == leader:
+    leader_shown = outcome.verdict and outcome.verdict.outcome == FASTER
+    if outcome.winner and outcome.winner.name == leader and leader_shown:
         return outcome
     instead = choose_winner(_not_int8(candidates), other)
     if not (instead.verdict and instead.verdict.outcome == FASTER):
@@ -316,10 +318,9 @@ def store_winner(study: optuna.Study, outcome: Outcome, *, storage_url: str, har
     choice among the other candidates is stored beside it, for the lookup to apply to other
     weights."""
     winner = outcome.winner
-    latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
     in_selection = outcome.selection.get(winner.name)
     study.set_user_attr("winner", {"candidate": winner.name, "config": winner.config.to_dict(),
-                                   "stats": latency,
+                                   "stats": latency_of(outcome),
                                    # what the selection-round baselines compare with
                                    "selection_stats": in_selection.stats.to_dict()
                                    if in_selection and in_selection.stats else None,
@@ -346,7 +347,7 @@ def _put(study: optuna.Study, outcome: Outcome, *, storage_url: str, hardware: d
     speedup = 1.0
     if default.stats and outcome.verdict and outcome.verdict.outcome == FASTER:
         speedup = default.stats.median_ms / winner.stats.median_ms
-    latency = {**winner.stats.to_dict(), **evidence_of(outcome)}
+    latency = latency_of(outcome)
     ids = []
     with ConfigStore(storage_url) as store:
         for graph in winner.graphs:
@@ -387,11 +388,12 @@ def _precision_of(winner: Candidate, graph: dict) -> Precision | None:
     return Precision(winner.accuracy, quantized)
 
 
-def evidence_of(outcome: Outcome) -> dict:
-    """What a stored latency says of its own noise and of its speedup's confidence."""
+def latency_of(outcome: Outcome) -> dict:
+    """The winner's stats, with what they say of their own noise and of the speedup's confidence."""
     winner = outcome.winner
     quiet_rounds = sum(m is not None for m in winner.round_medians)
-    return {"noise": {"iqr": round(winner.stats.spread, 4),
+    return {**winner.stats.to_dict(),
+            "noise": {"iqr": round(winner.stats.spread, 4),
                       "median_iqr": round(median_noise(outcome.candidates), 4),
                       "rounds": len(winner.round_medians), "quiet_rounds": quiet_rounds,
                       "noisy": winner.noisy},

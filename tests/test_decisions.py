@@ -616,6 +616,16 @@ def test_an_int8_leader_not_shown_faster_leaves_all_weights_to_the_other_finalis
     assert outcome.message.startswith("trial #2, the int8 leader, was not shown faster than the backend default (")
 
 
+def test_an_int8_leader_stored_only_because_the_default_lost_to_a_baseline_yields_to_the_other_shown_faster():
+    # the default lost to torch.compile's default, which alone would store the unshown leader
+    bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
+                          {"trial #2": [9.0, 11.0], "trial #0": 9.0, BACKEND_DEFAULT: 10.0,
+                           TORCH_COMPILE_DEFAULT: 8.0})
+    outcome = _confirmed(bench, OTHER_CONFIG, SECOND_CONFIG, INT8_CONFIG)
+    assert outcome.winner.name == "trial #0" and outcome.verdict.outcome == "faster", outcome.message
+    assert outcome.message.startswith("trial #2, the int8 leader, was not shown faster than the backend default (")
+
+
 def test_an_int8_leader_that_fails_beside_an_other_finalist_not_faster_leaves_the_default():
     bench = ScriptedBench({"trial #0": 9.0, "trial #1": 9.8, "trial #2": 5.0, BACKEND_DEFAULT: 10.0},
                           {"trial #2": "timeout", "trial #0": [9.0, 11.0], BACKEND_DEFAULT: 10.0})
