@@ -16,7 +16,7 @@ from autotune.tuner import Tuner, TuneRequest, open_study
 from autotune.workbench import Candidate
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
-from backend.store import ConfigStore, TunedRecord
+from backend.store import ConfigStore, TunedRecord, _Record
 from tuning import QUICK_MEASURE, start_tuner_hanging_in_trial, tuner_argv, worker_pythonpath
 
 
@@ -69,18 +69,30 @@ def test_faulty_trials_fail_with_their_reason_and_the_study_still_stores_a_winne
 
 
 @pytest.mark.slow
-def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winner(tmp_path):
+def test_a_tuner_stopped_by_ctrl_c_then_killed_resumes_each_time_without_losing_trials(tmp_path):
+    # one study, as a user might treat it: Ctrl-C in a warm-start recipe, a rerun killed in the
+    # first search trial, a second rerun to the end
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
     argv = tuner_argv(url, "resume", 5)
-    # trials 0-2 are the quick space's warm-start recipes: the tuner dies in the first search trial
-    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 3, stdout=subprocess.DEVNULL,
+    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 2, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+    tuner.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground tuner
+    out, err = tuner.communicate(timeout=300)
+    assert tuner.returncode == 130, err[-3000:]
+    assert "rerun the same command to resume" in err
+    assert "stored in" in out, "confirmation ran on the two finished trials"
+    study = optuna.load_study(study_name="resume", storage=url)
+    assert study.trials[2].user_attrs["failure_kind"] == "interrupted"
+
+    tuner = start_tuner_hanging_in_trial(argv, db, "resume", 4, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
     tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     before = {t.number: (t.state, t.value) for t in
               optuna.load_study(study_name="resume", storage=url).trials if t.state.is_finished()}
-    assert len(before) == 3
+    assert len(before) == 4
+    assert before[3][0] != optuna.trial.TrialState.FAIL, "the interrupted trial was replaced"
 
     rerun = subprocess.run(argv, env={**os.environ, "FAULT_PLAN": ""}, capture_output=True,
                            text=True, timeout=600)
@@ -89,12 +101,12 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     after = {t.number: t for t in study.trials}
     for number, (state, value) in before.items():
         assert (after[number].state, after[number].value) == (state, value), "finished trial lost"
-    assert after[3].state == optuna.trial.TrialState.FAIL
-    assert after[3].user_attrs["failure_kind"] == "orphaned"
-    # the trial lost with the tuner is replaced: five real trials, plus the lost one
-    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    assert after[4].state == optuna.trial.TrialState.FAIL
+    assert after[4].user_attrs["failure_kind"] == "orphaned"
+    # the trials lost to Ctrl-C and to the kill are replaced: five real trials, plus the two
+    assert len(study.trials) == 7 and all(t.state.is_finished() for t in study.trials)
     assert any(said in rerun.stdout for said in ("faster than backend default", "storing the default",
-                                                  "not shown faster"))
+                                                  "not shown faster", "fastest config measured: storing it"))
     # the lost trial is replaced, not counted: the progress never runs past the budget
     progress = re.findall(r"\] (\d+)/(\d+) trials", rerun.stderr)
     assert progress and all(int(done) <= int(total) == 5 for done, total in progress), progress
@@ -102,9 +114,11 @@ def test_sigkilled_tuner_resumes_without_losing_trials_and_stores_a_checked_winn
     assert "confirming: " in rerun.stderr, "the confirmation ran without a word"
 
     # the stored winner carries its config, statistics and speedup, consistent with the study
-    records = ConfigStore(url, read_only=True).list(model_label="tuner_models:faulty_cnn")
-    assert len(records) == 1
-    record = records[0]
+    # the last run's record, beside the one the confirmation after Ctrl-C stored
+    [last_id] = map(int, re.findall(r"\(records (\d+)\)", rerun.stdout))
+    assert last_id == 2, rerun.stdout
+    with ConfigStore(url, read_only=True) as store, store._session() as session:
+        record = session.get(_Record, last_id).to_record()
     winner = study.user_attrs["winner"]
     assert record.config == winner["config"] and record.config_id.startswith("cfg-")
     assert set(record.latency) >= {"median_ms", "p10_ms", "p90_ms", "iqr_ms", "runs"}
@@ -216,29 +230,6 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
     assert cli.main(["import", str(tmp_path / "broken.yaml"), "--storage", other]) == 2
     assert "broken.yaml: record 0: missing field(s) baselines" in capsys.readouterr().err
     assert _stored(other) == before
-
-
-@pytest.mark.slow
-def test_ctrl_c_ends_the_trial_confirms_what_exists_and_a_rerun_resumes(tmp_path):
-    db = tmp_path / "study.db"
-    url = f"sqlite:///{db}"
-    argv = tuner_argv(url, "ctrlc", 3)
-    tuner = start_tuner_hanging_in_trial(argv, db, "ctrlc", 2, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-    tuner.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground tuner
-    out, err = tuner.communicate(timeout=300)
-    assert tuner.returncode == 130, err[-3000:]
-    assert "rerun the same command to resume" in err
-    assert "stored in" in out, "confirmation ran on the two finished trials"
-    study = optuna.load_study(study_name="ctrlc", storage=url)
-    assert study.trials[2].user_attrs["failure_kind"] == "interrupted"
-
-    rerun = subprocess.run(argv, env={**os.environ, "FAULT_PLAN": ""}, capture_output=True,
-                           text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    study = optuna.load_study(study_name="ctrlc", storage=url)
-    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
-    assert study.trials[3].state != optuna.trial.TrialState.FAIL, "the interrupted trial was replaced"
 
 
 def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplog):
