@@ -14,10 +14,7 @@ from typing import Sequence
 
 import yaml
 
-from backend.errors import AutotuneError
-from backend.knobs import KNOBS, markdown_table
-
-from . import zygote
+from . import zygote  # the one module imported before torch: `run` starts its zygote first
 
 log = logging.getLogger("autotune")
 
@@ -76,6 +73,8 @@ def _parse_cpus(text: str) -> list[int]:
 
 
 def _parse_dtypes(text: str) -> tuple[str, ...]:
+    from backend.knobs import KNOBS
+
     dtypes = tuple(d.strip() for d in text.split(",") if d.strip())
     valid = KNOBS["dtype"].choices
     bad = [d for d in dtypes if d not in valid]
@@ -206,7 +205,6 @@ def cmd_run(args) -> int:
     request = _request_from_args(args)
     line = _ProgressLine()
     tuner = Tuner(request, progress=line, say=line.say)
-    zygote.prestart()  # the workers' imports overlap the preflight
     tuner.preflight()
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
           f"in study {request.resolved_study_name()} at {request.storage_url}", file=sys.stderr)
@@ -219,6 +217,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from backend.errors import AutotuneError
     from backend.store import accuracy_text
 
     from .data import NO_DATA
@@ -291,6 +290,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_knobs(args) -> int:
+    from backend.knobs import KNOBS, markdown_table
+
     if args.markdown:
         sys.stdout.write(markdown_table())
         return 0
@@ -323,6 +324,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from backend.errors import AutotuneError
     from backend.store import accuracy_text
 
     store = _store(args)
@@ -363,7 +365,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from backend.errors import RecordError
+    from backend.errors import AutotuneError, RecordError
     from backend.store import checked_record, precision_from_dict
 
     try:
@@ -411,6 +413,8 @@ def cmd_env(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    from backend.errors import AutotuneError
+
     from .dashboard import serve
 
     try:
@@ -424,6 +428,8 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from backend.errors import AutotuneError
+
     from .report import report_for
 
     page = report_for(args.storage, study_name=args.study, model=args.model,
@@ -561,9 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _command(argv) == "run":
+        zygote.prestart()  # its imports of torch overlap this process's own, not follow them
+    from backend.errors import AutotuneError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # a bad flag, or --help
+        zygote.shutdown()
+        raise
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -33,7 +33,9 @@ PRELOAD = ("torch", "torchvision", "torch._dynamo", "torch._inductor.config",
 # Read by the worker after the fork, so a zygote can serve any value of them (it is started
 # without them).
 RUNTIME_PREFIXES = ("AUTOTUNE_", "IPEX_AUTOTUNE_")
-RUNTIME_VARS = {"OMP_NUM_THREADS"}
+# Inductor reads its cache dir at each use, and sets it at its first: in the tuner, after the
+# zygote was started.
+RUNTIME_VARS = {"OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR"}
 # OpenMP binds threads to places it works out from the CPU mask when it loads, in the zygote:
 # with these set, a worker on its own cores needs its own process.
 EXEC_ONLY_VARS = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")

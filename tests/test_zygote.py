@@ -169,3 +169,20 @@ def test_a_worker_holds_no_pipe_of_the_zygote_or_of_another_worker(tmp_path, mon
         assert not first_held & second_held, "one worker holds another's pipes"
         first.kill()
         second.kill()
+
+
+def test_inductor_setting_its_cache_dir_after_the_prestart_keeps_the_prestarted_zygote(monkeypatch):
+    # `autotune run` prestarts the zygote before its preflight, whose first Inductor call sets
+    # TORCHINDUCTOR_CACHE_DIR; a zygote restarted for that paid its 9 s of imports twice
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    zygote.prestart()
+    prestarted = zygote._zygote
+    try:
+        assert prestarted is not None
+        cache_dir()
+        assert "TORCHINDUCTOR_CACHE_DIR" in os.environ
+        assert zygote._zygote_for(dict(os.environ)) is prestarted
+    finally:
+        zygote.shutdown()
