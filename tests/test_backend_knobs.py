@@ -350,17 +350,21 @@ def probe_weights_prepack():
     off = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, weights_prepack=False).artifact)
     on = ops(compile_with("cnn", path=TORCHSCRIPT, onednn_fusion=False, weights_prepack=True).artifact)
     assert "prim::mkldnn_convolution" in on and "prim::mkldnn_convolution" not in off
-    # Inductor fixes weight packing per process: each value gets a fresh interpreter
+    # Inductor fixes weight packing per process: each value gets a fresh interpreter, side by side
+    children = {}
     for prepack in (True, False):
         code = ("import torch, sys; sys.path.insert(0, 'tests'); from models import build; "
                 "from torch._inductor.utils import run_and_get_code; m, x = build('cnn'); "
                 f"f = torch.compile(m, backend='ipex', options={{'path': 'inductor', 'weights_prepack': {prepack}}}); "
                 "torch.no_grad().__enter__(); out, code = run_and_get_code(f, x); "
                 "print(code[0].count('_reorder_convolution_weight'), (out - m(x)).abs().max().item())")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                                cwd=os.path.dirname(os.path.dirname(__file__)))
-        assert result.returncode == 0, result.stderr[-2000:]
-        reorders, err = result.stdout.split()[-2:]
+        children[prepack] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True,
+                                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    for prepack, child in children.items():
+        out, err_text = child.communicate(timeout=300)
+        assert child.returncode == 0, err_text[-2000:]
+        reorders, err = out.split()[-2:]
         assert (int(reorders) > 0) == prepack and float(err) < 1e-4
 
 
