@@ -17,7 +17,7 @@ import pytest
 from autotune.report import report_for
 from browser import js_errors, render
 from fake_studies import make_study
-from tuning import worker_pythonpath
+from tuning import SELECTION_ROUNDS, worker_pythonpath
 
 
 
@@ -105,7 +105,7 @@ def test_a_live_tuner_never_fails_while_the_dashboard_and_report_read(tmp_path):
         [sys.executable, "-m", "autotune.cli", "run", "--model", "tuner_models:faulty_cnn", "--space",
          "quick", "--trials", "4", "--study-name", "live", "--storage", url, "--seed", "0",
          "--measure-seconds", "0.2", "--confirm-rounds", "2", "--max-confirm-rounds", "2",
-         "--confirm-top", "1", "--max-wait", "5s"],
+         "--confirm-top", "1", "--selection-rounds", str(SELECTION_ROUNDS), "--max-wait", "5s"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300

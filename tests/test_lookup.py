@@ -33,7 +33,7 @@ from backend.store import ConfigStore, TunedRecord, default_storage_url
 
 from models import SmallCNN, _init, build
 from tuner_models import small_cnn
-from tuning import QUICK_MEASURE, worker_pythonpath
+from tuning import QUICK_MEASURE, SELECTION_ROUNDS, worker_pythonpath
 
 SMALL_CNN = "tuner_models:small_cnn"
 
@@ -116,7 +116,7 @@ def tuned(tmp_path_factory):
     request = TuneRequest(model=ModelSpec(SMALL_CNN), space="quick", trials=4, timeout_s=None,
                           storage=url, seed=0, measure=QUICK_MEASURE,
                           confirm_measure=QUICK_MEASURE, confirm_rounds=2, confirm_top=1,
-                          confirm_max_rounds=2, max_wait_s=5)
+                          confirm_max_rounds=2, max_wait_s=5, selection_rounds=SELECTION_ROUNDS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", worker_pythonpath())  # workers import tuner_models
         result = Tuner(request).run()

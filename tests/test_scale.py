@@ -17,7 +17,7 @@ from autotune.models import ModelSpec
 from autotune.tuner import Tuner, TuneRequest, open_study
 from backend.fingerprint import hardware_key
 from backend.store import ConfigStore
-from tuning import QUICK_MEASURE, tuner_argv, worker_pythonpath
+from tuning import QUICK_MEASURE, SELECTION_ROUNDS, tuner_argv, worker_pythonpath
 
 
 
@@ -133,7 +133,7 @@ def test_jobs_2_runs_two_single_core_workers_pinned_to_their_cores(tmp_path):
                           timeout_s=None, storage=f"sqlite:///{tmp_path / 'jobs.db'}", seed=0,
                           measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
                           confirm_rounds=2, confirm_top=1, jobs=2, cpus=[0, 1],
-                          confirm_max_rounds=2, max_wait_s=5)
+                          confirm_max_rounds=2, max_wait_s=5, selection_rounds=SELECTION_ROUNDS)
     result = Tuner(request).run()
     assert result.winner is not None and result.trials_total == 4
     study = optuna.load_study(study_name=result.study_name, storage=request.storage_url)

@@ -17,7 +17,8 @@ from autotune.workbench import Candidate
 from backend import BackendConfig
 from backend.fingerprint import hardware_info
 from backend.store import ConfigStore, TunedRecord, _Record
-from tuning import QUICK_MEASURE, start_tuner_hanging_in_trial, tuner_argv, worker_pythonpath
+from tuning import (QUICK_MEASURE, SELECTION_ROUNDS, start_tuner_hanging_in_trial, tuner_argv,
+                    worker_pythonpath)
 
 
 
@@ -30,7 +31,8 @@ def quick_request(tmp_path, model="tuner_models:small_cnn", **overrides):
     request = TuneRequest(model=ModelSpec(model), space="quick", trials=4, timeout_s=None,
                           storage=f"sqlite:///{tmp_path / 'study.db'}", seed=0,
                           measure=QUICK_MEASURE, confirm_measure=QUICK_MEASURE,
-                          confirm_rounds=2, confirm_max_rounds=2, confirm_top=1, max_wait_s=5)
+                          confirm_rounds=2, confirm_max_rounds=2, confirm_top=1, max_wait_s=5,
+                          selection_rounds=SELECTION_ROUNDS)
     for key, value in overrides.items():
         setattr(request, key, value)
     return request

@@ -14,6 +14,8 @@ from autotune.bench import MeasureSettings
 TESTS = os.path.dirname(__file__)
 # Short measurements: these tests check behaviour, not speed.
 QUICK_MEASURE = MeasureSettings(warmup_count=2, warmup_seconds=0.1, min_runs=5, min_seconds=0.2)
+# One quiet round picks the leader: these tests check the flow, not the pick (test_decisions does).
+SELECTION_ROUNDS = 1
 
 
 def worker_pythonpath() -> str:
@@ -25,7 +27,7 @@ def tuner_argv(url, study_name, trials, model="tuner_models:faulty_cnn"):
     return [sys.executable, "-m", "autotune.cli", "run", "--model", model, "--space", "quick",
             "--trials", str(trials), "--study-name", study_name, "--storage", url, "--seed", "0",
             "--measure-seconds", "0.2", "--confirm-rounds", "2", "--max-confirm-rounds", "2",
-            "--confirm-top", "1", "--max-wait", "5s"]
+            "--confirm-top", "1", "--selection-rounds", str(SELECTION_ROUNDS), "--max-wait", "5s"]
 
 
 def finished_trials(db, study_name) -> int:
