@@ -573,7 +573,7 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _command(argv) == "run":
+    if _command(argv) in ("run", "compare"):  # they fork their workers from a zygote
         zygote.prestart()  # its imports of torch overlap this process's own, not follow them
     from backend.errors import AutotuneError
 
