@@ -117,7 +117,7 @@ class _ProgressLine:
     """One line per trial (a redrawn bar on a terminal): done, best, speedup, time left."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr  # read at call time, so a redirected stderr is honoured
+        self.stream = sys.stderr if stream is None else stream  # the stderr of now, not of import
         self.tty = self.stream.isatty()
         self.bar_drawn = False
 
@@ -157,7 +157,7 @@ def _print_result(result, out=None) -> None:
     from .confirmation import BACKEND_DEFAULT
     from .worker import EAGER, TORCH_COMPILE_DEFAULT
 
-    out = out or sys.stdout
+    out = sys.stdout if out is None else out
 
     print(file=out)
     print(f"study {result.study_name}: {result.trials_total} trials ({result.trials_complete} complete, "
@@ -187,8 +187,7 @@ def _print_result(result, out=None) -> None:
           file=out)
     for name in others:
         ratio = result.speedup_over(name)
-        unshown = (name == BACKEND_DEFAULT and result.winner.name != BACKEND_DEFAULT
-                   and not result.shown_faster)
+        unshown = name == BACKEND_DEFAULT and not result.shown_faster
         if ratio and unshown:  # a ratio of medians the test could not tell from noise
             print(f"  {ratio:.2f}x the backend default's speed: not shown faster", file=out)
         elif ratio and ratio >= 1:
@@ -239,7 +238,6 @@ def cmd_compare(args) -> int:
                           confirm_rounds=args.rounds,
                           data=args.data and resolve_data(args.data, Path.cwd()),
                           min_agreement=args.min_agreement or MIN_AGREEMENT, metric=args.metric)
-    zygote.prestart()
     if args.measure_seconds:
         request.confirm_measure = request.confirm_measure.timed_for(args.measure_seconds)
     if args.skip_guards:
@@ -575,14 +573,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _command(argv) in ("run", "compare"):  # they fork their workers from a zygote
         zygote.prestart()  # its imports of torch overlap this process's own, not follow them
-    from backend.errors import AutotuneError
-
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit:  # a bad flag, or --help
+        return _main(argv)
+    except BaseException:  # a bad flag, --help, any error: a caller that goes on keeps no zygote
         zygote.shutdown()
         raise
+
+
+def _main(argv: list[str]) -> int:
+    from backend.errors import AutotuneError
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -268,11 +268,12 @@ def choose_winner(candidates: dict[str, Candidate], leader: str | None = None,
 def _unless_int8_lost(outcome: Outcome, candidates: dict[str, Candidate], leader: str,
                       other: str) -> Outcome:
     """An int8 leader that is not shown faster (failed, kept the default, or stored only because
-    the default lost to a baseline) leaves these weights, too, to ``other``, the fastest config
-    that is not int8, when its test shows it faster. Both tests were declared before the
-    rounds ran (``other``'s as the record for other weights), so neither picks on the rounds that
-    test it. Two chances at "faster" for one set of weights could make a false one up to twice as
-    likely as one test's; simulated, it was less likely (benchmarks/selection_bias.py)."""
+    the default lost to a baseline or failed itself) leaves these weights, too, to ``other``, the
+    fastest config that is not int8, when its test shows it faster (never when the default
+    failed: then nothing was shown faster, and the message says so). Both tests were declared
+    before the rounds ran (``other``'s as the record for other weights), so neither picks on the
+    rounds that test it. Two chances at "faster" for one set of weights could make a false one up
+    to twice as likely as one test's; in one simulation it was not (benchmarks/selection_bias.py)."""
     named = candidates[leader]
     leader_shown = outcome.verdict and outcome.verdict.outcome == FASTER
     if outcome.winner and outcome.winner.name == leader and leader_shown:

@@ -33,9 +33,10 @@ PRELOAD = ("torch", "torchvision", "torch._dynamo", "torch._inductor.config",
 # Read by the worker after the fork, so a zygote can serve any value of them (it is started
 # without them).
 RUNTIME_PREFIXES = ("AUTOTUNE_", "IPEX_AUTOTUNE_")
-# Inductor reads its cache dir at each use, and sets it at its first: in the tuner, after the
-# zygote was started.
-RUNTIME_VARS = {"OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR"}
+RUNTIME_VARS = {"OMP_NUM_THREADS"}
+# Set by torch's own import in the tuner, after the zygote was started, and read again at each
+# use: a worker's value need not match its zygote's (which still starts with the caller's).
+UNMATCHED_VARS = {"TORCHINDUCTOR_CACHE_DIR"}
 # OpenMP binds threads to places it works out from the CPU mask when it loads, in the zygote:
 # with these set, a worker on its own cores needs its own process.
 EXEC_ONLY_VARS = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
@@ -49,7 +50,8 @@ def _is_runtime(name: str) -> bool:
 
 def preload_env(env: dict) -> tuple:
     """The part of a worker's environment that must equal its zygote's."""
-    return tuple(sorted((k, v) for k, v in env.items() if not _is_runtime(k)))
+    return tuple(sorted((k, v) for k, v in env.items()
+                        if not _is_runtime(k) and k not in UNMATCHED_VARS))
 
 
 def die_with_parent() -> None:

@@ -106,7 +106,7 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
         failed_s = time.monotonic() - start if start is not None else 0.0
         # the database did not answer, slowly: a bad record or a locked file is not that
         slow = isinstance(exc.__cause__, OperationalError) and failed_s >= SLOW_FAILURE_S
-        if slow:
+        if slow and generation == _generation:  # a clear_cache() since forgets this wait too
             _slow_until[url] = time.monotonic() + RETRY_SLOW_STORE_AFTER_S
         warn_once(f"lookup:{type(exc).__name__}",
                   f"ipex backend: tuned-config lookup failed, using defaults ({exc})"

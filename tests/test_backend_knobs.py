@@ -361,11 +361,16 @@ def probe_weights_prepack():
         children[prepack] = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE, text=True,
                                              cwd=os.path.dirname(os.path.dirname(__file__)))
-    for prepack, child in children.items():
-        out, err_text = child.communicate(timeout=300)
-        assert child.returncode == 0, err_text[-2000:]
-        reorders, err = out.split()[-2:]
-        assert (int(reorders) > 0) == prepack and float(err) < 1e-4
+    try:
+        for prepack, child in children.items():
+            out, err_text = child.communicate(timeout=300)
+            assert child.returncode == 0, err_text[-2000:]
+            reorders, err = out.split()[-2:]
+            assert (int(reorders) > 0) == prepack and float(err) < 1e-4
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
 
 
 def probe_channels_last():

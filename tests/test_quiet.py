@@ -48,7 +48,9 @@ def busy_core():
 def test_a_busy_process_on_our_core_is_seen_and_named(busy_core):
     cpu, pid = busy_core
     seen = quiet.look([cpu])
-    assert seen.busy and seen.other_cores > 0.7
+    # the look's own reference workload shares that core: the spinner gets what it leaves (CI saw
+    # 0.64 beside 0.32 of ours, the reference 3.6x slower), well above BUSY_CORES either way
+    assert seen.busy and seen.other_cores > 0.5
     assert f"pid {pid} (" in " ".join(seen.others)
     assert f"pid {pid}" in seen.describe([cpu]) and f"cores {cpu}" in seen.describe([cpu])
 

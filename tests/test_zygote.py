@@ -172,11 +172,12 @@ def test_a_worker_holds_no_pipe_of_the_zygote_or_of_another_worker(tmp_path, mon
 
 
 def test_inductor_setting_its_cache_dir_after_the_prestart_keeps_the_prestarted_zygote(monkeypatch):
-    # `autotune run` prestarts the zygote before its preflight, whose first Inductor call sets
+    # `autotune run` prestarts the zygote before it imports torch, which sets
     # TORCHINDUCTOR_CACHE_DIR; a zygote restarted for that paid its 9 s of imports twice
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     zygote.prestart()
     prestarted = zygote._zygote
     try:
@@ -186,3 +187,21 @@ def test_inductor_setting_its_cache_dir_after_the_prestart_keeps_the_prestarted_
         assert zygote._zygote_for(dict(os.environ)) is prestarted
     finally:
         zygote.shutdown()
+
+
+def test_a_run_that_fails_in_process_leaves_no_zygote_importing_behind(monkeypatch):
+    from autotune import cli
+
+    prestarted = []
+    prestart = zygote.prestart
+    monkeypatch.setattr(zygote, "prestart", lambda: (prestart(), prestarted.append(zygote._zygote)))
+
+    def fails(args):
+        raise RuntimeError("not an AutotuneError")
+
+    monkeypatch.setattr(cli, "cmd_run", fails)
+    with pytest.raises(RuntimeError, match="not an AutotuneError"):
+        cli.main(["run", "--model", "tuner_models:faulty_cnn"])
+    assert prestarted and prestarted[0] is not None
+    assert zygote._zygote is None
+    assert prestarted[0].process.wait(timeout=30) is not None
