@@ -14,7 +14,7 @@ from typing import Sequence
 
 import yaml
 
-from . import zygote  # the one module imported before torch: `run` starts its zygote first
+from . import zygote  # the one module imported before torch: `run` and `compare` start it first
 
 log = logging.getLogger("autotune")
 
