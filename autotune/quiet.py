@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
-SLOWER = 1.5  # the reference 1.5x its usual time: not quiet (quiet here: 1.00-1.45 in 60 looks)
+SLOWER = 1.5  # the reference 1.5x its usual time: not quiet (a quiet VM: up to 1.40 in 60 looks;
+             # a core shared with a busy process: about 2)
 BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
 OWN_BUSY = 0.5       # our own processes busier than this (a look costs up to 0.3): no judge
 PROBE_S = 0.25       # how long one look at the machine lasts (25 ticks of a 100 Hz clock per core)
@@ -165,8 +167,9 @@ class Watch:
         return _between(self._before, _snapshot(), self.cpus)
 
 
-# cpu -> the reference's recent times (ms); its baseline is their 10th percentile, so one lucky
-# fast run at a study's start does not make every later look slow
+# cpu -> the reference's usual times (ms): quiet looks only, so a slow spell stays slow however
+# long it lasts; "usual" is their median (on a VM the best look runs 1.4x faster than the typical
+# one, so a baseline at the fastest called one quiet look in six slow)
 _reference_ms: dict[int, list[float]] = {}
 REFERENCE_HISTORY = 50
 _reference_data: list = []  # made once: 16 MB to stream through, a matrix to multiply, rounds
@@ -210,25 +213,34 @@ def _timed(work) -> float:
 def slowdown(cpus: Iterable[int]) -> float:
     """How much slower the reference workload runs now than usual in this process, on the
     slowest of ``cpus`` (the first 8 of them): what /proc cannot show (a neighbour on the host,
-    a lower clock, a memory-bound process on another core). This thread runs it on each core,
-    the best of three each time."""
+    a lower clock, a memory-bound process on another core)."""
+    return _judge(_reference_times(cpus))
+
+
+def _reference_times(cpus: Iterable[int]) -> dict[int, float]:
+    """The reference's time on each core, run there by this thread, the best of three each."""
     previous = os.sched_getaffinity(0)
-    worst = 1.0
     try:
+        times = {}
         for cpu in sorted(cpus)[:8]:
             os.sched_setaffinity(0, {cpu})
-            took = min(_time_reference() for _ in range(3))  # jitter is brief, a slow core is not
-            history = _reference_ms.setdefault(cpu, [])
-            history.append(took)
-            del history[:-REFERENCE_HISTORY]
-            worst = max(worst, took / _baseline(history))
+            times[cpu] = min(_time_reference() for _ in range(3))  # jitter is brief, a slow core is not
+        return times
     finally:
         os.sched_setaffinity(0, previous)
+
+
+def _judge(times: dict[int, float]) -> float:
+    """The worst of these times over its core's usual; the quiet ones become part of the usual."""
+    worst = 1.0
+    for cpu, took in times.items():
+        history = _reference_ms.setdefault(cpu, [])
+        ratio = took / statistics.median(history) if history else 1.0
+        if ratio < SLOWER:
+            history.append(took)
+            del history[:-REFERENCE_HISTORY]
+        worst = max(worst, ratio)
     return worst
-
-
-def _baseline(history: list[float]) -> float:
-    return sorted(history)[len(history) // 10]
 
 
 def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
@@ -237,12 +249,12 @@ def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
     cpus = sorted(cpus)
     watch = Watch(cpus).start()
     start = time.monotonic()
-    slower = slowdown(cpus)
+    times = _reference_times(cpus)
     time.sleep(max(0.0, seconds - (time.monotonic() - start)))
     seen = watch.stop()
     if seen.own_cores > OWN_BUSY:  # our own compile shares the cores: the reference says nothing
         return seen
-    return dataclasses.replace(seen, slowdown=slower)
+    return dataclasses.replace(seen, slowdown=_judge(times))
 
 
 def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,

@@ -176,3 +176,15 @@ def test_a_core_shared_with_a_busy_process_runs_the_reference_workload_slower():
     assert min(alone) < quiet.SLOWER <= shared, (alone, shared)
     seen = quiet.Interference(0.0, 0.0, slowdown=shared)
     assert seen.busy and "reference workload ran" in seen.describe([cpu])
+
+
+def test_a_quiet_vms_spread_is_not_a_slowdown_and_a_slow_spell_never_becomes_usual(monkeypatch):
+    monkeypatch.setattr(quiet, "_reference_ms", {})
+    # this host's quiet looks (benchmarks/quiet_reference.py): typically 12-13 ms, the fastest 9,
+    # the slowest 16-18; a baseline at the fastest called about one look in six slow
+    quiet_looks = [12.0, 9.0, 12.5, 11.0, 13.0, 12.2, 16.0, 10.5, 12.8, 11.5] * 3
+    assert max(quiet._judge({0: took}) for took in quiet_looks) < quiet.SLOWER
+    # a neighbour that stays: every look of a spell longer than the history is still slow
+    spell = [quiet._judge({0: 25.0}) for _ in range(2 * quiet.REFERENCE_HISTORY)]
+    assert min(spell) >= quiet.SLOWER
+    assert quiet._judge({0: 12.0}) < quiet.SLOWER  # and quiet again once it has gone
