@@ -19,7 +19,7 @@ from backend.errors import KnobError, RecordError
 from autotune import cli
 from autotune.workbench import Candidate
 from backend.store import ConfigStore, TunedRecord
-from tuning import worker_pythonpath
+from tuning import SELECTION_ROUNDS, worker_pythonpath
 
 TESTS = os.path.dirname(__file__)
 ENV = {**os.environ, "PYTHONPATH": worker_pythonpath()}
@@ -43,7 +43,7 @@ def _run_argv(url, study, *extra, model="int8_models:classifier"):
     return ["run", "--model", model, "--batch-size", str(int8_models.BATCH), "--trials", "2",
             "--study-name", study, "--storage", url, "--seed", "0", "--measure-seconds", "0.3",
             "--confirm-rounds", "5", "--max-confirm-rounds", "12", "--confirm-top", "1",
-            "--max-wait", "5s", *extra]
+            "--max-wait", "5s", "--selection-rounds", str(SELECTION_ROUNDS), *extra]
 
 
 def _tune(url, study, *extra, model="int8_models:classifier"):
@@ -128,7 +128,7 @@ def test_weights_changed_after_calibration_are_detected_and_int8_is_not_applied(
 def test_a_config_whose_accuracy_fails_the_gate_is_never_stored(trained):
     url = f"sqlite:///{trained['folder']}/fragile.db"
     run = _tune(url, "fragile", "--dtype", "int8", "--data", trained["data"], "--space",
-                trained["space"], model="int8_models:fragile_classifier")
+                trained["space"], "--trials", "1", model="int8_models:fragile_classifier")
     with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
         reasons = [r for (r,) in db.execute(
             "select value_json from trial_user_attributes where key = 'failure_reason'")]
