@@ -283,6 +283,36 @@ def test_a_lookup_that_answered_before_a_clear_does_not_cache_its_stale_answer(t
     assert found is not None and found.record.study_name == "handwritten"
 
 
+def test_a_lookup_between_its_reads_when_clear_cache_closes_its_store_still_answers(
+        tmp_path, cnn_keys, monkeypatch, caplog):
+    # another thread's tool clears the cache while this lookup has read the tables, not the record
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with ConfigStore(url) as store:
+        store.put(make_record(cnn_keys, {"threads": 1}))
+    lookup.clear_cache()
+    reading, go_on, answers = threading.Event(), threading.Event(), []
+    read_best = ConfigStore.best
+
+    def paused_best(store, *args, **kwargs):
+        reading.set()
+        go_on.wait(10)
+        return read_best(store, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigStore, "best", paused_best)
+    monkeypatch.setattr(notices, "_said", set())  # a warning said by an earlier test is said again
+    caplog.set_level(logging.WARNING, logger="backend")
+    reader = threading.Thread(target=lambda: answers.append(lookup.find(cnn_keys, url)))
+    reader.start()
+    assert reading.wait(10)
+    lookup.clear_cache()
+    go_on.set()
+    reader.join(10)
+    assert not reader.is_alive()
+    [found] = answers
+    assert found is not None and found.record.study_name == "handwritten"
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 def test_a_missing_store_is_silent(tmp_path, monkeypatch, caplog):
     # Before the first `autotune run` there is no store; that is normal, not worth a warning.
     monkeypatch.setenv("IPEX_AUTOTUNE_STORAGE", f"sqlite:///{tmp_path / 'none' / 'store.db'}")
