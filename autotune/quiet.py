@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 BUSY_CORES = 0.25    # other processes using a quarter of a core on average: not quiet
-SLOWER = 1.5  # the reference 1.5x its usual time: not quiet (a quiet VM: up to 1.40 in 60 looks;
-             # a core shared with a busy process: about 2)
+SLOWER = 1.5  # the reference 1.5x its usual time: not quiet (a core shared with a busy process: 2x)
 BUSY_STEAL = 0.05    # a hypervisor taking 5% of our cores' time: not quiet
-OWN_BUSY = 0.5       # our own processes busier than this (a look costs up to 0.3): no judge
+OWN_BUSY = 0.5       # our child processes busier than this (a compile beside the look): no judge
 PROBE_S = 0.25       # how long one look at the machine lasts (25 ticks of a 100 Hz clock per core)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -43,6 +42,7 @@ class Interference:
     others: tuple[str, ...] = ()  # "pid 123 (python3)" for each busy process outside our tree
     slowdown: float = 1.0         # the reference workload's time over its usual in this process
     own_cores: float = 0.0        # cores' worth our own processes used (the reference included)
+    children_cores: float = 0.0   # the part of it our child processes used (workers, the zygote)
 
     @property
     def busy(self) -> bool:
@@ -139,8 +139,9 @@ def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interferen
     busy = sum(after.busy.get(c, 0) - before.busy.get(c, 0) for c in cpus)
     stolen = sum(after.steal.get(c, 0) - before.steal.get(c, 0) for c in cpus)
     ours = _our_tree(after.processes) | _our_tree(before.processes)
-    own = sum(after.processes[p][2] - before.processes[p][2]
-              for p in ours if p in after.processes and p in before.processes)
+    ours_used = {p: after.processes[p][2] - before.processes[p][2]
+                 for p in ours if p in after.processes and p in before.processes}
+    own = sum(ours_used.values())
     per_core = total / len(cpus)  # ticks one core had in this window
     others = []
     for pid, (name, _, ticks, cpu) in after.processes.items():
@@ -149,7 +150,8 @@ def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interferen
             others.append((used, f"pid {pid} ({name})"))
     others.sort(reverse=True)
     return Interference(max(0.0, busy - own) / per_core, stolen / total,
-                        tuple(text for _, text in others), own_cores=own / per_core)
+                        tuple(text for _, text in others), own_cores=own / per_core,
+                        children_cores=(own - ours_used.get(os.getpid(), 0)) / per_core)
 
 
 class Watch:
@@ -167,11 +169,12 @@ class Watch:
         return _between(self._before, _snapshot(), self.cpus)
 
 
-# cpu -> the reference's usual times (ms): quiet looks only, so a slow spell stays slow however
-# long it lasts; "usual" is their median (on a VM the best look runs 1.4x faster than the typical
-# one, so a baseline at the fastest called one quiet look in six slow)
+# cpu -> the reference's usual times (ms): quiet looks only, so a slow spell stays slow until the
+# Gate has waited it out; "usual" is their median (on a VM the fastest looks run 1.4x faster than
+# the typical one, so a baseline at the fastest called quiet looks slow)
 _reference_ms: dict[int, list[float]] = {}
 REFERENCE_HISTORY = 50
+REFERENCE_FIRST = 5  # looks kept unjudged first: the median of one or two is a guess
 _reference_data: list = []  # made once: 16 MB to stream through, a matrix to multiply, rounds
 REFERENCE_MS = 12.0  # several scheduler slices: a shorter run can fit in one turn beside a spinner
 
@@ -235,7 +238,7 @@ def _judge(times: dict[int, float]) -> float:
     worst = 1.0
     for cpu, took in times.items():
         history = _reference_ms.setdefault(cpu, [])
-        ratio = took / statistics.median(history) if history else 1.0
+        ratio = took / statistics.median(history) if len(history) >= REFERENCE_FIRST else 1.0
         if ratio < SLOWER:
             history.append(took)
             del history[:-REFERENCE_HISTORY]
@@ -252,7 +255,7 @@ def look(cpus: Iterable[int], seconds: float = PROBE_S) -> Interference:
     times = _reference_times(cpus)
     time.sleep(max(0.0, seconds - (time.monotonic() - start)))
     seen = watch.stop()
-    if seen.own_cores > OWN_BUSY:  # our own compile shares the cores: the reference says nothing
+    if seen.children_cores > OWN_BUSY:  # our own compile shares the cores: the reference says nothing
         return seen
     return dataclasses.replace(seen, slowdown=_judge(times))
 
@@ -280,11 +283,15 @@ def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
                 f"(up to {max(0, max_wait_s - waited):.0f} s more, then measuring anyway, marked noisy)")
 
 
+def _only_slower(seen: Interference) -> bool:
+    return seen.slowdown >= SLOWER and seen.other_cores < BUSY_CORES and seen.steal < BUSY_STEAL
+
+
 class Gate:
     """Waits for quiet before each measurement, ``max_wait_s`` at most while the machine stays
-    busy: after that long, later measurements only take a look (and are marked noisy) until the
-    machine is seen quiet again, so a machine that never calms down costs one wait, not one per
-    trial."""
+    busy: after that long, later measurements only take a look until the machine is seen quiet
+    again, so a machine that never calms down costs one wait, not one per trial. (A measurement
+    is marked noisy by what its own watch saw, not by this look.)"""
 
     def __init__(self, cpus: Iterable[int], max_wait_s: float,
                  say: Callable[[str], None] = lambda message: None):
@@ -295,6 +302,14 @@ class Gate:
         start = time.monotonic()
         seen = wait_for_quiet(self.cpus, max(0.0, self.max_wait_s - self._busy_for), self.say, on_look)
         self._busy_for = self._busy_for + time.monotonic() - start if seen.busy else 0.0
+        if self.max_wait_s > 0 and self._busy_for >= self.max_wait_s and _only_slower(seen):
+            # nothing /proc shows, for the whole wait: this machine's new usual (a lower clock,
+            # another host), not a spell; else every later measurement would be "busy"
+            for cpu in self.cpus:
+                _reference_ms.pop(cpu, None)
+            self.say(f"the reference workload stayed {seen.slowdown:.1f}x slower than usual for "
+                     f"{self.max_wait_s:.0f} s with nothing else busy on cores {_ranges(self.cpus)}: "
+                     "taking that as their usual from now on")
         return seen
 
     def watch(self) -> Watch:

@@ -4,11 +4,11 @@ still sees a busy neighbour.
     python benchmarks/quiet_reference.py [--looks 60]
 
 Times the reference on each core ``--looks`` times, a quarter second apart, on the machine as
-it is (run it with nothing else busy), then ``--looks`` times again with a spin loop on the
-first core, started outside this process as another user's program would be. For the quiet
+it is (run it with nothing else busy), then ``--looks`` times again with a spin loop pinned to
+the first core. For the quiet
 series it prints how many looks each way of setting "usual" would have called slow
-(``quiet.SLOWER`` or more): the median of the quiet looks so far (autotune/quiet.py), and the
-10th percentile of the last 50 looks (its earlier rule). For the spin loop's, the ratio of each
+(``quiet.SLOWER`` or more): the median of the quiet looks so far, after the first few
+(autotune/quiet.py), and the 10th percentile of the last 50 looks (its earlier rule). For the spin loop's, the ratio of each
 look to the quiet median: every one of them should be at or above ``quiet.SLOWER``.
 """
 
@@ -27,12 +27,22 @@ SPIN = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end:
 
 
 def series(cpus: list[int], looks: int) -> dict[int, list[float]]:
-    times: dict[int, list[float]] = {cpu: [] for cpu in cpus}
+    times: dict[int, list[float]] = {}
     for _ in range(looks):
         for cpu, took in quiet._reference_times(cpus).items():
-            times[cpu].append(took)
+            times.setdefault(cpu, []).append(took)
         time.sleep(0.25)
     return times
+
+
+def wait_until_spinning(pid: int) -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    while True:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / ticks >= 0.1:  # utime + stime: past its start
+            return
+        time.sleep(0.02)
 
 
 def slow_looks_by_tenth_percentile(times: list[float]) -> int:
@@ -64,10 +74,11 @@ def main() -> None:
     spinner = subprocess.Popen(["taskset", "-c", str(cpus[0]), sys.executable, "-S", "-c", SPIN],
                                start_new_session=True)
     try:
-        time.sleep(0.5)
+        wait_until_spinning(spinner.pid)
         shared = series(cpus[:1], args.looks)[cpus[0]]
     finally:
         spinner.kill()
+        spinner.wait()
     ratios = sorted(took / statistics.median(alone[cpus[0]]) for took in shared)
     print(f"beside a spin loop on core {cpus[0]}: {ratios[0]:.2f}x-{ratios[-1]:.2f}x the quiet median, "
           f"median {statistics.median(ratios):.2f}x; {sum(r >= quiet.SLOWER for r in ratios)} of "
