@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("backend", "autotune")
 

@@ -19,6 +19,8 @@ from backend.paths import registered
 from models import build
 from tuner_models import tiny_swin
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 # Intel's documented usage is of torch's own paths; the engines have tests/test_engines.py
 TORCH_PATHS = (TORCHSCRIPT, INDUCTOR)
 

@@ -40,6 +40,8 @@ from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
 
 from models import Branches, build
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 # Documented tolerances (README): float32 is compared tightly; bfloat16 relative to output scale.
 FLOAT32_ATOL, FLOAT32_RTOL = 1e-4, 1e-4
 BFLOAT16_REL = 0.05

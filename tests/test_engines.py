@@ -79,6 +79,7 @@ def graphs():
 @pytest.mark.parametrize("engine,knobs", CASES,
                          ids=[f"{e}-{','.join(f'{k}={v}' for k, v in c.items()) or 'default'}"
                               for e, c in CASES])
+@pytest.mark.parallel
 def test_every_knob_value_compiles_to_eagers_output_and_reaches_the_engine(engine, knobs, model_name,
                                                                           graphs):
     gm, example_inputs, model = graphs[model_name]
@@ -109,6 +110,7 @@ def test_every_knob_value_compiles_to_eagers_output_and_reaches_the_engine(engin
             ("1" if settings["session.intra_op.allow_spinning"] else "0")
 
 
+@pytest.mark.parallel
 def test_openvino_bfloat16_runs_where_the_cpu_has_it():
     if "mkldnn_bf16" not in cpu_features():  # an AVX2 host: a clear refusal
         with pytest.raises(UnsupportedOnThisCPU, match="'bfloat16' needs CPU feature"):
@@ -130,11 +132,13 @@ def test_openvino_bfloat16_runs_where_the_cpu_has_it():
         torch.testing.assert_close(run(*example_inputs)[0], model(x), atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parallel
 def test_onnxruntime_takes_no_dtype():
     with pytest.raises(Exception, match="knob 'dtype' applies only to path"):
         BackendConfig({"path": ONNXRUNTIME, "dtype": "float32"})
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("engine", ENGINES)
 def test_an_unconvertible_graph_falls_back_to_inductor_with_one_warning(engine, caplog):
     model, (x,) = unconvertible()
@@ -144,6 +148,7 @@ def test_an_unconvertible_graph_falls_back_to_inductor_with_one_warning(engine, 
     assert compiler.last_compile()["config"].path == INDUCTOR
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_training_graph_goes_to_inductor(engine, caplog):
     notices._said.clear()
@@ -192,6 +197,7 @@ def test_a_second_process_loads_the_compiled_graph_from_the_cache(engine, tmp_pa
     assert second["seconds"] < first["seconds"], (first["seconds"], second["seconds"])
 
 
+@pytest.mark.parallel
 def test_the_cache_prunes_whole_entries_least_recently_used_first_never_the_fresh_one(tmp_path,
                                                                                     monkeypatch):
     from backend import engines
@@ -214,6 +220,7 @@ def test_the_cache_prunes_whole_entries_least_recently_used_first_never_the_fres
     assert other.exists()
 
 
+@pytest.mark.parallel
 def test_graphs_that_differ_only_in_a_constant_argument_get_their_own_cached_model():
     first = capture(torch.nn.Sequential(Slice(0)), torch.ones(2, 4))
     second = capture(torch.nn.Sequential(Slice(2)), torch.ones(2, 4))
@@ -242,6 +249,7 @@ class AddsInPlace(torch.nn.Module):
 
 
 # TorchScript runs the graph at compile time too (the trace, the check against it)
+@pytest.mark.parallel
 @pytest.mark.parametrize("path", (*ENGINES, TORCHSCRIPT))
 def test_a_graph_that_writes_into_its_input_falls_back_and_writes_once(path, caplog):
     notices._said.clear()
@@ -255,6 +263,7 @@ def test_a_graph_that_writes_into_its_input_falls_back_and_writes_once(path, cap
     assert len(warnings) == 1 and "modifies its inputs in place" in warnings[0], warnings
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("engine", ENGINES)
 def test_bfloat16_inputs_fall_back_with_the_reason(engine, caplog):
     model = torch.nn.Linear(4, 4).to(torch.bfloat16).eval()
@@ -282,6 +291,7 @@ APPLY_CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("config", [{"path": OPENVINO, "ov_performance_hint": "THROUGHPUT"},
                                     {"path": ONNXRUNTIME, "ort_optimization_level": "extended"}],
                          ids=ENGINES)
+@pytest.mark.parallel
 def test_the_lookup_applies_a_stored_engine_config_in_a_fresh_process(config, tmp_path):
     torch._dynamo.reset()
     lookup.clear_cache()
@@ -299,6 +309,7 @@ def test_the_lookup_applies_a_stored_engine_config_in_a_fresh_process(config, tm
     assert report["error"] < 1e-4
 
 
+@pytest.mark.parallel
 def test_an_engine_that_cannot_load_compiles_on_inductor_with_one_warning(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
     warnings = fallback_warnings(*build("cnn"), caplog, options={"path": ONNXRUNTIME})
@@ -306,6 +317,7 @@ def test_an_engine_that_cannot_load_compiles_on_inductor_with_one_warning(monkey
     assert compiler.last_compile()["config"].path == INDUCTOR
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("engine", ENGINES)
 def test_symbolic_shapes_fall_back_to_inductor_with_one_warning(engine, caplog):
     warnings = fallback_warnings(*build("cnn"), caplog, dynamic=True, options={"path": engine})
@@ -337,6 +349,7 @@ def test_an_engine_trial_whose_graph_fell_back_fails_as_a_config_not_a_number_fo
     assert ran.stats is not None, ran.failure
 
 
+@pytest.mark.parallel
 def test_an_unchecked_int8_graph_is_still_refused_when_its_outputs_are_not_finite():
     """A stored int8 model is not compared on random inputs, but NaN where eager is finite is
     no answer at all."""
@@ -352,6 +365,7 @@ def test_an_unchecked_int8_graph_is_still_refused_when_its_outputs_are_not_finit
                                                     compare=False)
 
 
+@pytest.mark.parallel
 def test_the_weights_digest_reads_scalar_parameters_and_tells_their_values_apart():
     from backend.engines import weights_digest
 

@@ -2,8 +2,12 @@
 
 import math
 
+import pytest
+
 from autotune.evidence import (ALPHA, FASTER, MAX_ROUNDS, MIN_ROUNDS, SLOWER, UNDECIDED,
                                false_verdict_rate, paired_verdict, sign_test_p_values)
+
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
 
 
 def test_sign_test_is_exact():

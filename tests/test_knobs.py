@@ -7,6 +7,8 @@ from backend import fingerprint
 from backend.errors import KnobError, UnsupportedOnThisCPU
 from backend.knobs import INDUCTOR, KNOBS, TORCHSCRIPT
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 
 def test_every_knob_is_fully_declared():
     for knob in KNOBS.values():

@@ -19,6 +19,8 @@ from backend.store import ConfigStore, TunedRecord
 from models import build
 from tuning import worker_pythonpath
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 CHILD = textwrap.dedent("""
     import json, sys, torch
     import backend as ipex

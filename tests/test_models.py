@@ -8,6 +8,8 @@ import torch
 from autotune.errors import AutotuneError, ModelError
 from autotune.models import ModelSpec, build, default_input_shape, list_models
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 
 def test_spec_labels_and_json_round_trip():
     spec = ModelSpec("resnet50", batch_size=8, input_shapes=[3, 160, 160], checkpoint="w.pt")

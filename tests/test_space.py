@@ -15,6 +15,8 @@ from autotune.errors import AutotuneError, SpaceError
 from autotune.space import IntRange, load_space, shipped_spaces
 from tuning import assert_file_line_error
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ALL_FEATURES = frozenset({"avx2", "avx512f", "mkldnn_bf16"})

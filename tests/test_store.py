@@ -14,6 +14,8 @@ from backend import BackendConfig
 from backend.errors import StoreError
 from backend.store import ConfigStore, TunedRecord, default_storage_url
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 

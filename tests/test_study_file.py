@@ -10,6 +10,8 @@ from autotune.space import load_space
 from autotune.study_file import RunOptions, load_study_file, parse_duration, tune_request
 from tuning import assert_file_line_error
 
+pytestmark = pytest.mark.parallel  # times nothing: runs beside other tests
+
 STUDIES = sorted((pathlib.Path(__file__).parent.parent / "studies").glob("*.yaml"))
 
 
