@@ -36,6 +36,20 @@ def _spinning(pid: int, cpu_seconds: float = 0.1, timeout: float = 10.0) -> None
     raise AssertionError(f"the spinner (pid {pid}) did not start within {timeout} s")
 
 
+@pytest.fixture(autouse=True)
+def no_child_of_an_earlier_test_is_busy():
+    """A zygote an earlier test let go exits in the background (a torch interpreter shutting
+    down: about a core-second), and would be our own busy child beside these looks."""
+    cpus = sorted(os.sched_getaffinity(0))
+    deadline = time.monotonic() + 30
+    while True:
+        watch = quiet.Watch(cpus).start()
+        time.sleep(0.2)
+        if watch.stop().children_cores < 0.1:
+            return
+        assert time.monotonic() < deadline, "a child of this test run stayed busy for 30 s"
+
+
 @pytest.fixture
 def busy_core():
     cpu = sorted(os.sched_getaffinity(0))[0]
