@@ -31,7 +31,8 @@ class _Snapshot:
     busy: dict[int, int]                      # cpu -> busy ticks (user..softirq, without idle)
     total: dict[int, int]
     steal: dict[int, int]
-    processes: dict[int, tuple[str, int, int, int]]  # pid -> (name, ppid, cpu ticks, last cpu)
+    # pid -> (name, ppid, cpu ticks with its reaped children's, last cpu, its own cpu ticks)
+    processes: dict[int, tuple[str, int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _read_cpu_times() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
     return busy, total, steal
 
 
-def _read_processes() -> dict[int, tuple[str, int, int, int]]:
+def _read_processes() -> dict[int, tuple[str, int, int, int, int]]:
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -111,7 +112,7 @@ def _read_processes() -> dict[int, tuple[str, int, int, int]]:
         fields = text[text.rindex(")") + 2:].split()
         # fields[0] is field 3 of proc(5): state, ppid, ..., utime (14), stime, cutime, cstime
         ticks = sum(int(v) for v in fields[11:15])
-        found[int(entry)] = (name, int(fields[1]), ticks, int(fields[36]))
+        found[int(entry)] = (name, int(fields[1]), ticks, int(fields[36]), int(fields[11]) + int(fields[12]))
     return found
 
 
@@ -120,12 +121,12 @@ def _snapshot() -> _Snapshot:
     return _Snapshot(time.monotonic(), busy, total, steal, _read_processes())
 
 
-def _our_tree(processes: dict[int, tuple[str, int, int, int]]) -> set[int]:
+def _our_tree(processes: dict[int, tuple[str, int, int, int, int]]) -> set[int]:
     ours = {os.getpid()}
     grew = True
     while grew:
         grew = False
-        for pid, (_, ppid, _, _) in processes.items():
+        for pid, (_, ppid, *_) in processes.items():
             if ppid in ours and pid not in ours:
                 ours.add(pid)
                 grew = True
@@ -139,13 +140,17 @@ def _between(before: _Snapshot, after: _Snapshot, cpus: list[int]) -> Interferen
     busy = sum(after.busy.get(c, 0) - before.busy.get(c, 0) for c in cpus)
     stolen = sum(after.steal.get(c, 0) - before.steal.get(c, 0) for c in cpus)
     ours = _our_tree(after.processes) | _our_tree(before.processes)
-    ours_used = {p: after.processes[p][2] - before.processes[p][2]
-                 for p in ours if p in after.processes and p in before.processes}
+    # Our own time only on these cores, and without the children reaped meanwhile (a worker's
+    # whole life lands at once): else a child busy elsewhere hides a neighbour here. This
+    # process counts wherever it ran last: the look's reference ran on these cores.
+    ours_used = {p: after.processes[p][4] - before.processes[p][4] for p in ours
+                 if p in after.processes and p in before.processes
+                 and (p == os.getpid() or after.processes[p][3] in cpus)}
     own = sum(ours_used.values())
     per_core = total / len(cpus)  # ticks one core had in this window
     others = []
-    for pid, (name, _, ticks, cpu) in after.processes.items():
-        used = ticks - before.processes.get(pid, (name, 0, ticks, cpu))[2]
+    for pid, (name, _, ticks, cpu, _) in after.processes.items():
+        used = ticks - before.processes[pid][2] if pid in before.processes else 0
         if pid not in ours and cpu in cpus and used >= 0.1 * per_core:
             others.append((used, f"pid {pid} ({name})"))
     others.sort(reverse=True)

@@ -47,7 +47,8 @@ def no_child_of_an_earlier_test_is_busy():
         time.sleep(0.2)
         if watch.stop().children_cores < 0.1:
             return
-        assert time.monotonic() < deadline, "a child of this test run stayed busy for 30 s"
+        children = quiet._our_tree(quiet._read_processes()) - {os.getpid()}
+        assert time.monotonic() < deadline, f"a child of this test run stayed busy for 30 s: {children}"
 
 
 @pytest.fixture
@@ -67,6 +68,22 @@ def test_a_busy_process_on_our_core_is_seen_and_named(busy_core):
     assert seen.busy and seen.other_cores > 0.5
     assert f"pid {pid} (" in " ".join(seen.others)
     assert f"pid {pid}" in seen.describe([cpu]) and f"cores {cpu}" in seen.describe([cpu])
+
+
+def test_our_own_child_busy_on_another_core_hides_no_neighbour_here(busy_core):
+    cpu, pid = busy_core
+    elsewhere = [c for c in sorted(os.sched_getaffinity(0)) if c != cpu]
+    if not elsewhere:
+        pytest.skip("one usable core: no other core for our child")
+    child = subprocess.Popen(["taskset", "-c", str(elsewhere[0]), sys.executable, "-c", SPIN])
+    try:
+        _spinning(child.pid)
+        seen = quiet.look([cpu])
+    finally:
+        child.kill()
+        child.wait()
+    assert seen.busy and seen.other_cores > 0.5, seen
+    assert f"pid {pid} (" in " ".join(seen.others)
 
 
 def test_our_own_children_are_not_interference():
