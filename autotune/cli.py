@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="quiet interleaved rounds of every confirmed config that pick the leader "
                           "to test (default 3; up to twice as many when some are busy)")
     run.add_argument("--max-wait", help="how long to wait for a quiet machine before measuring, "
-                     "e.g. 3m (the default); after it, measurements are marked noisy and decide nothing")
+                     "e.g. 3m (the default); after it, it measures anyway, and a measurement that /proc "
+                     "saw busy is marked noisy and decides nothing")
     run.add_argument("--confirm-top", type=_positive_int,
                      help="best trials re-measured in the confirmation, besides every static "
                           "recipe and the baselines (default 3)")

@@ -285,7 +285,8 @@ def wait_for_quiet(cpus: Iterable[int], max_wait_s: float,
         if said_at is None or time.monotonic() - said_at >= 30:
             said_at = time.monotonic()
             say(f"waiting for a quiet machine: {seen.describe(cpus)} "
-                f"(up to {max(0, max_wait_s - waited):.0f} s more, then measuring anyway, marked noisy)")
+                f"(up to {max(0, max_wait_s - waited):.0f} s more, then measuring anyway; a "
+                "measurement that /proc sees busy is marked noisy)")
 
 
 def _only_slower(seen: Interference) -> bool:
