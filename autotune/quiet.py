@@ -218,15 +218,9 @@ def _timed(work) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def slowdown(cpus: Iterable[int]) -> float:
-    """How much slower the reference workload runs now than usual in this process, on the
-    slowest of ``cpus`` (the first 8 of them): what /proc cannot show (a neighbour on the host,
-    a lower clock, a memory-bound process on another core)."""
-    return _judge(_reference_times(cpus))
-
-
 def _reference_times(cpus: Iterable[int]) -> dict[int, float]:
-    """The reference's time on each core, run there by this thread, the best of three each."""
+    """The reference's time on each core (the first 8 of ``cpus``), run there by this thread, the
+    best of three each: it sees what /proc cannot (a neighbour on the host, a lower clock)."""
     previous = os.sched_getaffinity(0)
     try:
         times = {}

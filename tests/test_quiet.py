@@ -197,11 +197,11 @@ def test_a_study_beside_a_busy_process_says_so_decides_nothing_on_it_and_stores_
 def test_a_core_shared_with_a_busy_process_runs_the_reference_workload_slower():
     cpu = sorted(os.sched_getaffinity(0))[0]
     quiet._reference_ms.clear()
-    alone = [quiet.slowdown([cpu]) for _ in range(10)][5:]  # the control, past the first 5
+    alone = [quiet._judge(quiet._reference_times([cpu])) for _ in range(10)][5:]  # the control, past the first 5
     pid = spinner_outside_our_tree(cpu)
     try:
         time.sleep(0.3)
-        shared = quiet.slowdown([cpu])
+        shared = quiet._judge(quiet._reference_times([cpu]))
     finally:
         os.kill(pid, 9)
     assert min(alone) < quiet.SLOWER <= shared, (alone, shared)
