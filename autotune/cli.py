@@ -195,7 +195,8 @@ def _print_result(result, out=None) -> None:
         elif ratio:
             print(f"  {1 / ratio:.2f}x slower than {name}", file=out)
     if result.stored_ids:
-        print(f"stored in {result.storage_url} (records {', '.join(map(str, result.stored_ids))})", file=out)
+        from backend.store import masked_url
+        print(f"stored in {masked_url(result.storage_url)} (records {', '.join(map(str, result.stored_ids))})", file=out)
 
 
 def cmd_run(args) -> int:
@@ -205,8 +206,9 @@ def cmd_run(args) -> int:
     line = _ProgressLine()
     tuner = Tuner(request, progress=line, say=line.say)
     tuner.preflight()
+    from backend.store import masked_url
     print(f"tuning {request.model.name} (batch {request.model.batch_size}, {'+'.join(request.dtypes)}) "
-          f"in study {request.resolved_study_name()} at {request.storage_url}", file=sys.stderr)
+          f"in study {request.resolved_study_name()} at {masked_url(request.storage_url)}", file=sys.stderr)
     result = tuner.run()
     _print_result(result)
     if result.interrupted:
@@ -305,10 +307,12 @@ def _store(args, read_only=True):
 
 
 def cmd_ls(args) -> int:
+    from backend.store import masked_url
+
     store = _store(args)
     records = store.list()
-    if not records:
-        print("no tuned configs in the store")
+    if not records:  # named: a mistyped --storage reads as an empty store
+        print(f"no tuned configs in {masked_url(store.url)}")
         return 0
     from .evidence import stored_evidence
 
@@ -323,12 +327,12 @@ def cmd_ls(args) -> int:
 
 def cmd_show(args) -> int:
     from backend.errors import AutotuneError
-    from backend.store import accuracy_text
+    from backend.store import accuracy_text, masked_url
 
     store = _store(args)
     records = [r for r in store.list(model_label=args.model)]
     if not records:
-        raise AutotuneError(f"no tuned config for model {args.model!r} in the store; "
+        raise AutotuneError(f"no tuned config for model {args.model!r} in {masked_url(store.url)}; "
                             f"`autotune ls` lists what is there")
     for r in records:
         precision = store.precision(r.id, with_model=False)
@@ -339,10 +343,15 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from backend.store import precision_to_dict
+    from backend.errors import AutotuneError
+    from backend.store import masked_url, precision_to_dict
 
     store = _store(args)
     listed = store.list(model_label=args.model)
+    if not listed:
+        raise AutotuneError("nothing to export: no tuned config"
+                            + (f" for model {args.model!r}" if args.model else "")
+                            + f" in {masked_url(store.url)}; `autotune ls` lists what is there")
     # an int8 record applies only to the weights it was calibrated for: what the lookup applies
     # to other weights travels with it
     for_other_weights = [store.best(r.workload_key, r.hardware_key, int8=False)
@@ -356,8 +365,12 @@ def cmd_export(args) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        with open(args.output, "w") as f:
-            f.write(text)
+        try:
+            with open(args.output, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise AutotuneError(f"cannot write {args.output}: {exc.strerror}; nothing "
+                                "exported") from None
         print(f"exported {len(records)} record(s) to {args.output}")
     return 0
 

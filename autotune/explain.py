@@ -19,7 +19,7 @@ from backend import compiler, lookup
 from backend.config import BackendConfig
 from backend.errors import StoreError
 from backend.fingerprint import hardware_info, hardware_key
-from backend.store import ConfigStore, TunedRecord, accuracy_text, default_storage_url
+from backend.store import ConfigStore, TunedRecord, accuracy_text, default_storage_url, masked_url
 
 from .evidence import stored_evidence
 from .errors import AutotuneError
@@ -91,7 +91,7 @@ def _why_not_stored(spec: ModelSpec, url: str, keys: dict[str, Any]) -> str:
     except StoreError as exc:
         return f"the store cannot be read ({exc})"
     if not records:
-        return (f"nothing tuned for model {spec.name!r} in {url}; "
+        return (f"nothing tuned for model {spec.name!r} in {masked_url(url)}; "
                 f"`autotune run --model {spec.name}` tunes it")
     here = hardware_info()
     mine = [r for r in records if r.hardware_key == hardware_key(here)]
@@ -119,7 +119,7 @@ def _why_not_stored(spec: ModelSpec, url: str, keys: dict[str, Any]) -> str:
 def explain_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
     url = storage or default_storage_url()
     plans = plan(spec, storage)
-    lines = [f"model {spec.name}; store {url}", _host_line()]
+    lines = [f"model {spec.name}; store {masked_url(url)}", _host_line()]
     for number, p in enumerate(plans, 1):
         why = _why_stored(p.record, url) if p.record else _why_not_stored(spec, url, p.keys)
         lines += [f"graph {number}/{len(plans)}: {p.keys['workload_key']} "
@@ -148,11 +148,13 @@ def find_allocators(folders: Sequence[str] | None = None) -> dict[str, str | Non
 def env_lines(spec: ModelSpec, storage: str | None = None) -> list[str]:
     """``export`` lines for the process-level knobs of the stored config, plus suggestions."""
     url = storage or default_storage_url()
-    stored = [p for p in plan(spec, storage) if p.record is not None]
-    if not stored:
+    plans = plan(spec, storage)
+    stored = [p for p in plans if p.record is not None]
+    if not stored:  # why, as explain says it: an unreadable store is not an untuned model
+        why = _why_not_stored(spec, url, plans[0].keys) if plans else "dynamo captured no graph"
         raise AutotuneError(f"no tuned config for model {spec.name!r} on this hardware "
-                            f"({hardware_key()}) in {url}; "
-                            f"`autotune explain --model {spec.name}` says why")
+                            f"({hardware_key()}): {why}; `autotune explain --model {spec.name}` "
+                            "says more")
     chosen = stored[0]
     config = chosen.config
     lines = [f"# launch environment for {spec.name} on {hardware_key()}",

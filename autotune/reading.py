@@ -23,7 +23,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from backend.store import default_storage_url
+from backend.store import default_storage_url, masked_url
 
 from .errors import StudyError
 
@@ -35,8 +35,8 @@ def read_only_storage(url: str | None = None) -> optuna.storages.RDBStorage:
     url = url or default_storage_url()
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StudyError(f"invalid storage URL {url!r}: {exc}") from None
+    except (ArgumentError, ValueError) as exc:
+        raise StudyError(f"invalid storage URL {masked_url(url)!r}: {exc}") from None
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         path = os.path.abspath(parsed.database or "")

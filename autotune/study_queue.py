@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 import torch
 
 from backend.fingerprint import hardware_key
-from backend.store import ConfigStore, retry_creation_race
+from backend.store import ConfigStore, masked_url, retry_creation_race
 
 from . import trial_attrs as attrs
 from .errors import StudyError
@@ -99,7 +99,7 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
             url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_INTERVAL_S,
             grace_period=GRACE_PERIOD_S))
     except Exception as exc:  # optuna raises plain SQLAlchemy/ValueErrors for bad URLs
-        raise StudyError(f"cannot open study storage {url!r}: {exc}") from None
+        raise StudyError(f"cannot open study storage {masked_url(url)!r}: {exc}") from None
     if storage.engine.dialect.name == "sqlite":
         _lock_sqlite_at_begin(storage.engine)
     return storage

@@ -457,10 +457,11 @@ CONNECT_TIMEOUT_S = 10  # PostgreSQL; a URL's own ?connect_timeout= wins
 _BEST_FIRST = (_Record.speedup.desc(), _Record.median_ms.asc(), _Record.id.desc())
 
 
-def _masked(url: str) -> str:
+def masked_url(url: str) -> str:
+    """``url`` as it may be shown: its password hidden."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # unparsable, but it may still carry a password
+    except (ArgumentError, ValueError):  # unparsable (a port that is no number), but it may still carry a password
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
@@ -477,8 +478,9 @@ class ConfigStore:
 
     * ``put(record)`` appends; nothing is ever overwritten. It returns the new record's id and
       ignores ``record.id``, so records exported from one store import into another.
-    * ``best(workload_key, hardware_key)`` is the record with the lowest median latency among all
-      records for that exact pair (ties: the newest), or None. A config tuned on other hardware is
+    * ``best(workload_key, hardware_key)`` is the record with the highest speedup over the
+      defaults measured beside it among all records for that exact pair (ties: the lower
+      median, then the newest), or None. A config tuned on other hardware is
       never returned.
     * ``nearest(family_key, hardware_key, batch_size)`` looks at records of the same family and
       hardware but another batch size, picks the batch size closest to ``batch_size`` (ties: the
@@ -501,13 +503,13 @@ class ConfigStore:
         self.url = url
         self.read_only = read_only
         self.busy_timeout_ms = busy_timeout_ms
-        self._shown_url = _masked(url)
+        self._shown_url = masked_url(url)
         self._sqlite_path: str | None = None  # a file path, when the store is an SQLite file
         self._schema_checked = False
         try:
             parsed = make_url(url)
             self._engine = create_engine(parsed, **self._engine_options(parsed))
-        except (ArgumentError, NoSuchModuleError) as e:
+        except (ArgumentError, NoSuchModuleError, ValueError) as e:
             raise StoreError(f"invalid store URL {self._shown_url!r} ({_one_line(e)}); "
                              f"use for example {URL_EXAMPLES}") from e
         except ImportError as e:

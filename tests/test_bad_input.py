@@ -367,3 +367,47 @@ def _ls(url) -> str:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+# -- 11. what a store URL or an output path shows ---------------------------------------------------
+
+SECRET_URL = "postgresql://svc:S3cretPW@127.0.0.1:1/db"  # port 1: refused at once
+
+
+@pytest.mark.parametrize("command", [["explain", "--model", "tuner_models:small_cnn"],
+                                     ["env", "--model", "tuner_models:small_cnn"], ["ls"]])
+def test_no_command_prints_the_store_password(command, capsys, caplog):
+    cli.main([*command, "--storage", SECRET_URL])
+    out, err = capsys.readouterr()
+    shown = out + err + caplog.text
+    assert "svc:***@127.0.0.1" in shown and "S3cretPW" not in shown, shown
+
+
+def test_env_says_the_store_cannot_be_read_rather_than_that_nothing_is_tuned(capsys):
+    assert cli.main(["env", "--model", "tuner_models:small_cnn", "--storage", SECRET_URL]) == 2
+    err = capsys.readouterr().err
+    assert "the store cannot be read" in err and "Connection refused" in err, err
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:notaport/db", "postgresql://[::1/db"])
+def test_a_store_url_whose_port_is_no_number_is_a_clear_error(url, capsys):
+    assert cli.main(["ls", "--storage", url]) == 2
+    err = one_line_error(capsys)
+    assert "invalid store URL" in err and "use for example" in err
+
+
+def test_an_empty_or_mistyped_store_is_named_by_ls_show_and_export(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert cli.main(["ls", "--storage", url]) == 0
+    assert f"no tuned configs in {url}" in capsys.readouterr().out
+    for command in (["show", "tuned"], ["export"], ["export", "--model", "tuned"]):
+        assert cli.main([*command, "--storage", url]) == 2
+        assert url in one_line_error(capsys)
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_export_to_a_path_it_cannot_write_is_a_clear_error(exported, tmp_path, capsys):
+    url, _ = exported
+    for output in (tmp_path / "missing" / "x.yaml", tmp_path):
+        assert cli.main(["export", "-o", str(output), "--storage", url]) == 2
+        assert f"cannot write {output}" in one_line_error(capsys)
