@@ -20,6 +20,7 @@ import torch
 from backend.quantization import Batch
 
 from .errors import AutotuneError
+from .models import cwd_on_path_for, why_not_tensors
 
 log = logging.getLogger("autotune")
 
@@ -63,8 +64,8 @@ def _read(source: str) -> Any:
         try:
             return torch.load(source, weights_only=True)
         except Exception as exc:  # pickle, zip and torch all raise their own
-            raise DataError(f"--data {source}: cannot load it with torch.load ({exc}); expected "
-                            f"{FORMS}") from None
+            raise DataError(f"--data {source}: {why_not_tensors(exc)}; expected {FORMS}. Only "
+                            "tensors are loaded: unpickling anything else could run code") from None
     if ":" not in source:
         raise DataError(f"--data {source}: no such file, and not module:callable; expected {FORMS}")
     target = _callable(source, "--data", FORMS)
@@ -80,6 +81,7 @@ def _callable(source: str, flag: str, expected: str) -> Callable:
     module_name, colon, attr = source.partition(":")
     if not colon or not module_name or not attr:
         raise DataError(f"{flag} {source}: not module:callable; expected {expected}")
+    cwd_on_path_for(module_name)  # found where --model's module is: the working directory
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):

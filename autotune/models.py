@@ -155,7 +155,7 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
     return torchvision.models.get_model(spec.name, weights=None)
 
 
-def _cwd_on_path_for(module_name: str) -> None:
+def cwd_on_path_for(module_name: str) -> None:
     """Put the working directory first on sys.path, as ``python -m`` does, when the user's module
     lives there: the ``autotune`` script's own folder is what Python puts there instead."""
     top = module_name.partition(".")[0]
@@ -171,7 +171,7 @@ def module_origin(spec: ModelSpec) -> str | None:
     if ":" not in spec.name:
         return None
     module_name = spec.name.partition(":")[0]
-    _cwd_on_path_for(module_name)
+    cwd_on_path_for(module_name)
     try:
         found = importlib.util.find_spec(module_name)
     except (ImportError, ValueError):  # a missing parent package, or an empty name
@@ -184,7 +184,7 @@ def _resolve_callable(spec: ModelSpec) -> Callable[[], Any]:
     module_name, _, attr_path = spec.name.partition(":")
     if not module_name or not attr_path:
         raise ModelError(f"model {spec.name!r}: expected {_CALLABLE_CONTRACT}")
-    _cwd_on_path_for(module_name)
+    cwd_on_path_for(module_name)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -263,7 +263,7 @@ def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
     except IsADirectoryError:
         raise ModelError(f"checkpoint {path!r} is a folder; expected {_STATE_DICT}") from None
     except Exception as exc:  # unreadable, corrupt or not weights-only: all the file's fault
-        raise ModelError(f"checkpoint {path!r} {_why_not_a_state_dict(exc)}; expected {_STATE_DICT}. "
+        raise ModelError(f"checkpoint {path!r} {why_not_tensors(exc)}; expected {_STATE_DICT}. "
                          "Only tensors are loaded from a checkpoint: unpickling anything else "
                          "could run code") from None
     if not isinstance(state, Mapping):
@@ -283,7 +283,7 @@ def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
 _STATE_DICT = "a state_dict saved with torch.save(model.state_dict(), path)"
 
 
-def _why_not_a_state_dict(error: Exception) -> str:
+def why_not_tensors(error: Exception) -> str:
     """What is in the file, in our words: torch's own message advises weights_only=False."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
     if found:

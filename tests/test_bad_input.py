@@ -292,6 +292,33 @@ def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it(tmp_pat
     assert "run autotune from the folder that holds 'my_local_model'" in elsewhere.stderr
 
 
+def test_data_and_metric_modules_in_the_working_directory_are_found_as_the_models_are(tmp_path):
+    (tmp_path / "my_local_data.py").write_text(  # the model is not from there: its lookup would add it
+        "import torch\n"
+        "def batches():\n"
+        "    return [torch.randn(1, 3, 224, 224) for _ in range(4)]\n"
+        "def score(output, batch):\n"
+        "    return 1.0\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    missing = tmp_path / "missing" / "x.db"  # fails after --data and --metric are resolved
+    result = subprocess.run([AUTOTUNE, "run", "--model", "resnet18", "--data", "my_local_data:batches", "--metric",
+                             "my_local_data:score", "--storage", f"sqlite:///{missing}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and f"folder {missing.parent} does not exist" in result.stderr, \
+        result.stderr
+
+
+def test_a_data_file_that_is_not_tensors_gets_our_advice_not_torchs(tmp_path, capsys):
+    torch.save({"batches": [torch.nn.Linear(2, 2)]}, tmp_path / "objects.pt")
+    (tmp_path / "notes.pt").write_text("hello")
+    for name, what in [("objects.pt", "holds a pickled torch.nn.modules.linear.Linear object"),
+                       ("notes.pt", "is not a file torch.save wrote")]:
+        assert cli.main(["run", "--model", "resnet18", "--dtype", "float32,int8",
+                         "--data", str(tmp_path / name)]) == 2
+        err = one_line_error(capsys)
+        assert what in err and "weights_only" not in err, err
+
+
 def test_a_model_with_two_inputs_takes_one_input_shape_per_input(tmp_path, capsys):
     one = ["explain", "--model", "user_models:two_inputs", "--input-shape", "1,3,8,8"]
     assert cli.main(one) == 2
