@@ -106,6 +106,7 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
             on_start: Callable[[], None] | None = None) -> Comparison:
     """Measure all candidates interleaved (request.confirm_rounds rounds) and the machine's peaks.
     ``on_start`` runs once the model and the store have been checked, before any measurement."""
+    candidates = candidates_for(request)  # a dtype this CPU cannot run fails here, before any work
     bench = request.bench()
     bench.preflight()
     if on_start:
@@ -119,7 +120,7 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
         for dtype, samples in fma_samples.items():
             samples.append(fma_peak_gflops(request.threads, dtype))
 
-    candidates = bench.measure_interleaved(candidates_for(request),
+    candidates = bench.measure_interleaved(candidates,
                                            after_round=measure_fma_peaks if with_peaks else None)
     model, inputs = build(request.model)
     peaks = {}

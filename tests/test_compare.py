@@ -58,6 +58,18 @@ def test_the_lookup_is_judged_with_the_tolerance_of_the_loosest_dtype_it_may_app
     assert candidates_for(request)[IPEX_LOOKUP].dtype == "int8"
 
 
+def test_a_dtype_this_cpu_cannot_run_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("backend.config.cpu_features", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setenv("PYTHONPATH", worker_pythonpath())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the eager reference goes
+    from autotune import cli
+    assert cli.main(["compare", "--model", "tuner_models:small_cnn", "--dtype", "bfloat16",
+                     "--storage", f"sqlite:///{tmp_path / 'store.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "'bfloat16' needs CPU feature(s) mkldnn_bf16" in err and "valid here: 'float32'" in err
+    assert "comparing" not in err and not (tmp_path / "cache").exists(), err
+
+
 def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():
     peak = fma_peak_gflops(1, "bfloat16")
     if "avx512_bf16" in cpu_features():
