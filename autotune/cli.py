@@ -380,8 +380,11 @@ def cmd_import(args) -> int:
     from backend.store import checked_record, precision_from_dict
 
     try:
-        with open(args.file, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        if args.file == "-":  # autotune export | autotune import -
+            data = yaml.safe_load(sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
     except OSError as exc:
         raise AutotuneError(f"cannot read {args.file}: {exc.strerror}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -547,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model")
     export.set_defaults(func=cmd_export)
     imp = sub.add_parser("import", help="add configs from an export file to the store")
-    imp.add_argument("file")
+    imp.add_argument("file", help="a file `autotune export` wrote, or - for standard input")
     imp.set_defaults(func=cmd_import)
     explain = sub.add_parser("explain", help="per graph: the config torch.compile(backend=\"ipex\") "
                              "would apply to a model here, from where, and why")

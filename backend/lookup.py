@@ -15,7 +15,7 @@ from .errors import AutotuneError, StoreError
 from .fingerprint import hardware_key
 from .notices import warn_once
 from .quantization import INT8, QuantizedModel
-from .store import ConfigStore, TunedRecord
+from .store import ConfigStore, TunedRecord, checked_record
 
 log = logging.getLogger("backend")
 
@@ -138,6 +138,7 @@ def _find_in(store: ConfigStore, keys: dict[str, Any], int8: bool) -> Found | No
                  "batch size %s", keys["batch_size"], record.batch_size)
     if record is None:
         return None
+    checked_record(record.to_dict())  # a damaged row (hand-edited, a foreign writer) is a warning
     config = BackendConfig(record.config)
     if config.dtype != INT8:
         return Found(config, record, how)

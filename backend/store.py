@@ -178,6 +178,20 @@ def _check_evidence(latency: dict[str, Any]) -> None:
                               "outcome (faster, slower or undecided), p_value in [0, 1] and rounds")
 
 
+def _check_hardware_facts(hardware: Mapping[str, Any]) -> None:
+    """Facts of the types hardware_info() gives: other types make a key no host ever has."""
+    for name in ("cpu", "machine"):
+        if not isinstance(hardware[name], str):
+            raise RecordError(f"hardware.{name}: got {hardware[name]!r}; expected text")
+    for name in ("cores", "sockets"):
+        if isinstance(hardware[name], bool) or not isinstance(hardware[name], int) or hardware[name] < 1:
+            raise RecordError(f"hardware.{name}: got {hardware[name]!r}; expected a positive integer")
+    features = hardware["features"]
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise RecordError(f"hardware.features: got {features!r}; expected a list of CPU flags, "
+                          "e.g. [avx2, fma]")
+
+
 def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = False) -> TunedRecord:
     """A record that holds the schema, with its config normalised and its ``config_id`` recomputed.
 
@@ -206,6 +220,7 @@ def checked_record(data: Mapping[str, Any], *, recompute_hardware_key: bool = Fa
         if absent:
             raise RecordError(f"hardware: missing {', '.join(absent)}; expected a mapping with "
                               f"{', '.join(HARDWARE_FIELDS)}")
+        _check_hardware_facts(values["hardware"])
         values["hardware_key"] = hardware_key_of(dict(values["hardware"]))
     values["created_at"] = _checked_time(values.get("created_at", datetime.now(timezone.utc)))
     values["id"] = None

@@ -112,6 +112,23 @@ def test_import_rejects_evidence_that_ls_and_show_could_not_read(exported, field
     assert stored(url) == before
 
 
+@pytest.mark.parametrize("fact, value, expected", [
+    ("features", 5, "expected a list of CPU flags"), ("cores", "2", "expected a positive integer"),
+    ("cpu", None, "expected text"),
+])
+def test_import_rejects_hardware_facts_no_host_has(exported, fact, value, expected, capsys):
+    # their recomputed hardware key matched no host: the record was stored and never applied
+    url, path = exported
+    data = yaml.safe_load(path.read_text())
+    data["records"][0]["hardware"][fact] = value
+    path.write_text(yaml.safe_dump(data))
+    before = stored(url)
+    assert cli.main(["import", str(path), "--storage", url]) == 2
+    err = one_line_error(capsys)
+    assert f"record 0: hardware.{fact}: got {value!r}; {expected}" in err, err
+    assert stored(url) == before
+
+
 def test_import_recomputes_the_ids_of_a_record(exported, tmp_path):
     _, path = exported
     data = yaml.safe_load(path.read_text())
@@ -125,6 +142,17 @@ def test_import_recomputes_the_ids_of_a_record(exported, tmp_path):
     assert imported.config_id == BackendConfig(imported.config).config_id != "cfg-edited"
     assert imported.config["channels_last"] is True
     assert imported.hardware_key == hardware_key(hardware_info()), "lookups must find it here"
+
+
+def test_export_pipes_into_import(exported, tmp_path):
+    url, _ = exported
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    exporting = subprocess.Popen([AUTOTUNE, "export", "--storage", url], stdout=subprocess.PIPE)
+    importing = subprocess.run([AUTOTUNE, "import", "-", "--storage", other], stdin=exporting.stdout,
+                               capture_output=True, text=True, timeout=300)
+    assert exporting.wait(timeout=60) == 0 and importing.returncode == 0, importing.stderr
+    assert "imported 1 record(s)" in importing.stdout
+    assert [r["config_id"] for r in stored(other)] == [r["config_id"] for r in stored(url)]
 
 
 def test_import_of_a_binary_file_is_a_clear_error(exported, tmp_path, capsys):

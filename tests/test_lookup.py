@@ -344,12 +344,20 @@ def _unknown_knob(path, keys):
         db.execute("""UPDATE autotune_records SET config = json_set(config, '$.no_such_knob', 1)""")
 
 
+def _hand_edited_speedup(path, keys):
+    with ConfigStore(f"sqlite:///{path}") as store:
+        store.put(make_record(keys, {"path": "inductor"}))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE autotune_records SET speedup = 'fast'")
+
+
 @pytest.mark.parametrize("make_store, warning", [
     (_empty, "holds no autotune tables"),
     (_corrupt, "file is not a database"),
     (_future_schema, "written by a newer ipex-autotune (schema 99"),
     (_unknown_knob, "unknown knob 'no_such_knob'"),
-], ids=["empty-file", "corrupt-file", "future-schema", "unknown-knob"])
+    (_hand_edited_speedup, "speedup: got 'fast'; expected a positive number"),
+], ids=["empty-file", "corrupt-file", "future-schema", "unknown-knob", "speedup-not-a-number"])
 def test_a_broken_store_costs_one_warning_and_the_defaults(make_store, warning, cnn_keys,
                                                              tmp_path, monkeypatch, caplog):
     path = tmp_path / "store.db"
