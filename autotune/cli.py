@@ -17,6 +17,7 @@ import yaml
 from . import zygote  # the one module imported before torch: `run` and `compare` start it first
 
 log = logging.getLogger("autotune")
+EXPORT_FORMAT = 1  # what `export` writes and `import` reads
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -27,6 +28,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
                                          "like 1,3,224,224") from None
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: every dimension must be positive")
+    if len(shape) < 2:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected the batch dimension and a "
+                                         "sample's, like 1,3,224,224")
     return shape
 
 
@@ -361,7 +365,7 @@ def cmd_export(args) -> int:
         precision = store.precision(r.id)
         records.append({**r.to_dict(), **({"precision": precision_to_dict(precision)}
                                           if precision else {})})
-    text = yaml.safe_dump({"ipex_autotune_export": 1, "records": records}, sort_keys=False)
+    text = yaml.safe_dump({"ipex_autotune_export": EXPORT_FORMAT, "records": records}, sort_keys=False)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -394,6 +398,10 @@ def cmd_import(args) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise AutotuneError(f"{args.file} is not an `autotune export` file (expected a mapping "
                             "with a 'records' list); nothing imported")
+    if data.get("ipex_autotune_export", EXPORT_FORMAT) != EXPORT_FORMAT:
+        raise AutotuneError(f"{args.file}: export format {data['ipex_autotune_export']!r}; this "
+                            f"ipex-autotune reads format {EXPORT_FORMAT} (upgrade it to read a newer "
+                            "export); nothing imported")
     records, precisions = [], []
     for i, item in enumerate(data["records"]):
         try:

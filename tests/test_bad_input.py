@@ -155,6 +155,16 @@ def test_export_pipes_into_import(exported, tmp_path):
     assert [r["config_id"] for r in stored(other)] == [r["config_id"] for r in stored(url)]
 
 
+def test_import_refuses_an_export_of_a_newer_format(exported, capsys):
+    url, path = exported
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "ipex_autotune_export": 2}))
+    before = stored(url)
+    assert cli.main(["import", str(path), "--storage", url]) == 2
+    assert "export format 2; this ipex-autotune reads format 1" in one_line_error(capsys)
+    assert stored(url) == before
+
+
 def test_import_of_a_binary_file_is_a_clear_error(exported, tmp_path, capsys):
     url, _ = exported
     before = stored(url)
@@ -345,6 +355,17 @@ def test_a_data_file_that_is_not_tensors_gets_our_advice_not_torchs(tmp_path, ca
                          "--data", str(tmp_path / name)]) == 2
         err = one_line_error(capsys)
         assert what in err and "weights_only" not in err, err
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ("2", "expected the batch dimension and a sample's"), ("1,3,x", "expected comma-separated integers"),
+    ("1,0,4", "every dimension must be positive"),
+])
+def test_a_bad_input_shape_is_named_as_typed(shape, expected, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--model", "resnet18", "--input-shape", shape])
+    err = capsys.readouterr().err
+    assert f"bad shape {shape!r}: {expected}" in err and "((),)" not in err, err
 
 
 def test_a_model_with_two_inputs_takes_one_input_shape_per_input(tmp_path, capsys):
