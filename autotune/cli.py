@@ -398,10 +398,12 @@ def cmd_import(args) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise AutotuneError(f"{args.file} is not an `autotune export` file (expected a mapping "
                             "with a 'records' list); nothing imported")
-    if data.get("ipex_autotune_export", EXPORT_FORMAT) != EXPORT_FORMAT:
-        raise AutotuneError(f"{args.file}: export format {data['ipex_autotune_export']!r}; this "
-                            f"ipex-autotune reads format {EXPORT_FORMAT} (upgrade it to read a newer "
-                            "export); nothing imported")
+    found = data.get("ipex_autotune_export", EXPORT_FORMAT)
+    if found != EXPORT_FORMAT:
+        newer = isinstance(found, int) and found > EXPORT_FORMAT
+        raise AutotuneError(f"{args.file}: export format {found!r}; this ipex-autotune reads format "
+                            f"{EXPORT_FORMAT}" + (" (upgrade it to read a newer export)" if newer else "")
+                            + "; nothing imported")
     records, precisions = [], []
     for i, item in enumerate(data["records"]):
         try:

@@ -24,8 +24,8 @@ def optimize(model: nn.Module, dtype: torch.dtype | str = torch.float32, *,
 
     channels_last is applied to the module now. The other settings are recorded on the
     parameters and applied when the backend compiles: the frozen paths fold the weight casts,
-    fold BatchNorms (TorchScript by these knobs; Inductor's freezing and the engines always)
-    and prepack once. The module keeps its layers, so its graph is the one `autotune run`
+    fold BatchNorms (TorchScript by these knobs; Inductor's freezing when on; the engines
+    always) and prepack once. The module keeps its layers, so its graph is the one `autotune run`
     tuned, and the store's config for it applies. On the TorchScript path oneDNN Graph (on by
     default) packs the weights it fuses whatever ``weights_prepack`` says: Intel's extension
     documents ``weights_prepack=False`` for torch.compile to keep the module traceable, not to
