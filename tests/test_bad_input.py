@@ -95,21 +95,27 @@ def test_import_rejects_a_file_with_one_bad_record_and_writes_nothing(exported, 
     assert stored(url) == before
 
 
+def refused_import(exported, edit, capsys) -> str:
+    """The error of importing the export with ``edit`` applied to its record; nothing stored."""
+    url, path = exported
+    data = yaml.safe_load(path.read_text())
+    edit(data["records"][0])
+    path.write_text(yaml.safe_dump(data))
+    before = stored(url)
+    assert cli.main(["import", str(path), "--storage", url]) == 2
+    err = one_line_error(capsys)
+    assert stored(url) == before
+    return err
+
+
 @pytest.mark.parametrize("field, value, pieces", [
     ("noise", {"iqr": 0.03}, ["latency.noise: got {'iqr': 0.03}", "quiet_rounds"]),
     ("speedup_evidence", {"outcome": "maybe"}, ["latency.speedup_evidence", "faster, slower or undecided"]),
 ])
 def test_import_rejects_evidence_that_ls_and_show_could_not_read(exported, field, value, pieces, capsys):
     # imported, {"iqr": 0.03} made `autotune ls` fail with a KeyError on every later run
-    url, path = exported
-    data = yaml.safe_load(path.read_text())
-    data["records"][0]["latency"][field] = value
-    path.write_text(yaml.safe_dump(data))
-    before = stored(url)
-    assert cli.main(["import", str(path), "--storage", url]) == 2
-    err = one_line_error(capsys)
+    err = refused_import(exported, lambda record: record["latency"].update({field: value}), capsys)
     assert all(piece in err for piece in pieces), err
-    assert stored(url) == before
 
 
 @pytest.mark.parametrize("fact, value, expected", [
@@ -118,15 +124,8 @@ def test_import_rejects_evidence_that_ls_and_show_could_not_read(exported, field
 ])
 def test_import_rejects_hardware_facts_no_host_has(exported, fact, value, expected, capsys):
     # their recomputed hardware key matched no host: the record was stored and never applied
-    url, path = exported
-    data = yaml.safe_load(path.read_text())
-    data["records"][0]["hardware"][fact] = value
-    path.write_text(yaml.safe_dump(data))
-    before = stored(url)
-    assert cli.main(["import", str(path), "--storage", url]) == 2
-    err = one_line_error(capsys)
+    err = refused_import(exported, lambda record: record["hardware"].update({fact: value}), capsys)
     assert f"record 0: hardware.{fact}: got {value!r}; {expected}" in err, err
-    assert stored(url) == before
 
 
 def test_import_recomputes_the_ids_of_a_record(exported, tmp_path):
