@@ -383,6 +383,7 @@ def cmd_import(args) -> int:
     from backend.errors import AutotuneError, RecordError
     from backend.store import checked_record, precision_from_dict
 
+    source = "standard input" if args.file == "-" else args.file  # as messages name it
     try:
         if args.file == "-":  # autotune export | autotune import -
             data = yaml.safe_load(sys.stdin)
@@ -390,18 +391,18 @@ def cmd_import(args) -> int:
             with open(args.file, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
     except OSError as exc:
-        raise AutotuneError(f"cannot read {args.file}: {exc.strerror}") from None
+        raise AutotuneError(f"cannot read {source}: {exc.strerror}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = "binary, not text" if isinstance(exc, UnicodeDecodeError) else "not valid YAML"
-        raise AutotuneError(f"{args.file} is {reason}: expected a YAML file written by "
+        raise AutotuneError(f"{source} is {reason}: expected a YAML file written by "
                             "`autotune export`; nothing imported") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise AutotuneError(f"{args.file} is not an `autotune export` file (expected a mapping "
+        raise AutotuneError(f"{source} is not an `autotune export` file (expected a mapping "
                             "with a 'records' list); nothing imported")
     found = data.get("ipex_autotune_export", EXPORT_FORMAT)
     if found != EXPORT_FORMAT:
         newer = isinstance(found, int) and found > EXPORT_FORMAT
-        raise AutotuneError(f"{args.file}: export format {found!r}; this ipex-autotune reads format "
+        raise AutotuneError(f"{source}: export format {found!r}; this ipex-autotune reads format "
                             f"{EXPORT_FORMAT}" + (" (upgrade it to read a newer export)" if newer else "")
                             + "; nothing imported")
     records, precisions = [], []
@@ -413,11 +414,11 @@ def cmd_import(args) -> int:
             records.append(checked_record(fields, recompute_hardware_key=True))
             precisions.append(precision_from_dict(item["precision"]) if "precision" in item else None)
         except RecordError as exc:
-            raise AutotuneError(f"{args.file}: record {i}: {exc}; nothing imported") from None
+            raise AutotuneError(f"{source}: record {i}: {exc}; nothing imported") from None
     try:
         ids = _store(args, read_only=False).put_many(records, precisions)
     except RecordError as exc:
-        raise AutotuneError(f"{args.file}: {exc}; nothing imported") from None
+        raise AutotuneError(f"{source}: {exc}; nothing imported") from None
     print(f"imported {len(ids)} record(s)")
     return 0
 

@@ -4,6 +4,7 @@ Each test drives the real CLI (in this process or as `autotune` in a subprocess)
 and real processes; none mocks the store or the filesystem.
 """
 
+import io
 import multiprocessing
 import os
 import re
@@ -162,6 +163,12 @@ def test_import_refuses_an_export_of_a_newer_format(exported, capsys):
     assert cli.main(["import", str(path), "--storage", url]) == 2
     assert "export format 2; this ipex-autotune reads format 1" in one_line_error(capsys)
     assert stored(url) == before
+
+
+def test_import_from_standard_input_names_it_in_its_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("just some text\n"))
+    assert cli.main(["import", "-", "--storage", f"sqlite:///{tmp_path / 'store.db'}"]) == 2
+    assert "standard input is not an `autotune export` file" in one_line_error(capsys)
 
 
 def test_import_of_a_binary_file_is_a_clear_error(exported, tmp_path, capsys):
