@@ -322,11 +322,23 @@ def cmd_ls(args) -> int:
 
     print(f"{'model':22s} {'batch':>5s} {'median ms':>10s} {'speedup':>8s} {'config':18s} "
           f"{'hardware':20s} {'study':24s} evidence")
-    for r in records:
-        print(f"{r.model_label:22s} {str(r.batch_size):>5s} {r.latency['median_ms']:10.2f} "
+    rows = []
+    for r in records:  # an int8 record, then what the lookup applies to other weights
+        rows.append((r, r.model_label))
+        if other := _for_other_weights(store, r):
+            rows.append((other, "  other weights"))
+    for r, label in rows:
+        print(f"{label:22s} {str(r.batch_size):>5s} {r.latency['median_ms']:10.2f} "
               f"{r.speedup:7.2f}x {r.config_id:18s} {r.hardware_key:20s} {r.study_name:24s} "
               f"{stored_evidence(r.latency)}")
     return 0
+
+
+def _for_other_weights(store, record):
+    """What the lookup applies in place of an int8 record to weights it was not calibrated for."""
+    if record.config.get("dtype") != "int8":
+        return None
+    return store.best(record.workload_key, record.hardware_key, int8=False)
 
 
 def cmd_show(args) -> int:
@@ -339,10 +351,14 @@ def cmd_show(args) -> int:
         raise AutotuneError(f"no tuned config for model {args.model!r} in {masked_url(store.url)}; "
                             f"`autotune ls` lists what is there")
     for r in records:
-        precision = store.precision(r.id, with_model=False)
-        shown = {**r.to_dict(), **({"accuracy": accuracy_text(precision.accuracy)}
-                                   if precision and precision.accuracy else {})}
-        print(yaml.safe_dump(shown, sort_keys=False))
+        for record, heading in ((r, None), (_for_other_weights(store, r), "# what the lookup "
+                                "applies to weights the int8 config above was not calibrated for")):
+            if record is None:
+                continue
+            precision = store.precision(record.id, with_model=False)
+            shown = {**record.to_dict(), **({"accuracy": accuracy_text(precision.accuracy)}
+                                            if precision and precision.accuracy else {})}
+            print(*filter(None, [heading, yaml.safe_dump(shown, sort_keys=False)]), sep="\n")
     return 0
 
 
@@ -358,8 +374,7 @@ def cmd_export(args) -> int:
                             + f" in {masked_url(store.url)}; `autotune ls` lists what is there")
     # an int8 record applies only to the weights it was calibrated for: what the lookup applies
     # to other weights travels with it
-    for_other_weights = [store.best(r.workload_key, r.hardware_key, int8=False)
-                         for r in listed if r.config.get("dtype") == "int8"]
+    for_other_weights = [_for_other_weights(store, r) for r in listed]
     records = []
     for r in [*listed, *filter(None, for_other_weights)]:
         precision = store.precision(r.id)

@@ -108,7 +108,7 @@ def compare(request: TuneRequest, *, with_peaks: bool = True,
     ``on_start`` runs once the model and the store have been checked, before any measurement."""
     candidates = candidates_for(request)  # a dtype this CPU cannot run fails here, before any work
     bench = request.bench()
-    bench.preflight()
+    bench.preflight(writes_store=False)  # compare reads the store; it never creates one
     if on_start:
         on_start()
     bench.ensure_reference()

@@ -85,14 +85,19 @@ class Bench:
         return os.path.join(cache, "ipex-autotune", "references",
                             hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
-    def preflight(self) -> None:
-        """Fail on a bad model, input shape or storage URL before any study or worker exists."""
+    def preflight(self, *, writes_store: bool = True) -> None:
+        """Fail on a bad model, input shape or storage URL before any study or worker exists.
+        A reader (``writes_store=False``: compare) checks the store without creating it, and says
+        once when nothing was tuned there."""
         _, inputs = build(self.model, check=True)
         if self.data:
             data.load(self.data, inputs)
         if self.metric:
             data.load_metric(self.metric)
-        ConfigStore(self.storage_url).close()
+        with ConfigStore(self.storage_url, read_only=not writes_store) as store:
+            if not writes_store and not store.has_tables():
+                log.warning(f"the store {store.shown_url} holds no tuned configs: the lookup "
+                            "applies the backend's defaults")
 
     def spec(self, candidate: dict | str, dtype: str = "float32") -> WorkerSpec:
         """A worker's task: knob values, or a baseline's kind, run in ``dtype``."""

@@ -1,5 +1,6 @@
 """`autotune compare`: each candidate against its own dtype's peak; a bfloat16-only comparison."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from autotune.tuner import TuneRequest
 from autotune.workbench import Candidate
 from autotune.worker import EAGER, EAGER_BF16, IPEX_LOOKUP, WorkerProcess
 from backend import BackendConfig
+from backend.errors import StoreError
 from backend.fingerprint import cpu_features
 from tuning import QUICK_MEASURE, worker_pythonpath
 
@@ -68,6 +70,19 @@ def test_a_dtype_this_cpu_cannot_run_is_refused_before_any_work(monkeypatch, tmp
     err = capsys.readouterr().err
     assert "'bfloat16' needs CPU feature(s) mkldnn_bf16" in err and "valid here: 'float32'" in err
     assert "comparing" not in err and not (tmp_path / "cache").exists(), err
+
+
+@pytest.mark.parallel
+def test_compare_reads_the_store_without_creating_it_and_says_when_nothing_was_tuned(tmp_path, caplog):
+    store = tmp_path / "store.db"
+    bench = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), storage=f"sqlite:///{store}").bench()
+    with caplog.at_level(logging.WARNING, logger="autotune"):
+        bench.preflight(writes_store=False)
+    assert not store.exists()
+    assert f"the store sqlite:///{store} holds no tuned configs" in caplog.text
+    bad = TuneRequest(model=ModelSpec("tuner_models:small_cnn"), storage="postgresql://u@localhost:port/db")
+    with pytest.raises(StoreError, match="port"):
+        bad.bench().preflight(writes_store=False)
 
 
 def test_the_bfloat16_peak_is_measured_only_where_the_cpu_has_the_instruction():

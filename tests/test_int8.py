@@ -521,6 +521,12 @@ def test_show_export_and_import_keep_the_accuracy_figures_and_the_quantized_mode
         fallback = a.best(original.workload_key, original.hardware_key, int8=False)
         copied = b.best(imported.workload_key, imported.hardware_key, int8=False)
         assert fallback and copied and copied.config == fallback.config
+    # ls and show name that record too: it is what most weights of this model get
+    heading = "# what the lookup applies to weights the int8 config above was not calibrated for"
+    assert shown.index(original.config_id) < shown.index(heading) < shown.index(fallback.config_id)
+    listed = cli("ls", "--storage", tuned["url"]).splitlines()
+    [row] = [i for i, line in enumerate(listed) if original.config_id in line]
+    assert listed[row + 1].startswith("  other weights") and fallback.config_id in listed[row + 1]
 
 
 def test_dynamic_activations_compute_their_scales_per_call_and_static_ones_do_not(trained):
