@@ -350,15 +350,17 @@ def cmd_show(args) -> int:
     if not records:
         raise AutotuneError(f"no tuned config for model {args.model!r} in {masked_url(store.url)}; "
                             f"`autotune ls` lists what is there")
+    def print_record(record):
+        precision = store.precision(record.id, with_model=False)
+        shown = {**record.to_dict(), **({"accuracy": accuracy_text(precision.accuracy)}
+                                        if precision and precision.accuracy else {})}
+        print(yaml.safe_dump(shown, sort_keys=False))
+
     for r in records:
-        for record, heading in ((r, None), (_for_other_weights(store, r), "# what the lookup "
-                                "applies to weights the int8 config above was not calibrated for")):
-            if record is None:
-                continue
-            precision = store.precision(record.id, with_model=False)
-            shown = {**record.to_dict(), **({"accuracy": accuracy_text(precision.accuracy)}
-                                            if precision and precision.accuracy else {})}
-            print(*filter(None, [heading, yaml.safe_dump(shown, sort_keys=False)]), sep="\n")
+        print_record(r)
+        if other := _for_other_weights(store, r):
+            print("# what the lookup applies to weights the int8 config above was not calibrated for")
+            print_record(other)
     return 0
 
 
