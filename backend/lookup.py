@@ -11,7 +11,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import OperationalError
 
 from .config import BackendConfig
-from .errors import AutotuneError, StoreError
+from .errors import StoreError
 from .fingerprint import hardware_key
 from .notices import warn_once
 from .quantization import INT8, QuantizedModel
@@ -102,7 +102,7 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
         store = _store(url)
         start = time.monotonic()
         found = _find_in(store, keys, int8)
-    except (AutotuneError, ValueError, TypeError, KeyError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged row raises, the model must still run
         failed_s = time.monotonic() - start if start is not None else 0.0
         # the database did not answer, slowly: a bad record or a locked file is not that
         slow = isinstance(exc.__cause__, OperationalError) and failed_s >= SLOW_FAILURE_S

@@ -455,12 +455,14 @@ def _unzipped(blob: bytes) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             return {name: archive.read(name) for name in archive.namelist()}
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    # NotImplementedError: a compression method zipfile lacks; RuntimeError: an encrypted member
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise StoreError(f"a stored int8 model is damaged ({exc})") from exc
 
 
-def _is_int8(config: Mapping[str, Any]) -> bool:
-    return config.get("dtype") == "int8"
+def _is_int8(config: Any) -> bool:
+    # a damaged config (not a mapping) is not int8 here: the lookup's validation names it
+    return isinstance(config, Mapping) and config.get("dtype") == "int8"
 
 
 CONNECT_TIMEOUT_S = 10  # PostgreSQL; a URL's own ?connect_timeout= wins

@@ -1,6 +1,7 @@
 """int8: calibrated on the user's data, gated on held-out data, stored with the weights it was
 calibrated for, applied by the lookup in a fresh process, refused without data."""
 
+import io
 import json
 import logging
 import os
@@ -8,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import zipfile
 from dataclasses import replace
 
 import pytest
@@ -355,11 +357,23 @@ def test_a_stored_model_of_another_engine_is_not_loaded_by_the_path_a_fallback_r
     assert len(warnings) == 1 and "the stored int8 model is openvino's" in warnings[0], warnings
 
 
-def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned, tmp_path):
+def _zip_of_an_unknown_compression() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model.xml", b"<net/>")
+    blob = bytearray(buffer.getvalue())
+    central = blob.index(b"PK\x01\x02")
+    blob[8:10] = blob[central + 10:central + 12] = (99).to_bytes(2, "little")  # no such method
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("model", [b"PK\x03\x04\xde\xad\xbe\xef", _zip_of_an_unknown_compression()],
+                         ids=["truncated", "unknown-compression"])
+def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned, tmp_path, model):
     damaged = tmp_path / "damaged.db"
     damaged.write_bytes(open(tuned["url"].removeprefix("sqlite:///"), "rb").read())
     with sqlite3.connect(damaged) as db:
-        db.execute("update autotune_precision set model = x'504b0304deadbeef'")
+        db.execute("update autotune_precision set model = ?", (model,))
     applied, log = _lookup({**tuned, "url": f"sqlite:///{damaged}"}, "same", tmp_path)
     assert applied["config"].get("dtype", "float32") == "float32" and applied["agreement"] == 1.0
     assert log.count("a stored int8 model is damaged") == 1, log

@@ -351,13 +351,24 @@ def _hand_edited_speedup(path, keys):
         db.execute("UPDATE autotune_records SET speedup = 'fast'")
 
 
+def _config_not_a_mapping_at_another_batch_size(path, keys):
+    # the nearest-batch query reads every row's config before any validation
+    with ConfigStore(f"sqlite:///{path}") as store:
+        store.put(make_record({**keys, "workload_key": "wl-other", "batch_size": keys["batch_size"] + 1},
+                              {"path": "inductor"}))
+    with sqlite3.connect(path) as db:
+        db.execute("""UPDATE autotune_records SET config = '["inductor"]'""")
+
+
 @pytest.mark.parametrize("make_store, warning", [
     (_empty, "holds no autotune tables"),
     (_corrupt, "file is not a database"),
     (_future_schema, "written by a newer ipex-autotune (schema 99"),
     (_unknown_knob, "unknown knob 'no_such_knob'"),
     (_hand_edited_speedup, "speedup: got 'fast'; expected a positive number"),
-], ids=["empty-file", "corrupt-file", "future-schema", "unknown-knob", "speedup-not-a-number"])
+    (_config_not_a_mapping_at_another_batch_size, "config: got ['inductor']; expected a mapping"),
+], ids=["empty-file", "corrupt-file", "future-schema", "unknown-knob", "speedup-not-a-number",
+        "config-not-a-mapping"])
 def test_a_broken_store_costs_one_warning_and_the_defaults(make_store, warning, cnn_keys,
                                                              tmp_path, monkeypatch, caplog):
     path = tmp_path / "store.db"
