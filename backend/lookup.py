@@ -69,28 +69,34 @@ def find(keys: dict[str, Any], url: str, weights: Callable[[], str] | None = Non
     """The stored config for this graph on this hardware: exact key, else the nearest batch size.
 
     An int8 record applies only to the weights it was calibrated for (``weights()``: their
-    digest); for other weights the best other record applies, and one warning says why.
+    digest); for other weights the best record that is not int8 or was calibrated for them
+    applies, and when that is not int8, one warning says why.
     A missing store is silent: that is every process before the first ``autotune run``. Any other
     problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
     version cannot build) costs one warning and leaves the defaults in place.
     """
-    found = _cached(url, keys, int8=True)
+    found = _cached(url, keys)
     if found is not None and found.quantized is not None and weights is not None:
         try:
             digest = weights()
         except Exception as exc:  # a weight we cannot read: int8 is not for these weights
             digest = f"unreadable ({type(exc).__name__}: {exc})"
         if digest != found.quantized.weights_digest:
-            warn_once(f"int8-weights:{found.record.id}:{digest}",
-                      f"ipex backend: stored int8 config {found.config.config_id} was calibrated "
-                      "for other weights than this model's; not applying it (tune again with "
-                      "--data to quantize these weights); using the best other stored config, if any")
-            found = _cached(url, keys, int8=False)
+            skipped = found
+            # another checkpoint's int8 record must not hide the one for these weights
+            found = _cached(url, keys, digest)
+            if found is None or found.quantized is None:
+                warn_once(f"int8-weights:{skipped.record.id}:{digest}",
+                          f"ipex backend: stored int8 config {skipped.config.config_id} was "
+                          "calibrated for other weights than this model's; not applying it (tune "
+                          "again with --data to quantize these weights); using the best other "
+                          "stored config, if any")
     return found
 
 
-def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
-    cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"], int8)
+def _cached(url: str, keys: dict[str, Any], weights_digest: str | None = None) -> Found | None:
+    """``weights_digest``: only int8 records calibrated for these weights; None: any record."""
+    cache_key = (url, keys["workload_key"], keys["family_key"], keys["batch_size"], weights_digest)
     if cache_key in _cache:
         return _cache[cache_key]
     if time.monotonic() < _slow_until.get(url, 0.0):
@@ -101,7 +107,7 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
     try:
         store = _store(url)
         start = time.monotonic()
-        found = _find_in(store, keys, int8)
+        found = _find_in(store, keys, weights_digest)
     except Exception as exc:  # noqa: BLE001 - whatever a damaged row raises, the model must still run
         failed_s = time.monotonic() - start if start is not None else 0.0
         # the database did not answer, slowly: a bad record or a locked file is not that
@@ -120,14 +126,14 @@ def _cached(url: str, keys: dict[str, Any], int8: bool) -> Found | None:
     return found
 
 
-def _find_in(store: ConfigStore, keys: dict[str, Any], int8: bool) -> Found | None:
+def _find_in(store: ConfigStore, keys: dict[str, Any], weights_digest: str | None) -> Found | None:
     if store.is_missing():
         return None
     if not store.has_tables():
         raise StoreError(f"config store {store.shown_url} holds no autotune tables (an empty file "
                          "or another program's database)")
     hw = hardware_key()
-    record = store.best(keys["workload_key"], hw, int8=int8)
+    record = store.best(keys["workload_key"], hw, weights_digest=weights_digest)
     how = "exact"
     if record is None and keys["batch_size"] is not None:
         record = store.nearest(keys["family_key"], hw, keys["batch_size"])

@@ -726,22 +726,32 @@ class ConfigStore:
         with self._session() as session:
             return session.scalar(select(_Claim.owner).where(_Claim.name == name))
 
-    def _first(self, *conditions, order=_BEST_FIRST, int8: bool = True) -> TunedRecord | None:
+    def _first(self, *conditions, order=_BEST_FIRST, int8: bool = True,
+               weights_digest: str | None = None) -> TunedRecord | None:
         if not self._readable():
             return None
         with self._session() as session:
             query = select(_Record).where(*conditions).order_by(*order)
-            if int8:
+            if int8 and weights_digest is None:
                 row = session.scalars(query.limit(1)).first()
                 return row.to_record() if row else None
-            return next((row.to_record() for row in session.scalars(query)
-                         if not _is_int8(row.config)), None)
+            has_precision = inspect(session.connection()).has_table(_Precision.__tablename__)
+            for row in session.scalars(query):
+                if not _is_int8(row.config):
+                    return row.to_record()
+                if int8 and has_precision and weights_digest == session.scalar(
+                        select(_Precision.weights_digest).where(_Precision.record_id == row.id)):
+                    return row.to_record()
+            return None
 
-    def best(self, workload_key: str, hardware_key: str, *, int8: bool = True) -> TunedRecord | None:
-        """``int8=False``: the best record that is not int8 (the lookup's choice when the
-        weights are not the ones an int8 record was calibrated for)."""
+    def best(self, workload_key: str, hardware_key: str, *, int8: bool = True,
+             weights_digest: str | None = None) -> TunedRecord | None:
+        """``int8=False``: the best record that is not int8 (what `ls` shows for weights no int8
+        record was calibrated for). ``weights_digest``: the best record that is not int8 or was
+        calibrated for these weights (the lookup's choice when the best one is for other weights)."""
         return self._first(_Record.workload_key == workload_key,
-                           _Record.hardware_key == hardware_key, int8=int8)
+                           _Record.hardware_key == hardware_key, int8=int8,
+                           weights_digest=weights_digest)
 
     def nearest(self, family_key: str, hardware_key: str, batch_size: int) -> TunedRecord | None:
         """Never int8: a quantized model holds its own graph's shapes."""

@@ -127,6 +127,21 @@ def test_weights_changed_after_calibration_are_detected_and_int8_is_not_applied(
     assert applied["source"].startswith("store"), log
 
 
+def test_an_int8_record_of_another_checkpoint_does_not_hide_the_one_for_these_weights(tuned, tmp_path):
+    two = tmp_path / "two-checkpoints.db"
+    two.write_bytes(open(tuned["url"].removeprefix("sqlite:///"), "rb").read())
+    with ConfigStore(f"sqlite:///{two}") as store:
+        [ours] = [r for r in store.list() if r.config.get("dtype") == "int8"]
+        precision = store.precision(ours.id)
+        theirs = replace(precision.quantized, weights_digest="another-checkpoint")
+        # faster, so it ranks first for this graph
+        store.put(replace(ours, id=None, speedup=ours.speedup * 2, study_name="another-checkpoint"),
+                  replace(precision, quantized=theirs))
+    applied, log = _lookup({**tuned, "url": f"sqlite:///{two}"}, "same", tmp_path)
+    assert applied["config"]["dtype"] == "int8" and "study int8" in applied["source"], applied
+    assert "calibrated for other weights" not in log, log
+
+
 def test_a_config_whose_accuracy_fails_the_gate_is_never_stored(trained):
     url = f"sqlite:///{trained['folder']}/fragile.db"
     run = _tune(url, "fragile", "--dtype", "int8", "--data", trained["data"], "--space",

@@ -262,8 +262,8 @@ def test_a_lookup_that_answered_before_a_clear_does_not_cache_its_stale_answer(t
     answered, go_on, found_first = threading.Event(), threading.Event(), []
     read_store = lookup._find_in
 
-    def slow_read(store, keys, int8):
-        found = read_store(store, keys, int8)
+    def slow_read(store, keys, weights_digest):
+        found = read_store(store, keys, weights_digest)
         answered.set()
         go_on.wait(10)
         return found
