@@ -435,7 +435,7 @@ def precision_from_dict(data: Any) -> Precision:
     if "model_zip_base64" in data:
         try:
             files = _unzipped(base64.b64decode(data["model_zip_base64"], validate=True))
-        except (ValueError, zipfile.BadZipFile, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise RecordError(f"precision.model_zip_base64: not a base64 zip ({exc})") from None
         if not isinstance(data.get("engine"), str) or not isinstance(data.get("weights_digest"), str):
             raise RecordError("precision: a quantized model needs its engine and weights_digest")
@@ -452,12 +452,13 @@ def _zipped(files: Mapping[str, bytes]) -> bytes:
 
 
 def _unzipped(blob: bytes) -> dict[str, bytes]:
+    """ValueError when ``blob`` is not a zip this Python can read."""
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             return {name: archive.read(name) for name in archive.namelist()}
     # NotImplementedError: a compression method zipfile lacks; RuntimeError: an encrypted member
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise StoreError(f"a stored int8 model is damaged ({exc})") from exc
+        raise ValueError(str(exc)) from exc
 
 
 def _is_int8(config: Any) -> bool:
@@ -689,7 +690,11 @@ class ConfigStore:
             return None
         quantized = None
         if with_model and row.model is not None:
-            quantized = QuantizedModel(row.engine, row.weights_digest, _unzipped(row.model))
+            try:
+                files = _unzipped(row.model)
+            except ValueError as exc:
+                raise StoreError(f"a stored int8 model is damaged ({exc})") from exc
+            quantized = QuantizedModel(row.engine, row.weights_digest, files)
         return Precision(row.accuracy, quantized)
 
     def claim(self, name: str, owner: str) -> bool:

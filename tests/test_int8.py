@@ -1,6 +1,7 @@
 """int8: calibrated on the user's data, gated on held-out data, stored with the weights it was
 calibrated for, applied by the lookup in a fresh process, refused without data."""
 
+import base64
 import io
 import json
 import logging
@@ -487,11 +488,19 @@ def test_an_int8_record_without_passing_gate_figures_is_refused_by_every_path_in
     import yaml
     export = tmp_path / "export.yaml"
     assert autotune("export", "-o", str(export), "--storage", tuned["url"])[0] == 0
-    document = yaml.safe_load(export.read_text())
+    exported = export.read_text()
+    document = yaml.safe_load(exported)
     document["records"][0]["precision"]["accuracy"]["value"] = 0.5
     export.write_text(yaml.safe_dump(document))
     code, _, said = autotune("import", str(export), "--storage", url)
     assert code != 0 and "the accuracy gate failed (top-1 agreement" in said, said
+    for damaged in (b"PK\x03\x04\xde\xad\xbe\xef", _zip_of_an_unknown_compression()):
+        document = yaml.safe_load(exported)
+        document["records"][0]["precision"]["model_zip_base64"] = base64.b64encode(damaged).decode()
+        export.write_text(yaml.safe_dump(document))
+        code, _, said = autotune("import", str(export), "--storage", url)
+        assert code != 0 and f"{export}: record 0: precision.model_zip_base64: not a base64 zip" in said \
+            and said.rstrip().endswith("nothing imported"), said
     with ConfigStore(url) as store:
         assert store.list() == []
 
