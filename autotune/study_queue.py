@@ -14,7 +14,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy
@@ -77,6 +77,14 @@ def open_study(storage_url: str, study_name: str, *, seed: int | None, hardware:
     if tuned and asked and tuned != asked:  # its trials, answers and claims are of another model
         raise StudyError(f"study {study.study_name!r} tunes {_model_text(tuned)}; this run asks for "
                          f"{_model_text(asked)}; tune it in its own study (--study-name)")
+    then, now = study.user_attrs.get("inputs"), about.get("inputs")
+    if then is not None and now is not None and then != now:  # older studies did not record them
+        changed = "; ".join(f"{_INPUT_NAMES.get(k, k)} {_or_none(then.get(k))} then, "
+                            f"{_or_none(now.get(k))} now"
+                            for k in sorted({*then, *now}) if then.get(k) != now.get(k))
+        raise StudyError(f"study {study.study_name!r} was tuned with other inputs ({changed}): its "
+                         "trials and accuracy verdicts do not hold for this run; tune it in its own "
+                         "study (--study-name)")
     if not existing:
         study.set_metric_names(["median latency (ms)"])
         study.set_user_attr("hardware_key", hw_key)
@@ -86,6 +94,14 @@ def open_study(storage_url: str, study_name: str, *, seed: int | None, hardware:
         study.set_user_attr("torch_version", torch.__version__)
     fail_dead_trials(study)
     return study
+
+
+_INPUT_NAMES = {"checkpoint": "--checkpoint contents", "data": "--data contents",
+                "tolerance": "--tolerance", "min_agreement": "--min-agreement", "metric": "--metric"}
+
+
+def _or_none(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 def _model_text(model: dict) -> str:

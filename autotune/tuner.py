@@ -3,12 +3,13 @@ and `Tuner.run()`, which ties the study queue, the bench and the confirmation to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -145,7 +146,31 @@ def open_study(request: TuneRequest) -> optuna.Study:
     """The request's study in the study queue, created on first use."""
     return study_queue.open_study(request.storage_url, request.resolved_study_name(),
                                   seed=request.seed, hardware=request.hardware,
-                                  about={"model": request.model.to_dict(), "dtypes": list(request.dtypes)})
+                                  about={"model": request.model.to_dict(), "dtypes": list(request.dtypes),
+                                         "inputs": _trial_inputs(request)})
+
+
+def _trial_inputs(request: TuneRequest) -> dict[str, Any]:
+    """What decides a trial's outcome besides its config and the model: a rerun that changes any
+    of it is another study, or the old trials and gate failures would stand for new ones."""
+    return {"checkpoint": _file_digest(request.model.checkpoint), "data": _file_digest(request.data),
+            "tolerance": request.tolerance, "min_agreement": request.min_agreement,
+            "metric": request.metric}
+
+
+def _file_digest(path: str | None) -> str | None:
+    """Its contents' digest: the same path may hold other weights or inputs by the next run.
+    A file that cannot be read is named as such here; the run's own checks refuse it later."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def _search_slice(request: TuneRequest, cpus: list[int]) -> bool:

@@ -8,9 +8,11 @@ import subprocess
 
 import optuna
 import pytest
+import torch
 
 from autotune import cli
 from autotune.models import ModelSpec
+from autotune.errors import StudyError
 from autotune.confirmation import BACKEND_DEFAULT, Outcome, store_winner
 from autotune.tuner import Tuner, TuneRequest, open_study
 from autotune.workbench import Candidate
@@ -233,6 +235,22 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
     assert cli.main(["import", str(tmp_path / "broken.yaml"), "--storage", other]) == 2
     assert "broken.yaml: record 0: missing field(s) baselines" in capsys.readouterr().err
     assert _stored(other) == before
+
+
+def test_a_rerun_with_other_inputs_is_refused_naming_them_and_the_same_inputs_resume(tmp_path):
+    data = tmp_path / "batches.pt"
+    torch.save([torch.randn(2, 3, 8, 8)], data)
+    request = quick_request(tmp_path, data=str(data))
+    open_study(request)
+    open_study(request)  # the same inputs: the same study resumes
+    torch.save([torch.randn(2, 3, 8, 8)], data)  # other inputs at the same path
+    changes = [({}, "--data contents sha256:"), ({"min_agreement": 0.5}, "--min-agreement 0.99 then, 0.5 now"),
+               ({"tolerance": 0.1}, "--tolerance none then, 0.1 now"),
+               ({"metric": "m:score"}, "--metric none then, m:score now")]
+    for change, named in changes:
+        with pytest.raises(StudyError, match="was tuned with other inputs") as refused:
+            open_study(quick_request(tmp_path, data=str(data), **change))
+        assert named in str(refused.value) and "its own study (--study-name)" in str(refused.value)
 
 
 def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplog):
