@@ -158,18 +158,18 @@ def _trial_inputs(request: TuneRequest) -> dict[str, Any]:
             "metric": request.metric}
 
 
-def _file_digest(path: str | None) -> str | None:
-    """Its contents' digest: the same path may hold other weights or inputs by the next run.
-    A file that cannot be read is named as such here; the run's own checks refuse it later."""
-    if path is None:
-        return None
+def _file_digest(given: str | None) -> str | None:
+    """A file's contents' digest: the same path may hold other weights or inputs by the next run.
+    Anything else (module:callable data, a missing file the run refuses later) as given."""
+    if given is None or not os.path.isfile(given):
+        return given
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with open(given, "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+    except OSError:
+        return given
     return "sha256:" + digest.hexdigest()[:16]
 
 
