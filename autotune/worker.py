@@ -301,6 +301,13 @@ def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> di
         option = "--min-agreement"
         context = (f"; float32 answered {classes} class{'es' if classes > 1 else ''}, relative "
                    f"error {relative_error:.3g}")
+        if classes < 2:  # agreement cannot tell here: the relative error must hold as well
+            figures["relative_error_bound"] = spec.tolerance
+            if passed and not relative_error <= spec.tolerance:  # also NaN
+                raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: {figures['metric']} on "
+                                   f"{inputs} held-out inputs is {100 * value:.2f}%, but float32 "
+                                   f"answered 1 class, so agreement cannot tell: relative error "
+                                   f"{relative_error:.3g} > {spec.tolerance:g}, the bound (--tolerance)")
     else:
         figures = {"metric": "relative error against float32", "value": relative_error,
                    "bound": spec.tolerance, "inputs": inputs}

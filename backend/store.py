@@ -387,7 +387,9 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
     spread = "" if classes is None else (
         f", float32 answering {classes} classes" if classes > 1 else
         ", but float32 answers one class for all of them: the figure cannot tell" +
-        ("" if relative_error is None else f"; relative error {relative_error:.3g}"))
+        ("" if relative_error is None else f"; relative error {relative_error:.3g}") +
+        ("" if accuracy.get("relative_error_bound") is None
+         else f" (bound at most {accuracy['relative_error_bound']:g})"))
     return (f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs{spread} "
             f"(bound {bound_text})")
 
@@ -404,7 +406,7 @@ def accuracy_problem(accuracy: Any) -> str | None:
     numbers = {name: accuracy.get(name) for name in ("value", "bound", "inputs")}
     bad = [name for name, value in numbers.items()
            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
-    bad += [name for name in ("classes", "relative_error")  # optional, but numbers if given
+    bad += [name for name in ("classes", "relative_error", "relative_error_bound")  # optional
             if accuracy.get(name) is not None and not isinstance(accuracy[name], (int, float))]
     if bad:
         return f"accuracy figures need numbers for {', '.join(bad)} (got {accuracy!r})"
@@ -412,6 +414,10 @@ def accuracy_problem(accuracy: Any) -> str | None:
         return f"accuracy figures: higher_is_better must be true or false (got {accuracy!r})"
     value, bound = numbers["value"], numbers["bound"]
     passes = value >= bound if _higher_is_better(accuracy) else value <= bound
+    # with one class answered, agreement cannot tell: the relative error's bound, when it has one
+    error, error_bound = accuracy.get("relative_error"), accuracy.get("relative_error_bound")
+    if error_bound is not None and not (error is not None and error <= error_bound):
+        passes = False
     return None if passes else f"the accuracy gate failed ({accuracy_text(accuracy)})"
 
 

@@ -217,6 +217,29 @@ def test_your_metric_judges_as_a_fraction_of_float32s_score_and_fails_below_the_
     assert failed.value.kind == FailureKind.ACCURACY
 
 
+def test_when_float32_answers_one_class_the_gate_also_bounds_the_relative_error(trained):
+    """Agreement with a model that answers one class for every input cannot tell a good int8
+    model from a bad one (random weights do this): the relative error must hold as well."""
+    from autotune import data
+    from autotune.worker import TrialFailure, WorkerSpec, _accuracy_gate
+    from backend.store import accuracy_problem
+
+    def one_class(x):  # class 0 far ahead whatever the input, the rest following the input
+        logits = trained["model"](x)
+        return logits + torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long),
+                                                    logits.shape[1]) * 100
+    split = data.load(trained["data"], int8_models.batches(1, seed=0))
+    spec = WorkerSpec(model={}, candidate={}, reference_path="", tolerance=0.1)
+    with torch.no_grad():
+        close = _accuracy_gate(spec, one_class, lambda x: one_class(x) * 1.02, split)
+        with pytest.raises(TrialFailure) as failed:
+            _accuracy_gate(spec, one_class, lambda x: one_class(x) * 1.5, split)
+    assert close["classes"] == 1 and close["relative_error_bound"] == 0.1 and accuracy_problem(close) is None
+    assert "float32 answered 1 class, so agreement cannot tell: relative error 0.5 > 0.1, the " \
+           "bound (--tolerance)" in failed.value.reason, failed.value.reason
+    assert "relative error 0.5" in accuracy_problem({**close, "relative_error": 0.5})
+
+
 def test_a_config_tuned_with_your_metric_is_stored_with_its_figures(trained):
     url = f"sqlite:///{trained['folder']}/metric.db"
     run = _tune(url, "metric", "--checkpoint", trained["checkpoint"], "--dtype", "int8",
