@@ -234,7 +234,8 @@ def _prepare(spec: WorkerSpec) -> dict:
     split = data.load(spec.data, inputs) if spec.data else None
     fn = _compiled(spec, model, config, split)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.candidate == EAGER_BF16)
-    calibration = quantization.calibrating(split.calibration) if split else contextlib.nullcontext()
+    calibration = quantization.calibrating(split.calibration, quantization.argument_names(model)) \
+        if split else contextlib.nullcontext()
     with torch.no_grad(), autocast, compiler.recording() as graphs, calibration:
         start = time.perf_counter()
         output = fn(*inputs)

@@ -163,8 +163,8 @@ def ipex_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     keys = graph_keys(gm, example_inputs)
     config, source, fallback, quantized = resolve_config(
         options, _optimize_knobs(gm, example_inputs), keys, weights_of(gm, example_inputs))
-    marked = quantization.marked_batches(graph_tensors(gm, example_inputs))
-    by_hand = quantization.calibrating(marked) if marked and quantization.calibration_batches() is None \
+    marked = quantization.marked_calibration(graph_tensors(gm, example_inputs))
+    by_hand = quantization.calibrating(*marked) if marked and quantization.calibration_batches() is None \
         else contextlib.nullcontext()
     try:
         stored = using_stored(quantized) if quantized else contextlib.nullcontext()

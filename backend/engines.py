@@ -22,8 +22,8 @@ import torch
 
 from .errors import PathUnavailable, first_line
 from .fingerprint import cpu_features, workload_key
-from .graph import (ambient_autocast_dtype, constant_mask, lift_constants, non_tensor_inputs,
-                    output_on_copies, outputs_close)
+from .graph import (ambient_autocast_dtype, constant_mask, input_names, lift_constants,
+                    non_tensor_inputs, output_on_copies, outputs_close)
 
 CACHE_ENV = "IPEX_AUTOTUNE_CACHE"
 CACHE_LIMIT_ENV = "IPEX_AUTOTUNE_CACHE_MB"
@@ -68,6 +68,7 @@ class EngineGraph:
     """The captured graph as an engine takes it."""
     module: torch.fx.GraphModule        # parameters held as constants
     user_positions: list[int]           # where the user's tensors sit among dynamo's inputs
+    user_names: list[str | None]        # the forward argument each of them is, where known
     key: str                            # exact graph + weights + CPU: the cache key
     weights_digest: str                 # the weights alone: what an int8 calibration is bound to
     output_dtypes: list[torch.dtype]    # eager's
@@ -135,7 +136,7 @@ def engine_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], title:
         raise EngineUnavailable("graph returns non-tensor outputs")
     module, positions = lift_constants(gm, example_inputs)
     weights = weights_digest(gm, example_inputs, mask)
-    return EngineGraph(module.eval(), positions, _cache_key(gm, example_inputs, mask, weights), weights,
+    return EngineGraph(module.eval(), positions, input_names(gm, positions), _cache_key(gm, example_inputs, mask, weights), weights,
                        [o.dtype for o in expected], [example_inputs[i].clone() for i in positions],
                        [x.clone() if not c else x for x, c in zip(example_inputs, mask)], expected)
 

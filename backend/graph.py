@@ -128,6 +128,13 @@ def outputs_close(expected: Any, actual: Any, rtol: float, atol: float) -> str |
 LIFTED_PREFIX = "_lifted_constant_"
 
 
+def input_names(gm: torch.fx.GraphModule, positions: Sequence[int]) -> list[str | None]:
+    """The forward argument each of these graph inputs is, where dynamo read it from one."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    sources = [getattr(n.meta.get("grapharg"), "source", None) for n in placeholders]
+    return [getattr(sources[i], "local_name", None) if i < len(sources) else None for i in positions]
+
+
 def lift_constants(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
                    ) -> tuple[torch.fx.GraphModule, list[int]]:
     """Turn lifted parameter/buffer inputs back into graph attributes.

@@ -14,8 +14,8 @@ from . import quantization
 from .config import BackendConfig
 from .engines import cache_root, load_engine, weights_digest, write_atomically
 from .errors import first_line
-from .graph import (LIFTED_PREFIX, compute_autocast, constant_mask, graph_tensors, intra_op_threads,
-                    lift_constants, non_tensor_inputs)
+from .graph import (LIFTED_PREFIX, compute_autocast, constant_mask, graph_tensors, input_names,
+                    intra_op_threads, lift_constants, non_tensor_inputs)
 from .knobs import INDUCTOR, UNSET, InductorOption, knobs_for_path
 from .notices import warn_once
 from .paths import CompilePath, register
@@ -75,8 +75,8 @@ def _compile_int8(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                                            "symbolic shapes), and a quantized graph has fixed ones")
     module, positions = _with_weights_as_parameters(*lift_constants(gm, example_inputs))
     user_inputs = [example_inputs[i] for i in positions]
-    converted, quantized = _quantized(module, user_inputs, weights_digest(gm, example_inputs, mask),
-                                      config)
+    converted, quantized = _quantized(module, user_inputs, input_names(gm, positions),
+                                      weights_digest(gm, example_inputs, mask), config)
     load_engine("torchao.quantization.pt2e.inductor_passes.x86", "torchao")  # its lowering passes
     with intra_op_threads(config.threads), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the int8 lowering warns per weight about tensor copies
@@ -100,8 +100,8 @@ def _with_weights_as_parameters(module: torch.fx.GraphModule, positions: list[in
     return module, positions
 
 
-def _quantized(module: torch.fx.GraphModule, user_inputs: list[torch.Tensor], weights: str,
-               config: BackendConfig) -> tuple[torch.fx.GraphModule, quantization.QuantizedModel]:
+def _quantized(module: torch.fx.GraphModule, user_inputs: list[torch.Tensor],
+               user_names: list[str | None], weights: str, config: BackendConfig) -> tuple[torch.fx.GraphModule, quantization.QuantizedModel]:
     """The converted graph: the stored one the lookup handed over if its weights are these,
     else quantized on the calibration batches. Both as a saved ExportedProgram."""
     stored = quantization.stored_model(INDUCTOR, weights)
@@ -111,7 +111,7 @@ def _quantized(module: torch.fx.GraphModule, user_inputs: list[torch.Tensor], we
     batches = quantization.calibration_batches()
     if batches is None:
         raise quantization.Int8Unavailable(quantization.NO_CALIBRATION)
-    batches = quantization.matching_batches(batches, user_inputs)
+    batches = quantization.matching_batches(batches, user_inputs, user_names)
     pt2e = load_engine("torchao.quantization.pt2e.quantize_pt2e", "torchao")
     x86 = load_engine("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "torchao")
     quantizer = x86.X86InductorQuantizer().set_global(

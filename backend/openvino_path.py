@@ -94,7 +94,7 @@ def _int8_model(ov: Any, core: Any, graph, float_target, config: BackendConfig) 
     batches = quantization.calibration_batches()
     if batches is None:
         raise Int8Unavailable(quantization.NO_CALIBRATION)
-    batches = quantization.matching_batches(batches, graph.user_inputs)
+    batches = quantization.matching_batches(batches, graph.user_inputs, graph.user_names)
     nncf = load_engine("nncf", "NNCF")
     target = graph.cache_path(OPENVINO, ".xml", [
         ov.__version__, nncf.__version__, "int8", config.ov_int8_preset, config.ov_int8_model_type,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,19 +63,39 @@ Batch = tuple[torch.Tensor, ...]
 
 
 @contextlib.contextmanager
-def calibrating(batches: Sequence[Sequence[torch.Tensor] | torch.Tensor]) -> Iterator[None]:
+def calibrating(batches: Sequence[Sequence[torch.Tensor] | torch.Tensor],
+                names: Sequence[str] | None = None) -> Iterator[None]:
     """int8 compiles inside this block calibrate on ``batches`` (the model's inputs, one tuple
-    per call): the model must compile to one graph that takes exactly those tensors."""
-    previous = getattr(_state, "batches", None)
+    per call): the model must compile to one graph that takes exactly those tensors. ``names``:
+    the forward arguments a batch's tensors are, in order (``argument_names``), since dynamo
+    orders a graph's inputs as the code first reads them; without names, in call order."""
+    previous = getattr(_state, "batches", None), getattr(_state, "names", None)
     _state.batches = [as_batch(b) for b in batches]
+    _state.names = tuple(names) if names else None
     try:
         yield
     finally:
-        _state.batches = previous
+        _state.batches, _state.names = previous
 
 
 def calibration_batches() -> list[Batch] | None:
     return getattr(_state, "batches", None)
+
+
+def argument_names(model: Any) -> tuple[str, ...] | None:
+    """The names of ``model``'s positional forward arguments, in order, up to any ``*args``."""
+    try:
+        parameters = inspect.signature(model.forward if isinstance(model, torch.nn.Module)
+                                       else model).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C extension: no signature to read
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = []
+    for parameter in parameters:
+        if parameter.kind not in positional:
+            break
+        names.append(parameter.name)
+    return tuple(names) or None
 
 
 @contextlib.contextmanager
@@ -105,9 +126,12 @@ def as_batch(batch: Any) -> Batch:
     return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
 
 
-def matching_batches(batches: list[Batch], user_inputs: Sequence[torch.Tensor]) -> list[Batch]:
-    """The calibration batches shaped as the graph's inputs (count, shapes, dtypes). The others
-    (a data loader's short last batch) are left out with one warning; none left is an error."""
+def matching_batches(batches: list[Batch], user_inputs: Sequence[torch.Tensor],
+                     input_names: Sequence[str | None] = ()) -> list[Batch]:
+    """The calibration batches in the graph's input order (by argument name, where both are
+    known) and shaped as its inputs (count, shapes, dtypes). The others (a data loader's short
+    last batch) are left out with one warning; none left is an error."""
+    batches = _in_graph_order(batches, input_names)
     wanted = [(tuple(t.shape), t.dtype) for t in user_inputs]
     signatures = [[(tuple(t.shape), t.dtype) for t in batch] for batch in batches]
     matching = [batch for batch, got in zip(batches, signatures) if got == wanted]
@@ -123,6 +147,14 @@ def matching_batches(batches: list[Batch], user_inputs: Sequence[torch.Tensor]) 
                   f"shaped as this graph's inputs ({_shapes(wanted)}); left out: "
                   f"{len(batches) - len(matching)} of other shapes, such as {_shapes(other)}")
     return matching
+
+
+def _in_graph_order(batches: list[Batch], input_names: Sequence[str | None]) -> list[Batch]:
+    names = getattr(_state, "names", None)
+    if not names or not input_names or not set(input_names) <= set(names):
+        return batches  # unnamed on either side (None among them): call order
+    order = [names.index(name) for name in input_names]
+    return [tuple(batch[i] for i in order) if len(batch) > max(order) else batch for batch in batches]
 
 
 def _shapes(signature: list[tuple[tuple[int, ...], torch.dtype]]) -> str:
@@ -176,16 +208,17 @@ def convert(prepared: Prepared) -> torch.nn.Module:
     from .optimize import OPTIMIZE_MARK
 
     model = prepared.model.requires_grad_(False)
+    calibration = (prepared.batches, argument_names(model))
     for tensor in list(model.parameters()) + list(model.buffers()):
         setattr(tensor, OPTIMIZE_MARK, dict(prepared.knobs))
-        setattr(tensor, CALIBRATION_MARK, prepared.batches)
+        setattr(tensor, CALIBRATION_MARK, calibration)
     return model
 
 
-def marked_batches(tensors: Sequence[Any]) -> list[Batch] | None:
-    """The calibration batches ``convert`` put on a graph's weights, if any."""
+def marked_calibration(tensors: Sequence[Any]) -> tuple[list[Batch], tuple[str, ...] | None] | None:
+    """The calibration batches ``convert`` put on a graph's weights and their argument names."""
     for tensor in tensors:
-        batches = getattr(tensor, CALIBRATION_MARK, None)
-        if batches:
-            return batches
+        calibration = getattr(tensor, CALIBRATION_MARK, None)
+        if calibration:
+            return calibration
     return None

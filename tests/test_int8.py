@@ -418,6 +418,42 @@ def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned,
     assert log.count("a stored int8 model is damaged") == 1, log
 
 
+class _ReadsItsSecondArgumentFirst(torch.nn.Module):
+    """dynamo orders a graph's inputs as the code first reads them: here ``mask``, then ``x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x, mask):
+        gate = torch.sigmoid(mask.sum(1, keepdim=True))
+        return self.head(torch.relu(self.embed(x))) * gate
+
+
+@pytest.mark.parametrize("config", [INT8_CONFIGS[0], INT8_CONFIGS[2], "by hand"],
+                         ids=["openvino", "inductor", "prepare-convert"])
+def test_calibration_batches_reach_a_graph_that_reads_its_arguments_out_of_order(config, caplog):
+    torch.manual_seed(0)
+    model = _ReadsItsSecondArgumentFirst().eval()
+    batches = [(torch.randn(2, 4), torch.randn(2, 5)) for _ in range(4)]
+    torch._dynamo.reset()
+    if config == "by hand":
+        prepared = quantization.prepare(model)
+        with torch.no_grad():
+            for batch in batches:
+                prepared(*batch)
+        compiled, scope = torch.compile(quantization.convert(prepared), backend="ipex"), torch.no_grad()
+    else:  # as `autotune run --data` calibrates
+        compiled = torch.compile(model, backend="ipex", options=config)
+        scope = quantization.calibrating(batches, quantization.argument_names(model))
+    with caplog.at_level(logging.WARNING, logger="backend"), scope, torch.no_grad():
+        out = compiled(*batches[0])
+    import backend
+    assert backend.last_compile()["config"].dtype == "int8", caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(*batches[0]), atol=0.1, rtol=0.1)
+
+
 def test_int8_without_calibration_or_with_other_shapes_compiles_in_float32_with_one_warning(
         trained, caplog):
     model = trained["model"]
