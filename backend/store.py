@@ -372,8 +372,8 @@ class Precision:
 
 
 def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
-    """One line for a gate's figures: "top-1 agreement with float32 99.22% on 128 held-out
-    inputs (bound 99%)"; "" for a record without them (float32)."""
+    """One line for a gate's figures: "top-1 agreement with float32 99.22% (bound at least 99%)
+    on 128 held-out inputs"; "" for a record without them (float32)."""
     if not accuracy:
         return ""
     value, bound = accuracy["value"], accuracy["bound"]
@@ -390,8 +390,9 @@ def accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
         ("" if relative_error is None else f"; relative error {relative_error:.3g}") +
         ("" if accuracy.get("relative_error_bound") is None
          else f" (bound at most {accuracy['relative_error_bound']:g})"))
-    return (f"{accuracy['metric']} {shown} on {accuracy['inputs']} held-out inputs{spread} "
-            f"(bound {bound_text})")
+    # each bound beside its own figure: with the relative error's bound too, a bound at the end
+    # of the line reads as that one's
+    return f"{accuracy['metric']} {shown} (bound {bound_text}) on {accuracy['inputs']} held-out inputs{spread}"
 
 
 def _higher_is_better(accuracy: Mapping[str, Any]) -> bool:

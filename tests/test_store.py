@@ -286,3 +286,15 @@ def test_a_released_claim_can_be_taken_again(store):
     assert store.claim("confirm:r", "second") is False
     store.release("confirm:r")
     assert store.claim("confirm:r", "second") is True and store.claim_owner("confirm:r") == "second"
+
+
+def test_accuracy_text_puts_each_bound_beside_its_own_figure():
+    from backend.store import accuracy_text
+    one_class = {"metric": "top-1 agreement with float32", "value": 1.0, "bound": 0.99, "inputs": 128,
+                 "classes": 1, "relative_error": 0.0152, "relative_error_bound": 0.1}
+    assert accuracy_text(one_class) == (
+        "top-1 agreement with float32 100.00% (bound at least 99%) on 128 held-out inputs, but "
+        "float32 answers one class for all of them: the figure cannot tell; relative error 0.0152 "
+        "(bound at most 0.1)")
+    error = {"metric": "relative error against float32", "value": 0.02, "bound": 0.05, "inputs": 8}
+    assert accuracy_text(error) == "relative error against float32 0.02 (bound at most 0.05) on 8 held-out inputs"
