@@ -73,7 +73,8 @@ def find(keys: dict[str, Any], url: str, weights: Callable[[], str] | None = Non
     applies, and when that is not int8, one warning says why.
     A missing store is silent: that is every process before the first ``autotune run``. Any other
     problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
-    version cannot build) costs one warning and leaves the defaults in place.
+    version cannot build) costs one warning and leaves the defaults in place; an int8 record whose
+    quantized model is damaged costs only itself: the best record that is not int8 applies.
     """
     found = _cached(url, keys)
     if found is not None and found.quantized is not None and weights is not None:
@@ -148,8 +149,17 @@ def _find_in(store: ConfigStore, keys: dict[str, Any], weights_digest: str | Non
     config = BackendConfig(record.config)
     if config.dtype != INT8:
         return Found(config, record, how)
-    precision = store.precision(record.id)
-    if precision is None or precision.quantized is None:  # put() refuses these: a foreign writer
-        raise StoreError(f"stored int8 config {config.config_id} (record {record.id}) has no "
-                         "quantized model")
+    try:
+        precision = store.precision(record.id)
+        if precision is None or precision.quantized is None:  # put() refuses these: a foreign writer
+            raise StoreError("it has no quantized model")
+    except StoreError as exc:  # one damaged int8 row must not hide the float record beside it
+        warn_once(f"int8-damaged:{record.id}",
+                  f"ipex backend: stored int8 config {config.config_id} (record {record.id}) cannot "
+                  f"be applied ({exc}); using the best stored config that is not int8, if any")
+        fallback = store.best(keys["workload_key"], hw, int8=False)
+        if fallback is None:
+            return None
+        checked_record(fallback.to_dict())
+        return Found(BackendConfig(fallback.config), fallback, how)
     return Found(config, record, how, precision.quantized)

@@ -416,6 +416,8 @@ def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned,
     applied, log = _lookup({**tuned, "url": f"sqlite:///{damaged}"}, "same", tmp_path)
     assert applied["config"].get("dtype", "float32") == "float32" and applied["agreement"] == 1.0
     assert log.count("a stored int8 model is damaged") == 1, log
+    # the float record stored beside it for other weights, not the defaults
+    assert applied["source"].startswith("store"), log
 
 
 class _ReadsItsSecondArgumentFirst(torch.nn.Module):
