@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import io
 import json
+import lzma
 import math
 import os
 import random
@@ -463,8 +464,10 @@ def _unzipped(blob: bytes) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             return {name: archive.read(name) for name in archive.namelist()}
-    # NotImplementedError: a compression method zipfile lacks; RuntimeError: an encrypted member
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+    # NotImplementedError: a compression method zipfile lacks; RuntimeError: an encrypted member;
+    # OSError, LZMAError: a damaged bzip2 or LZMA stream
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError,
+            lzma.LZMAError) as exc:
         raise ValueError(str(exc)) from exc
 
 

@@ -406,6 +406,16 @@ def _zip_of_an_unknown_compression() -> bytes:
     return bytes(blob)
 
 
+def _zip_with_a_damaged_stream(method: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr("model.bin", bytes(range(256)) * 40)
+    blob = bytearray(buffer.getvalue())
+    data = 30 + len("model.bin") + 4  # past the local header, into the compressed stream
+    blob[data:data + 20] = bytes(b ^ 0xFF for b in blob[data:data + 20])
+    return bytes(blob)
+
+
 @pytest.mark.parametrize("model", [b"PK\x03\x04\xde\xad\xbe\xef", _zip_of_an_unknown_compression()],
                          ids=["truncated", "unknown-compression"])
 def test_a_damaged_stored_model_leaves_the_model_running_with_one_warning(tuned, tmp_path, model):
@@ -555,7 +565,8 @@ def test_an_int8_record_without_passing_gate_figures_is_refused_by_every_path_in
     export.write_text(yaml.safe_dump(document))
     code, _, said = autotune("import", str(export), "--storage", url)
     assert code != 0 and "the accuracy gate failed (top-1 agreement" in said, said
-    for damaged in (b"PK\x03\x04\xde\xad\xbe\xef", _zip_of_an_unknown_compression()):
+    for damaged in (b"PK\x03\x04\xde\xad\xbe\xef", _zip_of_an_unknown_compression(),
+                    _zip_with_a_damaged_stream(zipfile.ZIP_BZIP2), _zip_with_a_damaged_stream(zipfile.ZIP_LZMA)):
         document = yaml.safe_load(exported)
         document["records"][0]["precision"]["model_zip_base64"] = base64.b64encode(damaged).decode()
         export.write_text(yaml.safe_dump(document))
