@@ -219,6 +219,9 @@ def marked_calibration(tensors: Sequence[Any]) -> tuple[list[Batch], tuple[str, 
     """The calibration batches ``convert`` put on a graph's weights and their argument names."""
     for tensor in tensors:
         calibration = getattr(tensor, CALIBRATION_MARK, None)
-        if calibration:
+        if not calibration:
+            continue
+        if isinstance(calibration, tuple) and len(calibration) == 2 and isinstance(calibration[0], list):
             return calibration
+        return list(calibration), None  # an older version's mark (a model saved whole): batches alone
     return None

@@ -651,3 +651,14 @@ def test_dynamic_activations_compute_their_scales_per_call_and_static_ones_do_no
         programs[mode] = str(torch.export.load(path).graph)
     assert "choose_qparams" in programs["dynamic"]
     assert "choose_qparams" not in programs["static"]
+
+
+def test_a_calibration_mark_of_an_older_version_is_read_as_its_batches():
+    """A model converted and saved whole by a version that marked batches without their names."""
+    batches = [(torch.randn(2, 4), torch.randn(2, 5)) for _ in range(3)]
+    weight = torch.nn.Parameter(torch.randn(3))
+    setattr(weight, quantization.CALIBRATION_MARK, batches)
+    marked, names = quantization.marked_calibration([weight])
+    assert names is None and [b for batch in marked for b in batch] == [b for batch in batches for b in batch]
+    with quantization.calibrating(marked, names):
+        assert [len(batch) for batch in quantization.calibration_batches()] == [2, 2, 2]
