@@ -238,18 +238,28 @@ def test_export_import_round_trip(populated_store, tmp_path, capsys):
 
 
 def test_a_rerun_with_other_inputs_is_refused_naming_them_and_the_same_inputs_resume(tmp_path):
-    data = tmp_path / "batches.pt"
+    data, checkpoint = tmp_path / "batches.pt", tmp_path / "weights.pt"
     torch.save([torch.randn(2, 3, 8, 8)], data)
-    request = quick_request(tmp_path, data=str(data))
+    checkpoint.write_bytes(b"the first weights")  # the study never loads it; its contents count
+
+    def asked(**change):
+        request = quick_request(tmp_path, data=str(data), **change)
+        request.model = ModelSpec("tuner_models:small_cnn", checkpoint=str(checkpoint))
+        return request
+    request = asked()
     open_study(request)
     open_study(request)  # the same inputs: the same study resumes
+    checkpoint.write_bytes(b"other weights at the same path")
+    with pytest.raises(StudyError, match="--checkpoint contents sha256:"):
+        open_study(asked())
+    checkpoint.write_bytes(b"the first weights")
     torch.save([torch.randn(2, 3, 8, 8)], data)  # other inputs at the same path
     changes = [({}, "--data contents sha256:"), ({"min_agreement": 0.5}, "--min-agreement 0.99 then, 0.5 now"),
                ({"tolerance": 0.1}, "--tolerance none then, 0.1 now"),
                ({"metric": "m:score"}, "--metric none then, m:score now")]
     for change, named in changes:
         with pytest.raises(StudyError, match="was tuned with other inputs") as refused:
-            open_study(quick_request(tmp_path, data=str(data), **change))
+            open_study(asked(**change))
         assert named in str(refused.value) and "its own study (--study-name)" in str(refused.value)
 
 
