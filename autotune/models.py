@@ -132,6 +132,8 @@ def build(spec: ModelSpec, *, check: bool = False) -> tuple[torch.nn.Module, tup
         model, inputs = _build_torchvision(spec), None
     if spec.checkpoint:
         _load_checkpoint(model, spec)
+    elif ":" not in spec.name:  # torchvision's random weights; a callable's weights are the user's
+        _randomize_zero_layers(model)
     model.eval()
     if inputs is None:
         generator = torch.Generator().manual_seed(SEED)
@@ -153,6 +155,16 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
     import torchvision
 
     return torchvision.models.get_model(spec.name, weights=None)
+
+
+def _randomize_zero_layers(model: torch.nn.Module) -> None:
+    """Seeded random values for weights initialised to zeros (torchvision's ViT heads): a zero head
+    answers zeros for every input, and no accuracy gate can judge a model whose answer is fixed."""
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, torch.nn.Linear) and not weight.any():
+                torch.nn.init.normal_(weight, std=weight.shape[1] ** -0.5)
 
 
 def cwd_on_path_for(module_name: str) -> None:

@@ -281,6 +281,11 @@ def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> di
     reference, output = torch.cat(references), torch.cat(outputs)
     inputs = sum(int(batch[0].shape[0]) for batch in split.held_out)
     relative_error = ((output - reference).abs().max() / (reference.abs().max() or 1.0)).item()
+    if not spec.metric and reference.shape[0] > 1 and bool((reference == reference[:1]).all()):
+        raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: float32 gives the same output for "
+                           f"all {reference.shape[0]} held-out inputs (weights that ignore the input, "
+                           "such as a head of zeros), so no figure can tell what this config changes; "
+                           "tune with trained weights (--checkpoint) or your own --metric")
     if spec.metric:
         figures = _user_metric(spec, output, reference, split.held_out)
         figures.update(inputs=inputs, relative_error=round(relative_error, 6))

@@ -240,6 +240,24 @@ def test_when_float32_answers_one_class_the_gate_also_bounds_the_relative_error(
     assert "relative error 0.5" in accuracy_problem({**close, "relative_error": 0.5})
 
 
+def test_when_float32_gives_the_same_output_for_every_input_the_gate_refuses(trained):
+    """A model whose answer ignores its input (torchvision's ViT head of zeros) makes every figure
+    vacuous: a candidate that matches it proves nothing, so the gate fails it."""
+    from autotune import data
+    from autotune.worker import FailureKind, TrialFailure, WorkerSpec, _accuracy_gate
+
+    def fixed(x):
+        return trained["model"](x) * 0
+    split = data.load(trained["data"], int8_models.batches(1, seed=0))
+    spec = WorkerSpec(model={}, candidate={}, reference_path="", tolerance=0.1)
+    with torch.no_grad(), pytest.raises(TrialFailure) as failed:
+        _accuracy_gate(spec, fixed, fixed, split)
+    assert failed.value.kind == FailureKind.ACCURACY
+    assert "float32 gives the same output for all 128 held-out inputs" in failed.value.reason
+    with torch.no_grad():  # the control: the same model answering by its input passes
+        assert _accuracy_gate(spec, trained["model"], trained["model"], split)["value"] == 1.0
+
+
 def test_a_config_tuned_with_your_metric_is_stored_with_its_figures(trained):
     url = f"sqlite:///{trained['folder']}/metric.db"
     run = _tune(url, "metric", "--checkpoint", trained["checkpoint"], "--dtype", "int8",

@@ -169,3 +169,19 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     with pytest.raises(ModelError, match=r"list\.pt.*holds a list; expected a state_dict"):
         build(ModelSpec("user_models:module_only", input_shapes=(3, 8, 8),
                         checkpoint=str(tmp_path / "list.pt")))
+
+
+def test_random_weights_answer_differently_for_different_inputs():
+    # torchvision zero-initialises ViT's head: left so, every input answers zeros, and an accuracy
+    # gate comparing int8 with float32 on that passes whatever int8 does inside
+    model, _ = build(ModelSpec("vit_b_32"))
+    with torch.no_grad():
+        answers = model(torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(answers[0], answers[1])
+    assert torch.equal(build(ModelSpec("vit_b_32"))[0].heads.head.weight, model.heads.head.weight)
+
+
+def test_a_callables_zero_weights_are_left_as_the_user_made_them():
+    model, _ = build(ModelSpec("user_models:zero_head", input_shapes=(4,)))
+    assert not model.weight.any()
+

@@ -48,3 +48,9 @@ class _TwoInputs(nn.Module):
 
 def two_inputs():
     return _TwoInputs()
+
+
+def zero_head():
+    head = torch.nn.Linear(4, 3)
+    torch.nn.init.zeros_(head.weight)
+    return head
