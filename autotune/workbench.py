@@ -18,7 +18,7 @@ import torch
 from backend import BackendConfig
 from backend.store import ConfigStore
 
-from . import data, quiet
+from . import data, models, quiet
 from .bench import MeasureSettings, Stats
 from .errors import StudyError
 from .models import ModelSpec, build, module_origin
@@ -275,11 +275,12 @@ def _available_mb() -> float:
 
 
 def _model_sources_stamp(spec: ModelSpec) -> list:
-    """What can change the weights without changing the spec: versions and file timestamps."""
+    """What can change the weights without changing the spec: versions and file timestamps,
+    the builder's own among them (it decides how random weights are made)."""
     import torchvision
 
     stamp: list = [torchvision.__version__]
-    paths = [spec.checkpoint, module_origin(spec)]
+    paths = [spec.checkpoint, module_origin(spec), models.__file__]
     for path in filter(None, paths):
         try:
             info = os.stat(path)

@@ -290,3 +290,17 @@ def test_a_graph_that_fell_back_is_stored_with_the_config_it_ran(tmp_path, caplo
     assert record.id == record_id and record.config["path"] == "torchscript"
     assert record.config["onednn_fusion"] is False and record.config["threads"] == 2
     assert record.config_id == BackendConfig(record.config).config_id != asked.config_id
+
+
+def test_the_eager_reference_is_made_anew_when_the_model_builder_changes(tmp_path, monkeypatch):
+    # the builder decides how random weights are made: a reference cached under the old builder
+    # failed every candidate of a suite run, eager's own included
+    from autotune import models
+
+    request = TuneRequest(model=ModelSpec("resnet18"), storage=f"sqlite:///{tmp_path}/s.db")
+    builder = tmp_path / "models.py"
+    builder.write_text("# the builder\n")
+    monkeypatch.setattr(models, "__file__", str(builder))
+    before, again = request.bench().reference, request.bench().reference
+    builder.write_text("# the builder, changed\n")
+    assert again == before and request.bench().reference != before
