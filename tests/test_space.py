@@ -376,6 +376,9 @@ def test_int8_recipes_start_with_nncf_on_openvino_and_float32_with_the_backend_d
     space = load_space("default").restrict(features=ALL_FEATURES, cores=2, dtypes=("float32", "int8"))
     recipes = space.static_recipes()
     assert (recipes[0]["path"], recipes[0]["dtype"]) == (OPENVINO, "int8")
+    # the dtypes take turns: when int8 fails the gate, a short budget still stores float32's default
+    assert (recipes[1]["path"], recipes[1]["dtype"]) == (TORCHSCRIPT, "float32")
+    assert [r.get("dtype", "float32") for r in recipes[:6]] == ["int8", "float32"] * 3
     float32 = [r["path"] for r in recipes if r.get("dtype", "float32") == "float32"]
     # the backend default, then each engine's latency setting, before the slower torch recipes
     assert float32[:3] == [TORCHSCRIPT, OPENVINO, ONNXRUNTIME]
