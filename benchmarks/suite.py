@@ -148,6 +148,10 @@ def main(argv=None) -> int:
         best_static = result.best_static(args.dtype[0])
         named = {named_for(BEST_STATIC, args.dtype[0]): best_static}
         measured = {c: result.candidates.get(named.get(c, c)) for c in columns(args.dtype[0], args.dtype)}
+        for column, candidate in measured.items():  # the table says "failed"; this says why
+            if candidate and not candidate.stats:
+                print(f"   {column} failed: {candidate.failure or 'no round on a quiet machine'}",
+                      file=sys.stderr, flush=True)
         medians = {c: cand.stats.median_ms if cand and cand.stats else None
                    for c, cand in measured.items() if cand or c in named}  # absent: "-"
         fma = result.fma_peak(IPEX_LOOKUP)
