@@ -157,14 +157,27 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
     return torchvision.models.get_model(spec.name, weights=None)
 
 
+def randomized_layers(spec: ModelSpec) -> list[str]:
+    """The zero-initialised layers ``build`` gives random values: part of what a study's trials
+    measured, so a rerun of an older study can tell its weights were other."""
+    if spec.checkpoint or ":" in spec.name:
+        return []
+    return [name for name, _ in _zero_linear_layers(_build_torchvision(spec))]
+
+
+def _zero_linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not module.weight.any()]
+
+
 def _randomize_zero_layers(model: torch.nn.Module) -> None:
     """Seeded random values for weights initialised to zeros (torchvision's ViT heads): a zero head
-    answers zeros for every input, and no accuracy gate can judge a model whose answer is fixed."""
+    answers zeros for every input, and no accuracy gate can judge a model whose answer is fixed.
+    A standard deviation of fan_in ** -0.5 keeps the logits near 1, so the answers spread over
+    classes."""
     with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, torch.nn.Linear) and not weight.any():
-                torch.nn.init.normal_(weight, std=weight.shape[1] ** -0.5)
+        for _, layer in _zero_linear_layers(model):
+            torch.nn.init.normal_(layer.weight, std=layer.weight.shape[1] ** -0.5)
 
 
 def cwd_on_path_for(module_name: str) -> None:

@@ -97,7 +97,8 @@ def open_study(storage_url: str, study_name: str, *, seed: int | None, hardware:
 
 
 _INPUT_NAMES = {"checkpoint": "--checkpoint contents", "data": "--data contents",
-                "tolerance": "--tolerance", "min_agreement": "--min-agreement", "metric": "--metric"}
+                "tolerance": "--tolerance", "min_agreement": "--min-agreement", "metric": "--metric",
+                "randomized_layers": "zero-initialised layers given random values"}
 
 
 def _or_none(value: Any) -> str:

@@ -25,7 +25,7 @@ from .bench import CONFIRM_MEASURE, MeasureSettings
 from .confirmation import SELECTION_ROUNDS, Outcome, choose_winner, confirm, store_winner
 from .errors import AutotuneError, StudyError
 from .evidence import FASTER, MAX_ROUNDS, MIN_ROUNDS
-from .models import ModelSpec
+from .models import ModelSpec, randomized_layers
 from .space import SearchSpace, load_space
 from .trial_attrs import DETERMINISTIC, LOST, FailureKind
 from .workbench import Bench, Candidate
@@ -153,9 +153,13 @@ def open_study(request: TuneRequest) -> optuna.Study:
 def _trial_inputs(request: TuneRequest) -> dict[str, Any]:
     """What decides a trial's outcome besides its config and the model: a rerun that changes any
     of it is another study, or the old trials and gate failures would stand for new ones."""
-    return {"checkpoint": _file_digest(request.model.checkpoint), "data": _file_digest(request.data),
-            "tolerance": request.tolerance, "min_agreement": request.min_agreement,
-            "metric": request.metric}
+    inputs = {"checkpoint": _file_digest(request.model.checkpoint), "data": _file_digest(request.data),
+              "tolerance": request.tolerance, "min_agreement": request.min_agreement,
+              "metric": request.metric}
+    randomized = randomized_layers(request.model)
+    if randomized:  # absent otherwise: studies from before this key still resume
+        inputs["randomized_layers"] = randomized
+    return inputs
 
 
 def _file_digest(given: str | None) -> str | None:

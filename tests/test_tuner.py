@@ -304,3 +304,20 @@ def test_the_eager_reference_is_made_anew_when_the_model_builder_changes(tmp_pat
     before, again = request.bench().reference, request.bench().reference
     builder.write_text("# the builder, changed\n")
     assert again == before and request.bench().reference != before
+
+
+def test_a_study_from_before_random_values_in_zero_layers_is_refused_and_others_resume(tmp_path):
+    # vit's int8 trials passed the gate on a head of zeros: they must not stand for the new weights
+    for name, randomized in (("vit_b_32", ["heads.head"]), ("resnet18", None)):
+        request = quick_request(tmp_path, model=name)
+        study = open_study(request)
+        inputs = study.user_attrs["inputs"]
+        assert inputs.get("randomized_layers") == randomized
+        inputs.pop("randomized_layers", None)
+        study.set_user_attr("inputs", inputs)  # as the version before wrote it
+        if randomized is None:
+            open_study(request)
+            continue
+        with pytest.raises(StudyError, match=r"zero-initialised layers given random values none "
+                                             r"then, \['heads.head'\] now"):
+            open_study(request)
