@@ -10,7 +10,6 @@ import base64
 import dataclasses
 import io
 import json
-import lzma
 import math
 import os
 import random
@@ -36,6 +35,11 @@ from sqlalchemy.types import TypeDecorator
 from .config import BackendConfig
 from .errors import KnobError, RecordError, StoreError
 from .fingerprint import hardware_key as hardware_key_of
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without liblzma: zipfile then refuses LZMA members itself
+    LZMAError = OSError
 
 SCHEMA_VERSION = 1
 STORAGE_ENV = "IPEX_AUTOTUNE_STORAGE"
@@ -444,7 +448,8 @@ def precision_from_dict(data: Any) -> Precision:
         try:
             files = _unzipped(base64.b64decode(data["model_zip_base64"], validate=True))
         except (ValueError, TypeError) as exc:
-            raise RecordError(f"precision.model_zip_base64: not a base64 zip ({exc})") from None
+            raise RecordError(f"precision.model_zip_base64: not a base64 zip, or a zip with a damaged "
+                              f"member ({exc})") from None
         if not isinstance(data.get("engine"), str) or not isinstance(data.get("weights_digest"), str):
             raise RecordError("precision: a quantized model needs its engine and weights_digest")
         quantized = QuantizedModel(data["engine"], data["weights_digest"], files)
@@ -467,7 +472,7 @@ def _unzipped(blob: bytes) -> dict[str, bytes]:
     # NotImplementedError: a compression method zipfile lacks; RuntimeError: an encrypted member;
     # OSError, LZMAError: a damaged bzip2 or LZMA stream
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError,
-            lzma.LZMAError) as exc:
+            LZMAError) as exc:
         raise ValueError(str(exc)) from exc
 
 

@@ -1,6 +1,7 @@
 """Contract tests for backend.store.ConfigStore, on real databases (no mocks)."""
 
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -298,3 +299,11 @@ def test_accuracy_text_puts_each_bound_beside_its_own_figure():
         "(bound at most 0.1)")
     error = {"metric": "relative error against float32", "value": 0.02, "bound": 0.05, "inputs": 8}
     assert accuracy_text(error) == "relative error against float32 0.02 (bound at most 0.05) on 8 held-out inputs"
+
+
+def test_the_backend_loads_on_a_python_built_without_lzma():
+    # a pyenv or source build without liblzma: the store must not stop `import backend`
+    code = "import sys; sys.modules['lzma'] = sys.modules['_lzma'] = None; import backend.store"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
