@@ -11,7 +11,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import OperationalError
 
 from .config import BackendConfig
-from .errors import StoreError
+from .errors import RecordError, StoreError
 from .fingerprint import hardware_key
 from .notices import warn_once
 from .quantization import INT8, QuantizedModel
@@ -74,7 +74,7 @@ def find(keys: dict[str, Any], url: str, weights: Callable[[], str] | None = Non
     A missing store is silent: that is every process before the first ``autotune run``. Any other
     problem (a corrupt, locked, empty or foreign database, a newer schema, a stored config this
     version cannot build) costs one warning and leaves the defaults in place; an int8 record whose
-    quantized model is damaged costs only itself: the best record that is not int8 applies.
+    quantized model is damaged gives way to the best record that is not int8.
     """
     found = _cached(url, keys)
     if found is not None and found.quantized is not None and weights is not None:
@@ -152,8 +152,9 @@ def _find_in(store: ConfigStore, keys: dict[str, Any], weights_digest: str | Non
     try:
         precision = store.precision(record.id)
         if precision is None or precision.quantized is None:  # put() refuses these: a foreign writer
-            raise StoreError("it has no quantized model")
-    except StoreError as exc:  # one damaged int8 row must not hide the float record beside it
+            raise RecordError("it has no quantized model")
+    # a damaged row, not a database error: those take the defaults, as everywhere in the lookup
+    except RecordError as exc:  # one damaged int8 row must not hide the float record beside it
         warn_once(f"int8-damaged:{record.id}",
                   f"ipex backend: stored int8 config {config.config_id} (record {record.id}) cannot "
                   f"be applied ({exc}); using the best stored config that is not int8, if any")

@@ -708,7 +708,7 @@ class ConfigStore:
             try:
                 files = _unzipped(row.model)
             except ValueError as exc:
-                raise StoreError(f"a stored int8 model is damaged ({exc})") from exc
+                raise RecordError(f"a stored int8 model is damaged ({exc})") from exc
             quantized = QuantizedModel(row.engine, row.weights_digest, files)
         return Precision(row.accuracy, quantized)
 
