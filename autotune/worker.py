@@ -276,16 +276,22 @@ def _accuracy_gate(spec: WorkerSpec, model: Any, fn: Callable, split: Any) -> di
     references, outputs = [], []
     with torch.no_grad():
         for batch in split.held_out:
-            references.append(_first_tensor(model(*batch)).float())
+            references.append(_first_tensor(model(*batch)))
             outputs.append(_first_tensor(fn(*batch)).float())
-    reference, output = torch.cat(references), torch.cat(outputs)
+    floating = references[0].is_floating_point()  # labels or flags may rightly all be the same
+    reference, output = torch.cat(references).float(), torch.cat(outputs)
     inputs = sum(int(batch[0].shape[0]) for batch in split.held_out)
     relative_error = ((output - reference).abs().max() / (reference.abs().max() or 1.0)).item()
-    if not spec.metric and reference.shape[0] > 1 and bool((reference == reference[:1]).all()):
-        raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: float32 gives the same output for "
-                           f"all {reference.shape[0]} held-out inputs (weights that ignore the input, "
-                           "such as a head of zeros), so no figure can tell what this config changes; "
-                           "tune with trained weights (--checkpoint) or your own --metric")
+    if not spec.metric and floating and reference.shape[0] > 1 and bool((reference == reference[:1]).all()):
+        what = "zeros" if not reference.any() else "the same output"
+        first_inputs = torch.cat([batch[0] for batch in split.held_out])
+        inputs_differ = not bool((first_inputs == first_inputs[:1]).all())
+        raise TrialFailure(FailureKind.ACCURACY, f"accuracy gate: float32 answers {what} for all "
+                           f"{reference.shape[0]} held-out inputs"
+                           + (" (the inputs differ: the weights ignore them, as a head of zeros does)"
+                              if inputs_differ else " (the held-out inputs are all the same)")
+                           + ", so no figure can tell what this config changes; tune with trained "
+                           "weights (--checkpoint, or your callable's) or give your own --metric")
     if spec.metric:
         figures = _user_metric(spec, output, reference, split.held_out)
         figures.update(inputs=inputs, relative_error=round(relative_error, 6))
