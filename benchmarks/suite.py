@@ -149,7 +149,9 @@ def main(argv=None) -> int:
         named = {named_for(BEST_STATIC, args.dtype[0]): best_static}
         measured = {c: result.candidates.get(named.get(c, c)) for c in columns(args.dtype[0], args.dtype)}
         for column, candidate in measured.items():  # the table says "failed"; this says why
-            if candidate and not candidate.stats:
+            if candidate is None and column in named:
+                print(f"   {column} failed: every static recipe failed", file=sys.stderr, flush=True)
+            elif candidate and not candidate.stats:
                 print(f"   {column} failed: {candidate.failure or 'no round on a quiet machine'}",
                       file=sys.stderr, flush=True)
         medians = {c: cand.stats.median_ms if cand and cand.stats else None
