@@ -132,7 +132,7 @@ def build(spec: ModelSpec, *, check: bool = False) -> tuple[torch.nn.Module, tup
         model, inputs = _build_torchvision(spec), None
     if spec.checkpoint:
         _load_checkpoint(model, spec)
-    elif ":" not in spec.name:  # torchvision's random weights; a callable's weights are the user's
+    if _random_torchvision_weights(spec):
         _randomize_zero_layers(model)
     model.eval()
     if inputs is None:
@@ -160,9 +160,14 @@ def _build_torchvision(spec: ModelSpec) -> torch.nn.Module:
 def randomized_layers(spec: ModelSpec) -> list[str]:
     """The zero-initialised layers ``build`` gives random values: part of what a study's trials
     measured, so a rerun of an older study can tell its weights were other."""
-    if spec.checkpoint or ":" in spec.name:
+    if not _random_torchvision_weights(spec):
         return []
     return [name for name, _ in _zero_linear_layers(_build_torchvision(spec))]
+
+
+def _random_torchvision_weights(spec: ModelSpec) -> bool:
+    # a checkpoint's weights are trained, and a callable's are the user's: both are left as given
+    return not spec.checkpoint and ":" not in spec.name
 
 
 def _zero_linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:

@@ -184,4 +184,3 @@ def test_random_weights_answer_differently_for_different_inputs():
 def test_a_callables_zero_weights_are_left_as_the_user_made_them():
     model, _ = build(ModelSpec("user_models:zero_head", input_shapes=(4,)))
     assert not model.weight.any()
-
